@@ -1,0 +1,197 @@
+//! The namespace catalog.
+//!
+//! A namespace is one stream of observations with a policy fixed at
+//! creation (precision, age and skew limits) and a hash seed. Namespaces get
+//! a small numeric id used in storage keys and log records; ids are never
+//! reused. The catalog is persisted (and flushed) before a namespace is first
+//! used, so a log record never names an unknown id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::config::NamespacePolicy;
+use crate::error::{Error, Result};
+use crate::sketch::HashSeed;
+use crate::store::keys::NamespaceId;
+use crate::store::Store;
+
+/// Longest namespace name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+#[derive(Debug)]
+pub struct Namespace {
+    pub id: NamespaceId,
+    pub name: String,
+    pub policy: NamespacePolicy,
+    pub seed: HashSeed,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    id: NamespaceId,
+    precision: u8,
+    max_age_days: u32,
+    max_future_skew_seconds: u32,
+    seed_fingerprint: String,
+}
+
+pub struct Catalog {
+    store: Store,
+    default_policy: NamespacePolicy,
+    auto_create: bool,
+    /// Guards creation too, so two creators cannot take the same id.
+    by_name: RwLock<HashMap<String, Arc<Namespace>>>,
+}
+
+impl Catalog {
+    pub fn open(
+        store: Store,
+        default_policy: NamespacePolicy,
+        auto_create: bool,
+    ) -> Result<Catalog> {
+        let mut by_name = HashMap::new();
+        for (name, bytes) in store.namespace_records()? {
+            let record: Record = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Corrupt(format!("namespace {name:?}: {e}")))?;
+            let seed = HashSeed::DEFAULT;
+            if record.seed_fingerprint != fingerprint_hex(seed) {
+                return Err(Error::Incompatible(format!(
+                    "namespace {name:?} was created with hash seed fingerprint {} but this server hashes with {}",
+                    record.seed_fingerprint,
+                    fingerprint_hex(seed)
+                )));
+            }
+            let policy = NamespacePolicy {
+                precision: record.precision,
+                max_age_days: record.max_age_days,
+                max_future_skew_seconds: record.max_future_skew_seconds,
+            };
+            policy
+                .validate(&name)
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            by_name.insert(
+                name.clone(),
+                Arc::new(Namespace {
+                    id: record.id,
+                    name,
+                    policy,
+                    seed,
+                }),
+            );
+        }
+        Ok(Catalog {
+            store,
+            default_policy,
+            auto_create,
+            by_name: RwLock::new(by_name),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Namespace>> {
+        self.by_name.read().get(name).cloned()
+    }
+
+    /// Looks a namespace up by name, naming `field` in the error.
+    pub fn require(&self, field: &str, name: &str) -> Result<Arc<Namespace>> {
+        validate_name(field, name)?;
+        self.get(name)
+            .ok_or_else(|| Error::NamespaceNotFound(name.to_owned()))
+    }
+
+    pub fn by_id(&self, id: NamespaceId) -> Option<Arc<Namespace>> {
+        self.by_name.read().values().find(|ns| ns.id == id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Namespace>> {
+        let mut all: Vec<_> = self.by_name.read().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The namespace a batch goes to, created with the default policy on
+    /// first use when the configuration allows it.
+    pub fn for_ingest(&self, name: &str) -> Result<Arc<Namespace>> {
+        validate_name("namespace", name)?;
+        if let Some(ns) = self.get(name) {
+            return Ok(ns);
+        }
+        if !self.auto_create {
+            return Err(Error::NamespaceAutoCreateDisabled(name.to_owned()));
+        }
+        self.create(name, self.default_policy)
+    }
+
+    /// Creates a namespace; creating it again with the same policy returns
+    /// the existing one.
+    pub fn create(&self, name: &str, policy: NamespacePolicy) -> Result<Arc<Namespace>> {
+        validate_name("name", name)?;
+        policy.validate("policy")?;
+        let mut by_name = self.by_name.write();
+        if let Some(ns) = by_name.get(name) {
+            return if ns.policy == policy {
+                Ok(ns.clone())
+            } else {
+                Err(Error::NamespaceExists(name.to_owned()))
+            };
+        }
+        let id = by_name.values().map(|ns| ns.id + 1).max().unwrap_or(1);
+        let seed = HashSeed::DEFAULT;
+        let record = Record {
+            id,
+            precision: policy.precision,
+            max_age_days: policy.max_age_days,
+            max_future_skew_seconds: policy.max_future_skew_seconds,
+            seed_fingerprint: fingerprint_hex(seed),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| Error::Corrupt(e.to_string()))?;
+        self.store.put_namespace_record(name, &bytes)?;
+        let ns = Arc::new(Namespace {
+            id,
+            name: name.to_owned(),
+            policy,
+            seed,
+        });
+        by_name.insert(name.to_owned(), ns.clone());
+        tracing::info!(
+            namespace = name,
+            id,
+            precision = policy.precision,
+            "created namespace"
+        );
+        Ok(ns)
+    }
+
+    pub fn default_policy(&self) -> NamespacePolicy {
+        self.default_policy
+    }
+}
+
+pub fn fingerprint_hex(seed: HashSeed) -> String {
+    format!("{:016x}", seed.fingerprint())
+}
+
+/// Names are 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
+pub fn validate_name(field: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid(field, "is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes long; the limit is {MAX_NAME_LEN}", name.len()),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("{name:?} contains {c:?}; use letters, digits, '.', '_' and '-'"),
+        ));
+    }
+    Ok(())
+}

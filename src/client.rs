@@ -1,0 +1,244 @@
+//! A small client for sketchd's gRPC API, used by the CLI and tests.
+//!
+//! [`BatchBuilder`] turns row-shaped observations into the columnar,
+//! dictionary-coded `IngestRequest` (IPv4 rows first, then IPv6 rows).
+//! [`Client`] wraps the generated clients with typed calls.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::pb;
+use crate::query::{Metric, Scope};
+use crate::sketch::Estimate;
+use crate::time::{Day, DayWindow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("bad answer from server: {0}")]
+    BadAnswer(String),
+}
+
+/// One observation, as a collector sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub ip: IpAddr,
+    pub unix_seconds: i64,
+    pub org: Option<String>,
+    pub country: Option<String>,
+}
+
+/// Builds one columnar batch.
+#[derive(Default)]
+pub struct BatchBuilder {
+    v4: Vec<(u32, i64, u32, u32)>,
+    v6: Vec<([u8; 16], i64, u32, u32)>,
+    orgs: Dict,
+    countries: Dict,
+}
+
+#[derive(Default)]
+struct Dict {
+    entries: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Dict {
+    /// 0 for none, else the 1-based index of the entry.
+    fn code(&mut self, value: Option<&str>) -> u32 {
+        let Some(value) = value else { return 0 };
+        if let Some(&i) = self.index.get(value) {
+            return i;
+        }
+        self.entries.push(value.to_owned());
+        let i = self.entries.len() as u32;
+        self.index.insert(value.to_owned(), i);
+        i
+    }
+}
+
+impl BatchBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, obs: &Observation) {
+        let org = self.orgs.code(obs.org.as_deref());
+        let country = self.countries.code(obs.country.as_deref());
+        match obs.ip {
+            IpAddr::V4(v4) => self
+                .v4
+                .push((u32::from(v4), obs.unix_seconds, org, country)),
+            IpAddr::V6(v6) => self.v6.push((v6.octets(), obs.unix_seconds, org, country)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The request for `namespace`, identified by (collector, sequence).
+    pub fn build(&self, namespace: &str, collector: &str, sequence: u64) -> pb::IngestRequest {
+        let rows = self.len();
+        let mut req = pb::IngestRequest {
+            namespace: namespace.to_owned(),
+            collector_id: collector.to_owned(),
+            sequence,
+            ipv4: Vec::with_capacity(self.v4.len()),
+            ipv6: Vec::with_capacity(self.v6.len() * 16),
+            unix_seconds: Vec::with_capacity(rows),
+            org_dict: self.orgs.entries.clone(),
+            org_index: Vec::with_capacity(rows),
+            country_dict: self.countries.entries.clone(),
+            country_index: Vec::with_capacity(rows),
+        };
+        for &(ip, t, o, c) in &self.v4 {
+            req.ipv4.push(ip);
+            req.unix_seconds.push(t);
+            req.org_index.push(o);
+            req.country_index.push(c);
+        }
+        for (ip, t, o, c) in &self.v6 {
+            req.ipv6.extend_from_slice(ip);
+            req.unix_seconds.push(*t);
+            req.org_index.push(*o);
+            req.country_index.push(*c);
+        }
+        if req.org_dict.is_empty() {
+            req.org_index.clear();
+        }
+        if req.country_dict.is_empty() {
+            req.country_index.clear();
+        }
+        req
+    }
+}
+
+/// The server's answer to a count.
+#[derive(Clone, Copy, Debug)]
+pub struct CountReply {
+    pub estimate: Estimate,
+    pub covered: DayWindow,
+}
+
+/// A connection to one server.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        let err = |reason: String| ClientError::Connect {
+            url: url.to_owned(),
+            reason,
+        };
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| err(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| err(format!("{e} ({e:?})")))?;
+        Ok(Client { channel })
+    }
+
+    pub fn ingest_client(&self) -> pb::ingest_client::IngestClient<Channel> {
+        pb::ingest_client::IngestClient::new(self.channel.clone())
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    pub fn query_client(&self) -> pb::query_client::QueryClient<Channel> {
+        pb::query_client::QueryClient::new(self.channel.clone())
+    }
+
+    pub fn admin_client(&self) -> pb::admin_client::AdminClient<Channel> {
+        pb::admin_client::AdminClient::new(self.channel.clone())
+    }
+
+    pub async fn ingest(
+        &self,
+        request: pb::IngestRequest,
+    ) -> Result<pb::IngestResponse, ClientError> {
+        Ok(self.ingest_client().ingest(request).await?.into_inner())
+    }
+
+    pub async fn count(
+        &self,
+        namespace: &str,
+        metric: Metric,
+        scope: &Scope,
+        window: DayWindow,
+    ) -> Result<CountReply, ClientError> {
+        let request = pb::CountRequest {
+            namespace: namespace.to_owned(),
+            metric: match metric {
+                Metric::Ips => pb::Metric::Ips,
+                Metric::Orgs => pb::Metric::Orgs,
+            } as i32,
+            scope: Some(scope_pb(scope)),
+            from: window.from.to_string(),
+            to: window.to.to_string(),
+            confidence: 0.0,
+        };
+        let reply = self.query_client().count(request).await?.into_inner();
+        let e = reply
+            .estimate
+            .ok_or_else(|| ClientError::BadAnswer("count without estimate".into()))?;
+        let day = |s: &str| Day::parse(s).map_err(ClientError::BadAnswer);
+        Ok(CountReply {
+            estimate: Estimate {
+                value: e.estimate,
+                lower: e.lower,
+                upper: e.upper,
+                confidence: e.confidence,
+                exact: e.exact,
+            },
+            covered: DayWindow {
+                from: day(&reply.covered_from)?,
+                to: day(&reply.covered_to)?,
+            },
+        })
+    }
+
+    pub async fn observations(
+        &self,
+        namespace: &str,
+        scope: &Scope,
+        window: DayWindow,
+    ) -> Result<u64, ClientError> {
+        let request = pb::ObservationsRequest {
+            namespace: namespace.to_owned(),
+            scope: Some(scope_pb(scope)),
+            from: window.from.to_string(),
+            to: window.to.to_string(),
+        };
+        Ok(self
+            .query_client()
+            .observations(request)
+            .await?
+            .into_inner()
+            .observations)
+    }
+}
+
+pub fn scope_pb(scope: &Scope) -> pb::Scope {
+    match scope {
+        Scope::Global => pb::Scope::default(),
+        Scope::Country(cc) => pb::Scope {
+            country: String::from_utf8_lossy(cc).into_owned(),
+            ..Default::default()
+        },
+        Scope::Org(org) => pb::Scope {
+            org: org.clone(),
+            ..Default::default()
+        },
+    }
+}

@@ -1,0 +1,238 @@
+//! Server configuration: a raw TOML form and the validated [`ServerConfig`].
+//!
+//! Two stages, as in ripgrep: [`RawConfig`] is what the file (and the command
+//! line) say; [`RawConfig::validate`] turns it into a [`ServerConfig`] whose
+//! every field is in range, before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::attribution::TableFiles;
+use crate::error::{Error, Result};
+use crate::sketch::{MAX_PRECISION, MIN_PRECISION};
+
+/// The sketch and validation policy of a namespace, fixed at creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NamespacePolicy {
+    /// HyperLogLog precision (4..=18).
+    pub precision: u8,
+    /// Oldest accepted observation, in days before now.
+    pub max_age_days: u32,
+    /// How far in the future an observation may lie, in seconds.
+    pub max_future_skew_seconds: u32,
+}
+
+impl Default for NamespacePolicy {
+    fn default() -> Self {
+        NamespacePolicy {
+            precision: crate::sketch::DEFAULT_PRECISION,
+            max_age_days: 3 * 366,
+            max_future_skew_seconds: 3600,
+        }
+    }
+}
+
+impl NamespacePolicy {
+    /// Checks the ranges; `field` prefixes the names in errors.
+    pub fn validate(&self, field: &str) -> Result<()> {
+        if !(MIN_PRECISION..=MAX_PRECISION).contains(&self.precision) {
+            return Err(Error::invalid(
+                format!("{field}.precision"),
+                format!(
+                    "{} is outside {MIN_PRECISION}..={MAX_PRECISION}",
+                    self.precision
+                ),
+            ));
+        }
+        if self.max_age_days == 0 {
+            return Err(Error::invalid(
+                format!("{field}.max_age_days"),
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The configuration file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub auto_create_namespaces: Option<bool>,
+    pub max_rows_per_batch: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub checkpoint_interval_ms: Option<u64>,
+    pub checkpoint_max_dirty_sketches: Option<usize>,
+    pub default_policy: Option<RawPolicy>,
+    pub tables: Option<RawTables>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub precision: Option<u8>,
+    pub max_age_days: Option<u32>,
+    pub max_future_skew_seconds: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTables {
+    pub asn_v4: Option<PathBuf>,
+    pub asn_v6: Option<PathBuf>,
+    pub country_v4: Option<PathBuf>,
+    pub country_v6: Option<PathBuf>,
+    pub orgs: Option<PathBuf>,
+    pub networks: Option<PathBuf>,
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<RawConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks every field and fills in the defaults.
+    pub fn validate(self) -> Result<ServerConfig> {
+        let defaults = ServerConfig::default();
+        let listen = match self.listen {
+            Some(text) => text
+                .parse()
+                .map_err(|e| Error::Config(format!("listen {text:?}: {e}")))?,
+            None => defaults.listen,
+        };
+        let raw_policy = self.default_policy.unwrap_or_default();
+        let default_policy = NamespacePolicy {
+            precision: raw_policy
+                .precision
+                .unwrap_or(defaults.default_policy.precision),
+            max_age_days: raw_policy
+                .max_age_days
+                .unwrap_or(defaults.default_policy.max_age_days),
+            max_future_skew_seconds: raw_policy
+                .max_future_skew_seconds
+                .unwrap_or(defaults.default_policy.max_future_skew_seconds),
+        };
+        default_policy
+            .validate("default_policy")
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let max_rows_per_batch = self
+            .max_rows_per_batch
+            .unwrap_or(defaults.max_rows_per_batch);
+        if max_rows_per_batch == 0 {
+            return Err(Error::Config(
+                "max_rows_per_batch must be at least 1".into(),
+            ));
+        }
+        let max_message_bytes = self.max_message_bytes.unwrap_or(defaults.max_message_bytes);
+        if max_message_bytes < 1024 {
+            return Err(Error::Config(
+                "max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        let tables = self.tables.unwrap_or_default();
+        Ok(ServerConfig {
+            listen,
+            data_dir: self.data_dir.unwrap_or(defaults.data_dir),
+            auto_create_namespaces: self
+                .auto_create_namespaces
+                .unwrap_or(defaults.auto_create_namespaces),
+            max_rows_per_batch,
+            max_message_bytes,
+            checkpoint_interval: self
+                .checkpoint_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.checkpoint_interval),
+            checkpoint_max_dirty_sketches: self
+                .checkpoint_max_dirty_sketches
+                .unwrap_or(defaults.checkpoint_max_dirty_sketches),
+            default_policy,
+            tables: TableFiles {
+                asn_v4: tables.asn_v4,
+                asn_v6: tables.asn_v6,
+                country_v4: tables.country_v4,
+                country_v6: tables.country_v6,
+                orgs: tables.orgs,
+                networks: tables.networks,
+            },
+        })
+    }
+}
+
+/// The validated server configuration.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Create a namespace with `default_policy` when a batch names an
+    /// unknown one.
+    pub auto_create_namespaces: bool,
+    pub max_rows_per_batch: usize,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// How often dirty sketches are checkpointed to sled.
+    pub checkpoint_interval: Duration,
+    /// Checkpoint early once this many sketches are dirty.
+    pub checkpoint_max_dirty_sketches: usize,
+    pub default_policy: NamespacePolicy,
+    /// Attribution tables loaded at start.
+    pub tables: TableFiles,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("./data"),
+            auto_create_namespaces: true,
+            max_rows_per_batch: 1_000_000,
+            max_message_bytes: 64 * 1024 * 1024,
+            checkpoint_interval: Duration::from_secs(2),
+            checkpoint_max_dirty_sketches: 100_000,
+            default_policy: NamespacePolicy::default(),
+            tables: TableFiles::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let raw: RawConfig = toml::from_str(
+            "listen = \"127.0.0.1:6000\"\nmax_rows_per_batch = 10\n[default_policy]\nprecision = 12\n",
+        )
+        .unwrap();
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.listen.port(), 6000);
+        assert_eq!(cfg.max_rows_per_batch, 10);
+        assert_eq!(cfg.default_policy.precision, 12);
+        assert_eq!(
+            cfg.default_policy.max_age_days,
+            NamespacePolicy::default().max_age_days
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for text in [
+            "listen = \"nowhere\"",
+            "max_rows_per_batch = 0",
+            "[default_policy]\nprecision = 19",
+            "unknown_key = 1",
+        ] {
+            let result = toml::from_str::<RawConfig>(text)
+                .map_err(|e| Error::Config(e.to_string()))
+                .and_then(RawConfig::validate);
+            assert!(result.is_err(), "{text} was accepted");
+        }
+    }
+}

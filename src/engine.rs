@@ -1,0 +1,159 @@
+//! The engine: everything a running server shares.
+//!
+//! [`Engine::open`] opens sled, loads the catalog, replays the log into the
+//! memtable and starts the commit thread. The gRPC services hold an
+//! `Arc<Engine>`; ingest and query functions take `&Engine`.
+//! [`Engine::shutdown`] stops taking batches, checkpoints and flushes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::attribution::Attributor;
+use crate::catalog::{Catalog, Namespace};
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::ingest::commit::{Applied, CheckpointPolicy, GroupCommit};
+use crate::ingest::{self, codec, BatchLimits, ObservationBatch};
+use crate::store::memtable::MemState;
+use crate::store::wal::Wal;
+use crate::store::Store;
+use crate::time::{Clock, SystemClock};
+
+pub struct Engine {
+    pub(crate) store: Store,
+    pub(crate) catalog: Catalog,
+    /// Deltas not yet in sled; see `store::memtable`.
+    pub(crate) mem: Arc<RwLock<MemState>>,
+    commit: GroupCommit,
+    /// The loaded attribution tables; replaced whole on reload.
+    tables: RwLock<Arc<Attributor>>,
+    clock: Arc<dyn Clock>,
+    limits: BatchLimits,
+}
+
+impl Engine {
+    /// Opens the data directory with the system clock.
+    pub fn open(config: &ServerConfig, tables: Attributor) -> Result<Engine> {
+        Engine::open_with_clock(config, tables, Arc::new(SystemClock))
+    }
+
+    pub fn open_with_clock(
+        config: &ServerConfig,
+        tables: Attributor,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Engine> {
+        let store = Store::open(&config.data_dir)?;
+        let catalog = Catalog::open(
+            store.clone(),
+            config.default_policy,
+            config.auto_create_namespaces,
+        )?;
+        let checkpoint_lsn = store.checkpoint_lsn()?;
+        let (wal, records) = Wal::open(&store.wal_dir(), checkpoint_lsn)?;
+        let mut applied: HashSet<_> = store.applied_batches()?.into_iter().collect();
+        let mut mem = MemState::default();
+        let now = clock.now_unix_seconds();
+        let replayed = records.len();
+        for record in records {
+            let batch = codec::decode(&record.payload)?;
+            let ns = catalog.by_id(batch.ns).ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "log record {} names unknown namespace id {}",
+                    record.lsn, batch.ns
+                ))
+            })?;
+            ingest::apply(&mut mem.active, &ns, &batch, now)?;
+            applied.insert(batch.id());
+        }
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                after_lsn = checkpoint_lsn,
+                "replayed the write-ahead log"
+            );
+        }
+        let mem = Arc::new(RwLock::new(mem));
+        let commit = GroupCommit::start(
+            wal,
+            store.clone(),
+            mem.clone(),
+            applied,
+            CheckpointPolicy {
+                interval: config.checkpoint_interval,
+                max_dirty_sketches: config.checkpoint_max_dirty_sketches,
+            },
+            clock.clone(),
+        )?;
+        Ok(Engine {
+            store,
+            catalog,
+            mem,
+            commit,
+            tables: RwLock::new(Arc::new(tables)),
+            clock,
+            limits: BatchLimits {
+                max_rows: config.max_rows_per_batch,
+            },
+        })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn tables(&self) -> Arc<Attributor> {
+        self.tables.read().clone()
+    }
+
+    /// Swaps in new attribution tables; batches being prepared keep the
+    /// tables they started with.
+    pub fn replace_tables(&self, tables: Attributor) {
+        *self.tables.write() = Arc::new(tables);
+    }
+
+    /// Validates, attributes, logs and applies one batch. Returns once the
+    /// batch is durable. CPU-heavy: call it from a blocking-capable context
+    /// or accept that it runs on the caller's task.
+    pub async fn ingest(&self, batch: ObservationBatch) -> Result<Applied> {
+        let ns: Arc<Namespace> = self.catalog.for_ingest(&batch.namespace)?;
+        let tables = self.tables();
+        let prepared = ingest::prepare(
+            batch,
+            &ns,
+            self.limits,
+            self.clock.now_unix_seconds(),
+            &tables,
+        )?;
+        let payload = codec::encode(&prepared);
+        self.commit.submit(ns, prepared, payload).await
+    }
+
+    /// Checkpoints everything applied so far and flushes sled.
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.commit.checkpoint().await
+    }
+
+    /// Stops taking batches, checkpoints and flushes. Blocks.
+    pub fn shutdown(&self) {
+        self.commit.shutdown();
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "flushing sled at shutdown failed");
+        }
+    }
+
+    pub fn data_dir_size(&self) -> Result<u64> {
+        self.store.size_on_disk()
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.now_unix_seconds()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,414 @@
+//! Group commit: the one thread that logs and applies batches.
+//!
+//! Callers prepare and encode batches in parallel, then hand them to this
+//! thread through a bounded queue. The thread takes every batch waiting,
+//! drops the ones whose id was applied before, appends the rest to the log,
+//! syncs once for all of them, applies them to the memtable in log order and
+//! only then replies. So an acknowledgement always means "durable", and many
+//! batches share one `fdatasync`.
+//!
+//! The same thread starts checkpoints: it seals the log segment, freezes the
+//! memtable at the last log position and hands it to a checkpoint thread,
+//! which merges it into sled, makes it visible atomically, flushes, and
+//! deletes the sealed segments. One checkpoint runs at a time.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::oneshot;
+
+use super::{apply, PreparedBatch};
+use crate::catalog::Namespace;
+use crate::error::{Error, Result};
+use crate::store::keys::DedupeKey;
+use crate::store::memtable::{MemState, Memtable};
+use crate::store::wal::Wal;
+use crate::store::Store;
+use crate::time::Clock;
+
+/// Batches waiting for the log at most; beyond, callers get `Overloaded`.
+const QUEUE_DEPTH: usize = 1024;
+/// Batches logged under one sync at most.
+const GROUP_MAX: usize = 256;
+
+/// What the caller learns about its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub duplicate: bool,
+    pub rows: u64,
+    pub attributed: u64,
+    pub unattributed: u64,
+}
+
+/// When to checkpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointPolicy {
+    pub interval: Duration,
+    pub max_dirty_sketches: usize,
+}
+
+/// One batch on its way to the log.
+struct Job {
+    ns: Arc<Namespace>,
+    batch: PreparedBatch,
+    /// The encoded batch, as logged.
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<Applied>>,
+}
+
+enum Msg {
+    Batch(Box<Job>),
+    /// Checkpoint everything applied so far and wait for it.
+    Checkpoint(oneshot::Sender<Result<()>>),
+}
+
+/// Handle to the commit thread. Dropping it checkpoints and stops the thread.
+pub struct GroupCommit {
+    tx: Mutex<Option<SyncSender<Msg>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl GroupCommit {
+    /// Starts the thread. `applied` holds every batch id already in sled or
+    /// in the replayed log.
+    pub fn start(
+        wal: Wal,
+        store: Store,
+        mem: Arc<RwLock<MemState>>,
+        applied: HashSet<DedupeKey>,
+        policy: CheckpointPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Result<GroupCommit> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let writer = Writer {
+            wal,
+            store,
+            mem,
+            applied,
+            policy,
+            clock,
+            last_checkpoint: Instant::now(),
+            in_flight: None,
+            failed: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("sketchd-commit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::io("commit thread", e))?;
+        Ok(GroupCommit {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn send(&self, msg: Msg) -> Result<()> {
+        let guard = self.tx.lock();
+        let tx = guard
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable("the server is shutting down".into()))?;
+        tx.try_send(msg).map_err(|e| match e {
+            TrySendError::Full(_) => Error::Overloaded(format!(
+                "{QUEUE_DEPTH} batches are waiting to be logged; retry shortly"
+            )),
+            TrySendError::Disconnected(_) => Error::Unavailable("the commit thread stopped".into()),
+        })
+    }
+
+    /// Logs and applies a batch; returns once it is durable.
+    pub async fn submit(
+        &self,
+        ns: Arc<Namespace>,
+        batch: PreparedBatch,
+        payload: Vec<u8>,
+    ) -> Result<Applied> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Batch(Box::new(Job {
+            ns,
+            batch,
+            payload,
+            reply,
+        })))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the commit thread stopped".into()))?
+    }
+
+    /// Checkpoints everything applied so far into sled and flushes.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Checkpoint(reply))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the commit thread stopped".into()))?
+    }
+
+    /// Stops taking batches, lets the queued ones finish, checkpoints and
+    /// waits for the thread.
+    pub fn shutdown(&self) {
+        drop(self.tx.lock().take());
+        if let Some(thread) = self.thread.lock().take() {
+            if thread.join().is_err() {
+                tracing::error!("the commit thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Writer {
+    wal: Wal,
+    store: Store,
+    mem: Arc<RwLock<MemState>>,
+    applied: HashSet<DedupeKey>,
+    policy: CheckpointPolicy,
+    clock: Arc<dyn Clock>,
+    last_checkpoint: Instant,
+    in_flight: Option<JoinHandle<Result<()>>>,
+    /// Set when the log failed: nothing more is acknowledged.
+    failed: Option<String>,
+}
+
+struct Pending {
+    ns: Arc<Namespace>,
+    batch: PreparedBatch,
+    reply: oneshot::Sender<Result<Applied>>,
+    duplicate: bool,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let wait = self
+                .policy
+                .interval
+                .saturating_sub(self.last_checkpoint.elapsed())
+                .max(Duration::from_millis(1));
+            let first = match rx.recv_timeout(wait) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.checkpoint_if_due(false);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match rx.try_recv() {
+                    Ok(msg) => group.push(msg),
+                    Err(_) => break,
+                }
+            }
+            let mut checkpoint_waiters = Vec::new();
+            let mut batches = Vec::new();
+            for msg in group {
+                match msg {
+                    Msg::Batch(job) => batches.push(*job),
+                    Msg::Checkpoint(reply) => checkpoint_waiters.push(reply),
+                }
+            }
+            self.commit(batches);
+            if checkpoint_waiters.is_empty() {
+                self.checkpoint_if_due(false);
+            } else {
+                let result = self.checkpoint(true);
+                for reply in checkpoint_waiters {
+                    let _ = reply.send(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| Error::Unavailable(e.to_string())),
+                    );
+                }
+            }
+        }
+        if let Err(e) = self.checkpoint(true) {
+            tracing::error!(error = %e, "final checkpoint failed; the log still holds the data");
+        }
+    }
+
+    fn commit(&mut self, batches: Vec<Job>) {
+        if batches.is_empty() {
+            return;
+        }
+        if let Some(why) = &self.failed {
+            for job in batches {
+                let _ = job.reply.send(Err(Error::Unavailable(why.clone())));
+            }
+            return;
+        }
+        let mut pending = Vec::with_capacity(batches.len());
+        let mut error = None;
+        for Job {
+            ns,
+            batch,
+            payload,
+            reply,
+        } in batches
+        {
+            let id = batch.id();
+            let duplicate = self.applied.contains(&id);
+            if !duplicate && error.is_none() {
+                match self.wal.append(&payload) {
+                    Ok(_) => {
+                        self.applied.insert(id);
+                    }
+                    Err(e) => error = Some(e),
+                }
+            }
+            pending.push(Pending {
+                ns,
+                batch,
+                reply,
+                duplicate,
+            });
+        }
+        if error.is_none() {
+            error = self.wal.sync().err();
+        }
+        if let Some(e) = error {
+            let why = format!("the write-ahead log failed: {e}");
+            tracing::error!(error = %e, "write-ahead log failed; refusing further batches");
+            self.failed = Some(why.clone());
+            for p in pending {
+                let _ = p.reply.send(Err(Error::Unavailable(why.clone())));
+            }
+            return;
+        }
+        let now = self.clock.now_unix_seconds();
+        let mut results = Vec::with_capacity(pending.len());
+        {
+            let mut mem = self.mem.write();
+            for p in &pending {
+                let result = if p.duplicate {
+                    Ok(Applied {
+                        duplicate: true,
+                        rows: 0,
+                        attributed: 0,
+                        unattributed: 0,
+                    })
+                } else {
+                    apply(&mut mem.active, &p.ns, &p.batch, now).map(|()| Applied {
+                        duplicate: false,
+                        rows: p.batch.rows() as u64,
+                        attributed: p.batch.attributed,
+                        unattributed: p.batch.unattributed,
+                    })
+                };
+                results.push(result);
+            }
+        }
+        for (p, result) in pending.into_iter().zip(results) {
+            let _ = p.reply.send(result);
+        }
+    }
+
+    fn checkpoint_if_due(&mut self, force: bool) {
+        let dirty = self.mem.read().active.sketches.len();
+        let due = force
+            || dirty >= self.policy.max_dirty_sketches
+            || self.last_checkpoint.elapsed() >= self.policy.interval;
+        if due {
+            if let Err(e) = self.checkpoint(false) {
+                tracing::error!(error = %e, "checkpoint failed; refusing further batches");
+            }
+        }
+    }
+
+    /// Starts a checkpoint of everything applied so far. With `wait`, waits
+    /// for it (and any earlier one) to finish; without, skips when one is
+    /// still running.
+    fn checkpoint(&mut self, wait: bool) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(Error::Unavailable(why.clone()));
+        }
+        let result = self.try_checkpoint(wait);
+        if let Err(e) = &result {
+            // A later checkpoint would record a log position past the
+            // records this one failed to store: stop acknowledging instead.
+            // The log keeps everything for the next start.
+            self.failed = Some(format!("a checkpoint failed: {e}"));
+        }
+        result
+    }
+
+    fn try_checkpoint(&mut self, wait: bool) -> Result<()> {
+        self.last_checkpoint = Instant::now();
+        if let Some(handle) = self.in_flight.take() {
+            if wait || handle.is_finished() {
+                join_checkpoint(handle)?;
+            } else {
+                self.in_flight = Some(handle);
+                return Ok(());
+            }
+        }
+        if self.mem.read().active.is_empty() {
+            return Ok(());
+        }
+        let sealed = self.wal.rotate()?;
+        let lsn = self.wal.last_lsn();
+        let frozen = {
+            let mut mem = self.mem.write();
+            let frozen = Arc::new(std::mem::take(&mut mem.active));
+            mem.frozen = Some(frozen.clone());
+            frozen
+        };
+        let store = self.store.clone();
+        let mem = self.mem.clone();
+        let handle = std::thread::Builder::new()
+            .name("sketchd-checkpoint".into())
+            .spawn(move || run_checkpoint(&store, &mem, &frozen, lsn, sealed))
+            .map_err(|e| Error::io("checkpoint thread", e))?;
+        if wait {
+            join_checkpoint(handle)
+        } else {
+            self.in_flight = Some(handle);
+            Ok(())
+        }
+    }
+}
+
+fn join_checkpoint(handle: JoinHandle<Result<()>>) -> Result<()> {
+    handle
+        .join()
+        .map_err(|_| Error::Unavailable("the checkpoint thread panicked".into()))?
+}
+
+fn run_checkpoint(
+    store: &Store,
+    mem: &RwLock<MemState>,
+    frozen: &Memtable,
+    lsn: u64,
+    sealed: Vec<PathBuf>,
+) -> Result<()> {
+    let started = Instant::now();
+    let batch = store.prepare_checkpoint(frozen, lsn)?;
+    {
+        // Under the write lock, so a reader sees the frozen deltas either in
+        // the memtable or in sled, never both and never neither.
+        let mut mem = mem.write();
+        store.apply_checkpoint(batch)?;
+        mem.frozen = None;
+    }
+    store.flush()?;
+    for path in sealed {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete a checkpointed log segment");
+        }
+    }
+    tracing::debug!(
+        lsn,
+        sketches = frozen.sketches.len(),
+        rows = frozen.rows,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "checkpoint done"
+    );
+    Ok(())
+}

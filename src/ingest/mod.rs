@@ -1,0 +1,419 @@
+//! Ingest: validate a batch, attribute what it lacks, log it, apply it.
+//!
+//! The path of a batch: [`prepare`] checks every column and row against the
+//! namespace policy and fills in missing org/country from the attribution
+//! tables (in the caller's task, in parallel with other batches); the
+//! [`commit::GroupCommit`] thread checks the batch id, appends the prepared
+//! batch to the log, syncs once for every batch waiting, applies them to the
+//! memtable in log order and acknowledges.
+//!
+//! A prepared batch is self-contained (attribution already resolved), so
+//! replaying the log after a crash gives the same result whatever tables
+//! are loaded then.
+
+pub mod codec;
+pub mod commit;
+
+use std::collections::HashMap;
+
+use crate::attribution::{Attribution, Attributor, OrgIdx};
+use crate::catalog::Namespace;
+use crate::error::{Error, Result};
+use crate::sketch::{hash_ipv4, hash_ipv6, hash_org, Sketch};
+use crate::store::keys::{
+    country_dim, org_dim, CounterKey, DedupeKey, Family, NamespaceId, SketchKey,
+};
+use crate::store::memtable::Memtable;
+use crate::time::{Day, SECONDS_PER_DAY};
+
+/// The org that rows no table covers are counted under.
+pub const UNATTRIBUTED_ORG: &str = "unattributed";
+/// The country that rows no table covers are counted under (ISO 3166-1
+/// user-assigned code).
+pub const UNATTRIBUTED_COUNTRY: [u8; 2] = *b"ZZ";
+/// Longest org id accepted.
+pub const MAX_ORG_LEN: usize = 256;
+/// Longest collector id accepted.
+pub const MAX_COLLECTOR_LEN: usize = 128;
+
+/// A batch as a collector sent it (columnar; see the proto for the layout).
+#[derive(Clone, Debug, Default)]
+pub struct ObservationBatch {
+    pub namespace: String,
+    pub collector: String,
+    pub sequence: u64,
+    pub ipv4: Vec<u32>,
+    /// 16 bytes per address, concatenated.
+    pub ipv6: Vec<u8>,
+    pub unix_seconds: Vec<i64>,
+    pub org_dict: Vec<String>,
+    pub org_index: Vec<u32>,
+    pub country_dict: Vec<String>,
+    pub country_index: Vec<u32>,
+}
+
+/// A validated, attributed batch: what the log holds and what is applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedBatch {
+    pub ns: NamespaceId,
+    pub collector: String,
+    pub sequence: u64,
+    pub ipv4: Vec<u32>,
+    pub ipv6: Vec<[u8; 16]>,
+    /// Per row (IPv4 rows first, then IPv6 rows).
+    pub days: Vec<u32>,
+    /// Org dictionary of the batch; rows refer to it by index.
+    pub orgs: Vec<String>,
+    pub org_of_row: Vec<u32>,
+    pub country_of_row: Vec<[u8; 2]>,
+    /// Rows whose org or country came from the tables.
+    pub attributed: u64,
+    /// Rows left (partly) unattributed.
+    pub unattributed: u64,
+}
+
+impl PreparedBatch {
+    pub fn rows(&self) -> usize {
+        self.days.len()
+    }
+
+    pub fn id(&self) -> DedupeKey {
+        DedupeKey {
+            ns: self.ns,
+            collector: self.collector.clone(),
+            sequence: self.sequence,
+        }
+    }
+}
+
+/// Limits that do not depend on the namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub max_rows: usize,
+}
+
+/// Validates `batch` for namespace `ns` at time `now` and attributes rows
+/// that lack an org or a country. Any violation is an error naming the row
+/// and field; nothing is applied then.
+pub fn prepare(
+    batch: ObservationBatch,
+    ns: &Namespace,
+    limits: BatchLimits,
+    now: i64,
+    tables: &Attributor,
+) -> Result<PreparedBatch> {
+    validate_collector(&batch.collector)?;
+    if !batch.ipv6.len().is_multiple_of(16) {
+        return Err(Error::invalid(
+            "ipv6",
+            format!("length {} is not a multiple of 16", batch.ipv6.len()),
+        ));
+    }
+    let n4 = batch.ipv4.len();
+    let rows = n4 + batch.ipv6.len() / 16;
+    if rows > limits.max_rows {
+        return Err(Error::LimitExceeded(format!(
+            "batch has {rows} rows; the limit is {} rows per batch",
+            limits.max_rows
+        )));
+    }
+    check_column_len("unix_seconds", batch.unix_seconds.len(), rows, false)?;
+    check_column_len("org_index", batch.org_index.len(), rows, true)?;
+    check_column_len("country_index", batch.country_index.len(), rows, true)?;
+
+    for (i, org) in batch.org_dict.iter().enumerate() {
+        validate_org(org).map_err(|reason| Error::invalid(format!("org_dict[{i}]"), reason))?;
+    }
+    let countries: Vec<[u8; 2]> = batch
+        .country_dict
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            parse_country(c).map_err(|reason| Error::invalid(format!("country_dict[{i}]"), reason))
+        })
+        .collect::<Result<_>>()?;
+
+    let oldest = now - i64::from(ns.policy.max_age_days) * SECONDS_PER_DAY;
+    let newest = now + i64::from(ns.policy.max_future_skew_seconds);
+    let mut days = Vec::with_capacity(rows);
+    for (row, &t) in batch.unix_seconds.iter().enumerate() {
+        if t < oldest {
+            return Err(Error::row(
+                row,
+                "unix_seconds",
+                format!(
+                    "{t} is older than the namespace allows ({} days)",
+                    ns.policy.max_age_days
+                ),
+            ));
+        }
+        if t > newest {
+            return Err(Error::row(
+                row,
+                "unix_seconds",
+                format!(
+                    "{t} is more than {} s in the future",
+                    ns.policy.max_future_skew_seconds
+                ),
+            ));
+        }
+        let day = Day::from_unix_seconds(t)
+            .ok_or_else(|| Error::row(row, "unix_seconds", format!("{t} is before 1970")))?;
+        days.push(day.0);
+    }
+    for (row, &i) in batch.org_index.iter().enumerate() {
+        if i as usize > batch.org_dict.len() {
+            return Err(Error::row(
+                row,
+                "org_index",
+                format!(
+                    "refers to entry {i} but org_dict has {} entries",
+                    batch.org_dict.len()
+                ),
+            ));
+        }
+    }
+    for (row, &i) in batch.country_index.iter().enumerate() {
+        if i as usize > countries.len() {
+            return Err(Error::row(
+                row,
+                "country_index",
+                format!(
+                    "refers to entry {i} but country_dict has {} entries",
+                    countries.len()
+                ),
+            ));
+        }
+    }
+
+    let ipv6: Vec<[u8; 16]> = batch
+        .ipv6
+        .chunks_exact(16)
+        .map(|c| c.try_into().expect("chunks of 16"))
+        .collect();
+
+    // Org dictionary of the prepared batch: entry 0 is the unattributed org,
+    // then the collector's entries, then orgs found in the tables.
+    let mut orgs = Vec::with_capacity(batch.org_dict.len() + 1);
+    orgs.push(UNATTRIBUTED_ORG.to_owned());
+    orgs.extend(batch.org_dict);
+    let mut table_orgs: HashMap<OrgIdx, u32> = HashMap::new();
+    let mut org_of_row = Vec::with_capacity(rows);
+    let mut country_of_row = Vec::with_capacity(rows);
+    let (mut attributed, mut unattributed) = (0u64, 0u64);
+    for row in 0..rows {
+        let given_org = batch.org_index.get(row).copied().unwrap_or(0);
+        let given_country = batch.country_index.get(row).copied().unwrap_or(0);
+        let mut org = given_org;
+        let mut country = (given_country > 0).then(|| countries[given_country as usize - 1]);
+        if given_org == 0 || country.is_none() {
+            let found: Attribution = if row < n4 {
+                tables.lookup_v4(batch.ipv4[row])
+            } else {
+                tables.lookup_v6(u128::from_be_bytes(ipv6[row - n4]))
+            };
+            let mut filled = false;
+            if org == 0 {
+                if let Some(idx) = found.org {
+                    org = *table_orgs.entry(idx).or_insert_with(|| {
+                        orgs.push(tables.org(idx).id.clone());
+                        (orgs.len() - 1) as u32
+                    });
+                    filled = true;
+                }
+            }
+            if country.is_none() {
+                if let Some(code) = found.country {
+                    country = Some(code);
+                    filled = true;
+                }
+            }
+            if org == 0 || country.is_none() {
+                unattributed += 1;
+            } else if filled {
+                attributed += 1;
+            }
+        }
+        org_of_row.push(org);
+        country_of_row.push(country.unwrap_or(UNATTRIBUTED_COUNTRY));
+    }
+
+    Ok(PreparedBatch {
+        ns: ns.id,
+        collector: batch.collector,
+        sequence: batch.sequence,
+        ipv4: batch.ipv4,
+        ipv6,
+        days,
+        orgs,
+        org_of_row,
+        country_of_row,
+        attributed,
+        unattributed,
+    })
+}
+
+/// Folds a prepared batch into the memtable.
+pub fn apply(
+    mem: &mut Memtable,
+    ns: &Namespace,
+    batch: &PreparedBatch,
+    applied_at: i64,
+) -> Result<()> {
+    struct OrgRef {
+        dim: u64,
+        hash: u64,
+        counted: bool,
+    }
+    let orgs: Vec<OrgRef> = batch
+        .orgs
+        .iter()
+        .enumerate()
+        .map(|(i, id)| OrgRef {
+            dim: org_dim(id),
+            hash: hash_org(ns.seed, id),
+            counted: i != 0,
+        })
+        .collect();
+    for (org, id) in orgs.iter().zip(&batch.orgs) {
+        mem.org_names
+            .entry((ns.id, org.dim))
+            .or_insert_with(|| id.clone());
+    }
+    let precision = ns.policy.precision;
+    let n4 = batch.ipv4.len();
+    let mut insert = |family: Family, dim: u64, day: Day, hash: u64| -> Result<()> {
+        let key = SketchKey {
+            ns: ns.id,
+            family,
+            dim,
+            day,
+        };
+        match mem.sketches.get_mut(&key) {
+            Some(sketch) => {
+                sketch.insert_hash(hash);
+            }
+            None => {
+                let mut sketch = Sketch::new(precision, ns.seed)?;
+                sketch.insert_hash(hash);
+                mem.sketches.insert(key, sketch);
+            }
+        }
+        Ok(())
+    };
+    let (mut first, mut end) = (u32::MAX, 0u32);
+    for row in 0..batch.rows() {
+        let day = Day(batch.days[row]);
+        first = first.min(day.0);
+        end = end.max(day.0 + 1);
+        let ip = if row < n4 {
+            hash_ipv4(ns.seed, batch.ipv4[row])
+        } else {
+            hash_ipv6(ns.seed, batch.ipv6[row - n4])
+        };
+        let org = &orgs[batch.org_of_row[row] as usize];
+        let country = country_dim(batch.country_of_row[row]);
+        insert(Family::IpsGlobal, 0, day, ip)?;
+        insert(Family::IpsCountry, country, day, ip)?;
+        insert(Family::IpsOrg, org.dim, day, ip)?;
+        if org.counted {
+            insert(Family::OrgsGlobal, 0, day, org.hash)?;
+            insert(Family::OrgsCountry, country, day, org.hash)?;
+        }
+        for dim in [CounterKey::ALL, country] {
+            *mem.counters
+                .entry(CounterKey {
+                    ns: ns.id,
+                    dim,
+                    day,
+                })
+                .or_insert(0) += 1;
+        }
+    }
+    if first < end {
+        mem.widen_extent(ns.id, Day(first), Day(end));
+    }
+    mem.rows += batch.rows() as u64;
+    mem.applied.push((batch.id(), applied_at));
+    Ok(())
+}
+
+fn check_column_len(field: &str, len: usize, rows: usize, optional: bool) -> Result<()> {
+    if len == rows || (optional && len == 0) {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        field,
+        format!(
+            "has {len} entries but the batch has {rows} rows{}",
+            if optional {
+                " (send none or one per row)"
+            } else {
+                ""
+            }
+        ),
+    ))
+}
+
+fn validate_collector(collector: &str) -> Result<()> {
+    if collector.is_empty() {
+        return Err(Error::invalid("collector_id", "is empty"));
+    }
+    if collector.len() > MAX_COLLECTOR_LEN {
+        return Err(Error::invalid(
+            "collector_id",
+            format!(
+                "is {} bytes long; the limit is {MAX_COLLECTOR_LEN}",
+                collector.len()
+            ),
+        ));
+    }
+    if collector.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "collector_id",
+            "contains a control character",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_org(org: &str) -> std::result::Result<(), String> {
+    if org.is_empty() {
+        return Err("is empty (leave the row's org_index at 0 to have it attributed)".into());
+    }
+    if org.len() > MAX_ORG_LEN {
+        return Err(format!(
+            "is {} bytes long; the limit is {MAX_ORG_LEN}",
+            org.len()
+        ));
+    }
+    if org.chars().any(char::is_control) {
+        return Err(format!("{org:?} contains a control character"));
+    }
+    if org == UNATTRIBUTED_ORG {
+        return Err(format!("{org:?} is reserved for rows no table covers"));
+    }
+    Ok(())
+}
+
+/// Parses an ISO 3166-1 alpha-2 code (officially assigned, plus `EU` and
+/// the user-assigned `ZZ` that marks unattributed rows).
+pub fn parse_country(code: &str) -> std::result::Result<[u8; 2], String> {
+    let bytes: [u8; 2] = code
+        .as_bytes()
+        .try_into()
+        .map_err(|_| format!("{code:?} is not a two-letter ISO 3166-1 alpha-2 code"))?;
+    if !bytes.iter().all(u8::is_ascii_uppercase) {
+        return Err(format!("{code:?} is not upper-case ISO 3166-1 alpha-2"));
+    }
+    if code == "ZZ" || code == "EU" || ISO_3166_ALPHA2.split(' ').any(|c| c == code) {
+        Ok(bytes)
+    } else {
+        Err(format!(
+            "{code:?} is not an assigned ISO 3166-1 alpha-2 code"
+        ))
+    }
+}
+
+/// The 249 officially assigned ISO 3166-1 alpha-2 codes.
+const ISO_3166_ALPHA2: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";

@@ -1,0 +1,50 @@
+//! sketchd: a probabilistic sketch aggregation server.
+//!
+//! Collectors send batches of observations (IP, time, maybe org and
+//! country) over gRPC; sketchd folds them into HyperLogLog sketches per UTC
+//! day and per global / country / org, keeps them in sled, and answers
+//! distinct-IP and distinct-organisation counts over any window with error
+//! bounds.
+//!
+//! # Layout
+//!
+//! Dependencies point down only:
+//!
+//! ```text
+//! server, service        gRPC adapter, limits, status codes
+//! engine                 shared state of a running server
+//! ingest, query          batch validation / group commit; counts
+//! catalog, store         namespaces; sled, write-ahead log, memtable
+//! attribution            prefix tables and the org registry
+//! sketch, time           HLL sketches and envelopes; days and windows
+//! config, error          validated configuration; the one error type
+//! ```
+//!
+//! `pb` holds the generated protobuf types; they are used only by
+//! `service`, `server` and `client`.
+
+#[path = "attribution_stub.rs"]
+pub mod attribution;
+pub mod catalog;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod ingest;
+pub mod query;
+pub mod server;
+pub mod service;
+#[path = "sketch_stub.rs"]
+pub mod sketch;
+pub mod store;
+pub mod time;
+
+/// Generated protobuf and gRPC types of `sketchd.v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("sketchd.v1");
+
+    /// Encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("sketchd_descriptor");
+}

@@ -1,0 +1,91 @@
+//! Serving: binds the gRPC services to a listener until a shutdown signal.
+//!
+//! [`run`] takes a bound listener and any shutdown future, so tests drive
+//! the real server on `127.0.0.1:0`. On shutdown it stops accepting, lets
+//! in-flight requests finish, then checkpoints and flushes the engine.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::ServerConfig;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::service::{AdminService, IngestService, QueryService};
+
+/// Serves `engine` on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    config: &ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let max = config.max_message_bytes;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::ingest_server::IngestServer<IngestService>>()
+        .await;
+    health
+        .set_serving::<pb::query_server::QueryServer<QueryService>>()
+        .await;
+    health
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+
+    let ingest = pb::ingest_server::IngestServer::new(IngestService::new(engine.clone()))
+        .max_decoding_message_size(max);
+    let query = pb::query_server::QueryServer::new(QueryService::new(engine.clone()))
+        .max_decoding_message_size(max);
+    let admin = pb::admin_server::AdminServer::new(AdminService::new(engine.clone()))
+        .max_decoding_message_size(max);
+
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("listener", e))?;
+    tracing::info!(%addr, "serving gRPC");
+    let served = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ingest)
+        .add_service(query)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    tracing::info!("stopped accepting; checkpointing");
+    let engine_for_shutdown = engine.clone();
+    tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown())
+        .await
+        .map_err(|e| Error::Unavailable(format!("shutdown task failed: {e}")))?;
+    served.map_err(|e| Error::Unavailable(format!("transport: {e}")))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

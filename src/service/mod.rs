@@ -1,0 +1,298 @@
+//! The gRPC layer: an adapter between `pb` types and the domain.
+//!
+//! Each RPC converts and validates its request (errors name the field),
+//! calls domain code, and converts the answer. Domain errors become a
+//! `Status` in one exhaustive match ([`status`]). Generated types do not
+//! leave this module.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::catalog::{fingerprint_hex, Namespace};
+use crate::config::NamespacePolicy;
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::ingest::{parse_country, ObservationBatch};
+use crate::pb;
+use crate::query::{self, Metric, Scope, DEFAULT_CONFIDENCE};
+use crate::sketch::Estimate;
+use crate::time::DayWindow;
+
+/// Maps a domain error to a gRPC status.
+pub fn status(err: Error) -> Status {
+    let message = err.to_string();
+    match err {
+        Error::InvalidArgument { .. } | Error::InvalidRow { .. } => {
+            Status::invalid_argument(message)
+        }
+        Error::LimitExceeded(_) => Status::resource_exhausted(message),
+        Error::Overloaded(_) => {
+            let mut s = Status::resource_exhausted(message);
+            s.metadata_mut().insert(
+                "retry-after-ms",
+                tonic::metadata::MetadataValue::from_static("100"),
+            );
+            s
+        }
+        Error::NamespaceNotFound(_) => Status::not_found(message),
+        Error::NamespaceExists(_) => Status::already_exists(message),
+        Error::NamespaceAutoCreateDisabled(_) => Status::failed_precondition(message),
+        Error::Incompatible(_) => Status::failed_precondition(message),
+        Error::Unavailable(_) => Status::unavailable(message),
+        Error::Corrupt(_) => Status::data_loss(message),
+        Error::Sketch(_)
+        | Error::Storage(_)
+        | Error::Io { .. }
+        | Error::Attribution(_)
+        | Error::Config(_) => {
+            tracing::error!(error = %message, "internal error");
+            Status::internal(message)
+        }
+    }
+}
+
+fn estimate_pb(e: Estimate) -> pb::Estimate {
+    pb::Estimate {
+        estimate: e.value,
+        lower: e.lower,
+        upper: e.upper,
+        confidence: e.confidence,
+        exact: e.exact,
+    }
+}
+
+fn metric(value: i32) -> Result<Metric, Error> {
+    match pb::Metric::try_from(value) {
+        Ok(pb::Metric::Ips) => Ok(Metric::Ips),
+        Ok(pb::Metric::Orgs) => Ok(Metric::Orgs),
+        _ => Err(Error::invalid(
+            "metric",
+            format!("{value} is not METRIC_IPS or METRIC_ORGS"),
+        )),
+    }
+}
+
+fn scope(scope: Option<pb::Scope>) -> Result<Scope, Error> {
+    let scope = scope.unwrap_or_default();
+    if !scope.sector.is_empty() {
+        return Err(Error::invalid("scope.sector", "sector scopes need attribution tables with sectors, which this server version does not count yet"));
+    }
+    match (scope.country.is_empty(), scope.org.is_empty()) {
+        (true, true) => Ok(Scope::Global),
+        (false, true) => parse_country(&scope.country)
+            .map(Scope::Country)
+            .map_err(|reason| Error::invalid("scope.country", reason)),
+        (true, false) => Ok(Scope::Org(scope.org)),
+        (false, false) => Err(Error::invalid("scope", "give country or org, not both")),
+    }
+}
+
+fn confidence(value: f64) -> f64 {
+    if value == 0.0 {
+        DEFAULT_CONFIDENCE
+    } else {
+        value
+    }
+}
+
+fn policy_pb(p: NamespacePolicy) -> pb::NamespacePolicy {
+    pb::NamespacePolicy {
+        precision: u32::from(p.precision),
+        max_age_days: p.max_age_days,
+        max_future_skew_seconds: p.max_future_skew_seconds,
+    }
+}
+
+fn namespace_info(engine: &Engine, ns: &Namespace) -> Result<pb::NamespaceInfo, Error> {
+    let extent = query::extent(engine, ns)?;
+    Ok(pb::NamespaceInfo {
+        name: ns.name.clone(),
+        policy: Some(policy_pb(ns.policy)),
+        seed_fingerprint: fingerprint_hex(ns.seed),
+        first_day: extent.map(|w| w.from.to_string()).unwrap_or_default(),
+        end_day: extent.map(|w| w.to.to_string()).unwrap_or_default(),
+    })
+}
+
+/// Runs blocking domain code (sled reads, merges) off the async workers.
+async fn blocking<T, F>(engine: &Arc<Engine>, f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
+{
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || f(&engine))
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(status)
+}
+
+#[derive(Clone)]
+pub struct IngestService {
+    engine: Arc<Engine>,
+}
+
+impl IngestService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        IngestService { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ingest_server::Ingest for IngestService {
+    async fn ingest(
+        &self,
+        request: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        let r = request.into_inner();
+        let batch = ObservationBatch {
+            namespace: r.namespace,
+            collector: r.collector_id,
+            sequence: r.sequence,
+            ipv4: r.ipv4,
+            ipv6: r.ipv6,
+            unix_seconds: r.unix_seconds,
+            org_dict: r.org_dict,
+            org_index: r.org_index,
+            country_dict: r.country_dict,
+            country_index: r.country_index,
+        };
+        let applied = self.engine.ingest(batch).await.map_err(status)?;
+        Ok(Response::new(pb::IngestResponse {
+            rows_accepted: applied.rows,
+            duplicate: applied.duplicate,
+            rows_attributed: applied.attributed,
+            rows_unattributed: applied.unattributed,
+        }))
+    }
+}
+
+#[derive(Clone)]
+pub struct QueryService {
+    engine: Arc<Engine>,
+}
+
+impl QueryService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        QueryService { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::query_server::Query for QueryService {
+    async fn count(
+        &self,
+        request: Request<pb::CountRequest>,
+    ) -> Result<Response<pb::CountResponse>, Status> {
+        let r = request.into_inner();
+        let metric = metric(r.metric).map_err(status)?;
+        let scope = scope(r.scope).map_err(status)?;
+        let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
+        let confidence = confidence(r.confidence);
+        let namespace = r.namespace;
+        let answer = blocking(&self.engine, move |e| {
+            query::count(e, &namespace, metric, &scope, window, confidence)
+        })
+        .await?;
+        Ok(Response::new(pb::CountResponse {
+            estimate: Some(estimate_pb(answer.estimate)),
+            covered_from: answer.covered.from.to_string(),
+            covered_to: answer.covered.to.to_string(),
+        }))
+    }
+
+    async fn observations(
+        &self,
+        request: Request<pb::ObservationsRequest>,
+    ) -> Result<Response<pb::ObservationsResponse>, Status> {
+        let r = request.into_inner();
+        let scope = scope(r.scope).map_err(status)?;
+        let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
+        let namespace = r.namespace;
+        let observations = blocking(&self.engine, move |e| {
+            query::observations(e, &namespace, &scope, window)
+        })
+        .await?;
+        Ok(Response::new(pb::ObservationsResponse { observations }))
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminService {
+    engine: Arc<Engine>,
+}
+
+impl AdminService {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        AdminService { engine }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminService {
+    async fn create_namespace(
+        &self,
+        request: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::NamespaceInfo>, Status> {
+        let r = request.into_inner();
+        let defaults = self.engine.catalog().default_policy();
+        let p = r.policy.unwrap_or_default();
+        let precision = match p.precision {
+            0 => defaults.precision,
+            n => u8::try_from(n).map_err(|_| {
+                status(Error::invalid(
+                    "policy.precision",
+                    format!("{n} is outside 4..=18"),
+                ))
+            })?,
+        };
+        let policy = NamespacePolicy {
+            precision,
+            max_age_days: if p.max_age_days == 0 {
+                defaults.max_age_days
+            } else {
+                p.max_age_days
+            },
+            max_future_skew_seconds: if p.max_future_skew_seconds == 0 {
+                defaults.max_future_skew_seconds
+            } else {
+                p.max_future_skew_seconds
+            },
+        };
+        let info = blocking(&self.engine, move |e| {
+            let ns = e.catalog().create(&r.name, policy)?;
+            namespace_info(e, &ns)
+        })
+        .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn get_namespace(
+        &self,
+        request: Request<pb::GetNamespaceRequest>,
+    ) -> Result<Response<pb::NamespaceInfo>, Status> {
+        let name = request.into_inner().name;
+        let info = blocking(&self.engine, move |e| {
+            let ns = e.catalog().require("name", &name)?;
+            namespace_info(e, &ns)
+        })
+        .await?;
+        Ok(Response::new(info))
+    }
+
+    async fn list_namespaces(
+        &self,
+        _request: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let namespaces = blocking(&self.engine, |e| {
+            e.catalog()
+                .list()
+                .iter()
+                .map(|ns| namespace_info(e, ns))
+                .collect()
+        })
+        .await?;
+        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+}

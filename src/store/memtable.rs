@@ -1,0 +1,56 @@
+//! The memtable: what changed since the last checkpoint.
+//!
+//! It holds *delta* sketches (only what was inserted since the last
+//! checkpoint, never read from sled), counter increments, new org names,
+//! applied batch ids and day extents. Reads combine sled with the deltas;
+//! this is exact because sketch union is idempotent, and counters are read
+//! under the lock that the checkpoint takes to move deltas into sled.
+
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
+
+use crate::sketch::Sketch;
+use crate::store::keys::{CounterKey, DedupeKey, NamespaceId, SketchKey};
+use crate::time::Day;
+
+#[derive(Default)]
+pub struct Memtable {
+    pub sketches: FxHashMap<SketchKey, Sketch>,
+    pub counters: FxHashMap<CounterKey, u64>,
+    /// (namespace, org dim) -> org id, for orgs first seen since the checkpoint.
+    pub org_names: HashMap<(NamespaceId, u64), String>,
+    /// Batches applied since the checkpoint, with the unix time they were applied.
+    pub applied: Vec<(DedupeKey, i64)>,
+    /// Per namespace: first day and end day (last + 1) with observations.
+    pub extents: HashMap<NamespaceId, (Day, Day)>,
+    /// Rows applied since the checkpoint (for metrics and checkpoint pacing).
+    pub rows: u64,
+}
+
+impl Memtable {
+    pub fn is_empty(&self) -> bool {
+        self.sketches.is_empty() && self.counters.is_empty() && self.applied.is_empty()
+    }
+
+    /// Widens the namespace's extent to include `[first, end)`.
+    pub fn widen_extent(&mut self, ns: NamespaceId, first: Day, end: Day) {
+        let e = self.extents.entry(ns).or_insert((first, end));
+        e.0 = e.0.min(first);
+        e.1 = e.1.max(end);
+    }
+}
+
+/// The active memtable and the one being checkpointed, if any.
+#[derive(Default)]
+pub struct MemState {
+    pub active: Memtable,
+    pub frozen: Option<std::sync::Arc<Memtable>>,
+}
+
+impl MemState {
+    /// The memtables a read must combine with sled, newest first.
+    pub fn tables(&self) -> impl Iterator<Item = &Memtable> {
+        std::iter::once(&self.active).chain(self.frozen.as_deref())
+    }
+}

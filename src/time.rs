@@ -1,0 +1,208 @@
+//! UTC days and half-open windows of days.
+//!
+//! A [`Day`] is a count of days since 1970-01-01 (UTC). Observations before
+//! 1970 are not representable and are rejected at validation. A [`DayWindow`]
+//! is `[from, to)`; `from <= to` always holds for a constructed window.
+//! Time-dependent code reads the time from a [`Clock`] so tests can pin it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use time::{macros::format_description, Date, OffsetDateTime};
+
+use crate::error::{Error, Result};
+
+/// Seconds in a UTC day.
+pub const SECONDS_PER_DAY: i64 = 86_400;
+
+/// A UTC day: days since 1970-01-01.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Day(pub u32);
+
+impl Day {
+    /// The day holding `unix_seconds`, or `None` before 1970 or after the
+    /// year 11 million.
+    pub fn from_unix_seconds(unix_seconds: i64) -> Option<Day> {
+        if unix_seconds < 0 {
+            return None;
+        }
+        u32::try_from(unix_seconds / SECONDS_PER_DAY).ok().map(Day)
+    }
+
+    /// Parses `YYYY-MM-DD`.
+    pub fn parse(text: &str) -> std::result::Result<Day, String> {
+        let format = format_description!("[year]-[month]-[day]");
+        let date = Date::parse(text, &format)
+            .map_err(|e| format!("{text:?} is not a date YYYY-MM-DD ({e})"))?;
+        let unix = date.midnight().assume_utc().unix_timestamp();
+        Day::from_unix_seconds(unix).ok_or_else(|| format!("{text:?} is before 1970-01-01"))
+    }
+
+    /// Parses a field of a request, naming the field in the error.
+    pub fn parse_field(field: &str, text: &str) -> Result<Day> {
+        Day::parse(text).map_err(|reason| Error::invalid(field, reason))
+    }
+
+    /// Unix seconds at the start of this day.
+    pub fn start_unix_seconds(self) -> i64 {
+        i64::from(self.0) * SECONDS_PER_DAY
+    }
+
+    pub fn next(self) -> Day {
+        Day(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Day {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match OffsetDateTime::from_unix_timestamp(self.start_unix_seconds()) {
+            Ok(t) => write!(
+                f,
+                "{:04}-{:02}-{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day()
+            ),
+            Err(_) => write!(f, "day+{}", self.0),
+        }
+    }
+}
+
+/// A half-open window of days `[from, to)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DayWindow {
+    pub from: Day,
+    pub to: Day,
+}
+
+impl DayWindow {
+    /// A window; `from > to` is an error naming the fields.
+    pub fn new(from: Day, to: Day) -> Result<DayWindow> {
+        if from > to {
+            return Err(Error::invalid(
+                "to",
+                format!("window is reversed: from {from} is after to {to}"),
+            ));
+        }
+        Ok(DayWindow { from, to })
+    }
+
+    /// Parses the `from`/`to` fields of a request.
+    pub fn parse(from_field: &str, from: &str, to_field: &str, to: &str) -> Result<DayWindow> {
+        let from = Day::parse_field(from_field, from)?;
+        let to = Day::parse_field(to_field, to)?;
+        if from > to {
+            return Err(Error::invalid(
+                to_field,
+                format!("window is reversed: {from_field} {from} is after {to_field} {to}"),
+            ));
+        }
+        Ok(DayWindow { from, to })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.from == self.to
+    }
+
+    pub fn len(&self) -> u32 {
+        self.to.0 - self.from.0
+    }
+
+    pub fn contains(&self, day: Day) -> bool {
+        self.from <= day && day < self.to
+    }
+
+    /// The part of this window inside `other` (empty at `self.from` when
+    /// they do not meet).
+    pub fn intersect(&self, other: &DayWindow) -> DayWindow {
+        let from = self.from.max(other.from);
+        let to = self.to.min(other.to);
+        if from >= to {
+            DayWindow {
+                from: self.from,
+                to: self.from,
+            }
+        } else {
+            DayWindow { from, to }
+        }
+    }
+
+    pub fn days(&self) -> impl Iterator<Item = Day> {
+        (self.from.0..self.to.0).map(Day)
+    }
+}
+
+/// Where "now" comes from.
+pub trait Clock: Send + Sync + 'static {
+    fn now_unix_seconds(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_seconds(&self) -> i64 {
+        OffsetDateTime::now_utc().unix_timestamp()
+    }
+}
+
+/// A clock tests set by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(unix_seconds: i64) -> ManualClock {
+        ManualClock(AtomicI64::new(unix_seconds))
+    }
+
+    pub fn set(&self, unix_seconds: i64) {
+        self.0.store(unix_seconds, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_unix_seconds(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_days() {
+        let d = Day::parse("2026-04-01").unwrap();
+        assert_eq!(d.start_unix_seconds(), 1_775_001_600);
+        assert_eq!(d.to_string(), "2026-04-01");
+        assert_eq!(Day::parse("1970-01-01").unwrap(), Day(0));
+        assert!(Day::parse("1969-12-31").is_err());
+        assert!(Day::parse("2026-02-30").is_err());
+        assert!(Day::parse("2026-4-1").is_err());
+    }
+
+    #[test]
+    fn day_of_unix_seconds() {
+        assert_eq!(Day::from_unix_seconds(86_399), Some(Day(0)));
+        assert_eq!(Day::from_unix_seconds(86_400), Some(Day(1)));
+        assert_eq!(Day::from_unix_seconds(-1), None);
+    }
+
+    #[test]
+    fn windows() {
+        let w = DayWindow::parse("from", "2026-04-01", "to", "2026-04-08").unwrap();
+        assert_eq!(w.len(), 7);
+        assert_eq!(w.days().count(), 7);
+        assert!(w.contains(w.from) && !w.contains(w.to));
+        let err = DayWindow::parse("from", "2026-04-08", "to", "2026-04-01").unwrap_err();
+        assert!(err.to_string().contains("reversed"), "{err}");
+        let other = DayWindow::new(Day(w.from.0 + 3), Day(w.to.0 + 10)).unwrap();
+        assert_eq!(
+            w.intersect(&other),
+            DayWindow::new(other.from, w.to).unwrap()
+        );
+        let far = DayWindow::new(Day(w.to.0 + 5), Day(w.to.0 + 6)).unwrap();
+        assert!(w.intersect(&far).is_empty());
+    }
+}

@@ -1,0 +1,806 @@
+//! End-to-end tests over real gRPC sockets against the real server with a
+//! real sled directory.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use common::{Rng, TestServer, APRIL_1, DAY, NOW};
+use sketchd::client::{BatchBuilder, Observation};
+use sketchd::pb;
+use sketchd::query::{Metric, Scope};
+use sketchd::time::{Day, DayWindow};
+use tonic::Code;
+
+const NS: &str = "vendor-x-updates";
+const COUNTRIES: [&str; 5] = ["DE", "GB", "IT", "US", "JP"];
+
+/// Rows over `days` days from April 1st with IPs drawn from a pool, so that
+/// IPs repeat within and across days; every row carries org and country.
+fn world(seed: u64, rows: usize, days: i64, pool: u64) -> Vec<Observation> {
+    let mut rng = Rng(seed);
+    (0..rows)
+        .map(|_| {
+            let n = rng.below(pool);
+            let ip = if n.is_multiple_of(10) {
+                IpAddr::V6(Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    (n >> 16) as u16,
+                    n as u16,
+                ))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32.wrapping_add(n as u32 * 7919)))
+            };
+            // An IP keeps its org and country.
+            let org = format!("AS{}", 64_500 + n % 300);
+            let country = COUNTRIES[(n % 300 % 5) as usize];
+            Observation {
+                ip,
+                unix_seconds: APRIL_1
+                    + rng.below(days as u64) as i64 * DAY
+                    + rng.below(DAY as u64) as i64,
+                org: Some(org),
+                country: Some(country.to_owned()),
+            }
+        })
+        .collect()
+}
+
+async fn send(
+    server: &TestServer,
+    rows: &[Observation],
+    collector: &str,
+    sequence: u64,
+) -> pb::IngestResponse {
+    let mut b = BatchBuilder::new();
+    rows.iter().for_each(|r| b.push(r));
+    server
+        .client
+        .ingest(b.build(NS, collector, sequence))
+        .await
+        .expect("batch accepted")
+}
+
+fn day_of(t: i64) -> Day {
+    Day::from_unix_seconds(t).unwrap()
+}
+
+fn window(from_day: i64, to_day: i64) -> DayWindow {
+    DayWindow::new(
+        day_of(APRIL_1 + from_day * DAY),
+        day_of(APRIL_1 + to_day * DAY),
+    )
+    .unwrap()
+}
+
+/// Exact distinct counts of a window, for a scope.
+fn truth(rows: &[Observation], w: DayWindow, metric: Metric, scope: &Scope) -> usize {
+    let mut ips = HashSet::new();
+    let mut orgs = HashSet::new();
+    for r in rows.iter().filter(|r| w.contains(day_of(r.unix_seconds))) {
+        let keep = match scope {
+            Scope::Global => true,
+            Scope::Country(cc) => r.country.as_deref() == Some(std::str::from_utf8(cc).unwrap()),
+            Scope::Org(o) => r.org.as_deref() == Some(o.as_str()),
+        };
+        if keep {
+            ips.insert(r.ip);
+            orgs.insert(r.org.clone());
+        }
+    }
+    match metric {
+        Metric::Ips => ips.len(),
+        Metric::Orgs => orgs.len(),
+    }
+}
+
+async fn assert_counts_match(server: &TestServer, rows: &[Observation], windows: &[DayWindow]) {
+    let scopes = [
+        Scope::Global,
+        Scope::Country(*b"DE"),
+        Scope::Country(*b"US"),
+        Scope::Org("AS64501".into()),
+    ];
+    for &w in windows {
+        for scope in &scopes {
+            for metric in [Metric::Ips, Metric::Orgs] {
+                if matches!((metric, scope), (Metric::Orgs, Scope::Org(_))) {
+                    continue;
+                }
+                let exact = truth(rows, w, metric, scope) as f64;
+                let got = server
+                    .client
+                    .count(NS, metric, scope, w)
+                    .await
+                    .unwrap()
+                    .estimate;
+                assert!(
+                    got.lower <= exact && exact <= got.upper,
+                    "{metric:?} {scope:?} {w:?}: truth {exact} outside [{}, {}] (estimate {})",
+                    got.lower,
+                    got.upper,
+                    got.value
+                );
+                assert!(got.lower <= got.value && got.value <= got.upper);
+                assert_eq!(got.confidence, 0.95);
+                if got.exact {
+                    assert_eq!(got.value, exact, "{metric:?} {scope:?} {w:?} claims exact");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn ingest_then_count_matches_truth_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let rows = world(1, 120_000, 10, 40_000);
+    let mut acked = 0;
+    for (i, chunk) in rows.chunks(25_000).enumerate() {
+        let reply = send(&server, chunk, "c1", i as u64).await;
+        assert!(!reply.duplicate);
+        acked += reply.rows_accepted;
+    }
+    assert_eq!(acked, rows.len() as u64);
+    let windows = [window(0, 10), window(0, 1), window(3, 7), window(9, 10)];
+    assert_counts_match(&server, &rows, &windows).await;
+
+    // Exact observation counters, globally and per country.
+    let all = window(0, 10);
+    assert_eq!(
+        server
+            .client
+            .observations(NS, &Scope::Global, all)
+            .await
+            .unwrap(),
+        rows.len() as u64
+    );
+    let de = rows
+        .iter()
+        .filter(|r| r.country.as_deref() == Some("DE"))
+        .count() as u64;
+    assert_eq!(
+        server
+            .client
+            .observations(NS, &Scope::Country(*b"DE"), all)
+            .await
+            .unwrap(),
+        de
+    );
+
+    // A window beyond the data is empty and says what it covered.
+    let later = window(20, 30);
+    let reply = server
+        .client
+        .count(NS, Metric::Ips, &Scope::Global, later)
+        .await
+        .unwrap();
+    assert_eq!(reply.estimate.value, 0.0);
+    assert!(reply.estimate.exact);
+    assert!(reply.covered.is_empty());
+    // A window wider than the data reports the days that hold data.
+    let wide = window(-5, 40);
+    let reply = server
+        .client
+        .count(NS, Metric::Ips, &Scope::Global, wide)
+        .await
+        .unwrap();
+    assert_eq!(reply.covered, window(0, 10));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn restart_gives_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = world(2, 60_000, 5, 30_000);
+    let server = common::start(dir.path()).await;
+    for (i, chunk) in rows.chunks(20_000).enumerate() {
+        send(&server, chunk, "c1", i as u64).await;
+    }
+    let w = window(0, 5);
+    let before = server
+        .client
+        .count(NS, Metric::Ips, &Scope::Global, w)
+        .await
+        .unwrap()
+        .estimate;
+    let before_de = server
+        .client
+        .count(NS, Metric::Orgs, &Scope::Country(*b"DE"), w)
+        .await
+        .unwrap()
+        .estimate;
+    server.stop().await;
+
+    let server = common::start(dir.path()).await;
+    let after = server
+        .client
+        .count(NS, Metric::Ips, &Scope::Global, w)
+        .await
+        .unwrap()
+        .estimate;
+    let after_de = server
+        .client
+        .count(NS, Metric::Orgs, &Scope::Country(*b"DE"), w)
+        .await
+        .unwrap()
+        .estimate;
+    assert_eq!(
+        (before.value, before.lower, before.upper),
+        (after.value, after.lower, after.upper)
+    );
+    assert_eq!(before_de.value, after_de.value);
+    assert_eq!(
+        server
+            .client
+            .observations(NS, &Scope::Global, w)
+            .await
+            .unwrap(),
+        rows.len() as u64
+    );
+    assert_counts_match(&server, &rows, &[w]).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_not_double_counted_even_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = world(3, 5_000, 3, 4_000);
+    let w = window(0, 3);
+    let server = common::start(dir.path()).await;
+    let first = send(&server, &rows, "eu-1", 7).await;
+    assert_eq!((first.rows_accepted, first.duplicate), (5_000, false));
+    let again = send(&server, &rows, "eu-1", 7).await;
+    assert_eq!((again.rows_accepted, again.duplicate), (0, true));
+    // Same sequence from another collector is another batch.
+    let other = send(&server, &rows[..10], "eu-2", 7).await;
+    assert!(!other.duplicate);
+    assert_eq!(
+        server
+            .client
+            .observations(NS, &Scope::Global, w)
+            .await
+            .unwrap(),
+        5_010
+    );
+    server.stop().await;
+
+    let server = common::start(dir.path()).await;
+    let after_restart = send(&server, &rows, "eu-1", 7).await;
+    assert!(after_restart.duplicate);
+    assert_eq!(
+        server
+            .client
+            .observations(NS, &Scope::Global, w)
+            .await
+            .unwrap(),
+        5_010
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_ipv4_mapped_ipv6_address_counts_as_the_ipv4_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let v4 = Ipv4Addr::new(192, 0, 2, 1);
+    let rows: Vec<Observation> = [IpAddr::V4(v4), IpAddr::V6(v4.to_ipv6_mapped())]
+        .into_iter()
+        .map(|ip| Observation {
+            ip,
+            unix_seconds: APRIL_1,
+            org: Some("AS64500".into()),
+            country: Some("DE".into()),
+        })
+        .collect();
+    send(&server, &rows, "c", 1).await;
+    let got = server
+        .client
+        .count(NS, Metric::Ips, &Scope::Global, window(0, 1))
+        .await
+        .unwrap();
+    assert_eq!((got.estimate.value, got.estimate.exact), (1.0, true));
+    server.stop().await;
+}
+
+/// A valid one-row request to mutate.
+fn valid() -> pb::IngestRequest {
+    pb::IngestRequest {
+        namespace: NS.into(),
+        collector_id: "c".into(),
+        sequence: 1000,
+        ipv4: vec![0x0102_0304, 0x0102_0305],
+        ipv6: vec![0x20; 16],
+        unix_seconds: vec![APRIL_1, APRIL_1, APRIL_1],
+        org_dict: vec!["AS1".into()],
+        org_index: vec![1, 1, 0],
+        country_dict: vec!["DE".into()],
+        country_index: vec![1, 1, 1],
+    }
+}
+
+#[tokio::test]
+async fn bad_batches_are_rejected_whole_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    // Something already counted, to see that it does not change.
+    let rows = world(4, 2_000, 3, 1_500);
+    send(&server, &rows, "base", 1).await;
+    let w = window(0, 3);
+    let snapshot = |s: &TestServer| {
+        let client = s.client.clone();
+        async move {
+            let ips = client
+                .count(NS, Metric::Ips, &Scope::Global, w)
+                .await
+                .unwrap()
+                .estimate
+                .value;
+            let orgs = client
+                .count(NS, Metric::Orgs, &Scope::Global, w)
+                .await
+                .unwrap()
+                .estimate
+                .value;
+            let obs = client.observations(NS, &Scope::Global, w).await.unwrap();
+            (ips, orgs, obs)
+        }
+    };
+    let before = snapshot(&server).await;
+
+    type Mutation = fn(&mut pb::IngestRequest);
+    let cases: Vec<(&str, Mutation, Code, &str)> = vec![
+        (
+            "ipv6 not a multiple of 16",
+            |r| r.ipv6.push(1),
+            Code::InvalidArgument,
+            "ipv6",
+        ),
+        (
+            "times column short",
+            |r| {
+                r.unix_seconds.pop();
+            },
+            Code::InvalidArgument,
+            "unix_seconds",
+        ),
+        (
+            "org index column short",
+            |r| {
+                r.org_index.pop();
+            },
+            Code::InvalidArgument,
+            "org_index",
+        ),
+        (
+            "org index out of dictionary",
+            |r| r.org_index[2] = 5,
+            Code::InvalidArgument,
+            "row 2: invalid org_index",
+        ),
+        (
+            "country index out of dictionary",
+            |r| r.country_index[1] = 2,
+            Code::InvalidArgument,
+            "row 1: invalid country_index",
+        ),
+        (
+            "lower-case country",
+            |r| r.country_dict[0] = "de".into(),
+            Code::InvalidArgument,
+            "country_dict[0]",
+        ),
+        (
+            "unassigned country",
+            |r| r.country_dict[0] = "XX".into(),
+            Code::InvalidArgument,
+            "country_dict[0]",
+        ),
+        (
+            "empty org",
+            |r| r.org_dict[0] = String::new(),
+            Code::InvalidArgument,
+            "org_dict[0]",
+        ),
+        (
+            "too old",
+            |r| r.unix_seconds[1] = NOW - 5 * 366 * DAY,
+            Code::InvalidArgument,
+            "row 1: invalid unix_seconds",
+        ),
+        (
+            "in the future",
+            |r| r.unix_seconds[2] = NOW + 2 * 3600,
+            Code::InvalidArgument,
+            "row 2: invalid unix_seconds",
+        ),
+        (
+            "empty collector",
+            |r| r.collector_id.clear(),
+            Code::InvalidArgument,
+            "collector_id",
+        ),
+        (
+            "bad namespace name",
+            |r| r.namespace = "a b".into(),
+            Code::InvalidArgument,
+            "namespace",
+        ),
+        (
+            "empty namespace",
+            |r| r.namespace.clear(),
+            Code::InvalidArgument,
+            "namespace",
+        ),
+    ];
+    for (what, mutate, code, needle) in cases {
+        let mut req = valid();
+        mutate(&mut req);
+        let err = server
+            .client
+            .ingest_client()
+            .ingest(req)
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{what}: {:?} does not name {needle:?}",
+            err.message()
+        );
+        assert_eq!(snapshot(&server).await, before, "{what} changed the counts");
+    }
+    // The valid request itself goes through, so the cases above failed for
+    // their mutation alone.
+    let ok = server.client.ingest(valid()).await.unwrap();
+    assert_eq!(ok.rows_accepted, 3);
+    assert_ne!(snapshot(&server).await, before);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_rows_is_resource_exhausted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path());
+    config.max_rows_per_batch = 2;
+    let server = common::start_with(config, sketchd::attribution::Attributor::empty()).await;
+    let err = server
+        .client
+        .ingest_client()
+        .ingest(valid())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("3 rows"), "{}", err.message());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn query_errors_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    send(&server, &world(5, 100, 1, 100), "c", 1).await;
+    let base = pb::CountRequest {
+        namespace: NS.into(),
+        metric: pb::Metric::Ips as i32,
+        scope: None,
+        from: "2026-04-01".into(),
+        to: "2026-04-02".into(),
+        confidence: 0.0,
+    };
+    type Mutation = fn(&mut pb::CountRequest);
+    let cases: Vec<(Mutation, Code, &str)> = vec![
+        (
+            |r| r.to = "2026-03-01".into(),
+            Code::InvalidArgument,
+            "reversed",
+        ),
+        (|r| r.from = "April".into(), Code::InvalidArgument, "from"),
+        (|r| r.metric = 0, Code::InvalidArgument, "metric"),
+        (|r| r.namespace = "nope".into(), Code::NotFound, "nope"),
+        (
+            |r| {
+                r.scope = Some(pb::Scope {
+                    country: "Germany".into(),
+                    ..Default::default()
+                })
+            },
+            Code::InvalidArgument,
+            "scope.country",
+        ),
+        (
+            |r| {
+                r.scope = Some(pb::Scope {
+                    country: "DE".into(),
+                    org: "AS1".into(),
+                    ..Default::default()
+                })
+            },
+            Code::InvalidArgument,
+            "scope",
+        ),
+        (
+            |r| {
+                r.metric = pb::Metric::Orgs as i32;
+                r.scope = Some(pb::Scope {
+                    org: "AS1".into(),
+                    ..Default::default()
+                })
+            },
+            Code::InvalidArgument,
+            "scope.org",
+        ),
+        (|r| r.confidence = 1.5, Code::InvalidArgument, "confidence"),
+    ];
+    for (mutate, code, needle) in cases {
+        let mut req = base.clone();
+        mutate(&mut req);
+        let err = server
+            .client
+            .query_client()
+            .count(req.clone())
+            .await
+            .expect_err("must fail");
+        assert_eq!(err.code(), code, "{req:?}: {}", err.message());
+        assert!(
+            err.message().contains(needle),
+            "{:?} does not name {needle:?}",
+            err.message()
+        );
+    }
+    // An empty window is fine and exact.
+    let mut empty = base.clone();
+    empty.to = empty.from.clone();
+    let reply = server
+        .client
+        .query_client()
+        .count(empty)
+        .await
+        .unwrap()
+        .into_inner();
+    let e = reply.estimate.unwrap();
+    assert_eq!((e.estimate, e.exact), (0.0, true));
+    // An unknown org is simply zero.
+    let mut unknown = base;
+    unknown.scope = Some(pb::Scope {
+        org: "AS999999".into(),
+        ..Default::default()
+    });
+    let e = server
+        .client
+        .query_client()
+        .count(unknown)
+        .await
+        .unwrap()
+        .into_inner()
+        .estimate
+        .unwrap();
+    assert_eq!(e.estimate, 0.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn namespaces_are_created_with_a_policy_and_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let mut admin = server.client.admin_client();
+    let policy = pb::NamespacePolicy {
+        precision: 12,
+        max_age_days: 30,
+        max_future_skew_seconds: 60,
+    };
+    let info = admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "small".into(),
+            policy: Some(policy),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.policy.unwrap().precision, 12);
+    // Same policy again: fine. Another policy: ALREADY_EXISTS.
+    admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "small".into(),
+            policy: Some(policy),
+        })
+        .await
+        .unwrap();
+    let err = admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "small".into(),
+            policy: Some(pb::NamespacePolicy {
+                precision: 14,
+                ..policy
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let err = admin
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "bad".into(),
+            policy: Some(pb::NamespacePolicy {
+                precision: 19,
+                ..policy
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("policy.precision"),
+        "{}",
+        err.message()
+    );
+
+    // The namespace's own age limit applies: 30 days.
+    let mut req = valid();
+    req.namespace = "small".into();
+    req.unix_seconds = vec![NOW - 40 * DAY; 3];
+    let err = server.client.ingest_client().ingest(req).await.unwrap_err();
+    assert!(
+        err.message().contains("row 0: invalid unix_seconds"),
+        "{}",
+        err.message()
+    );
+
+    // Auto-created on first ingest with the default policy.
+    send(&server, &world(6, 10, 1, 10), "c", 1).await;
+    let list = admin
+        .list_namespaces(pb::ListNamespacesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = list.namespaces.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["small", NS]);
+    let got = admin
+        .get_namespace(pb::GetNamespaceRequest { name: NS.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.policy.unwrap().precision, 14);
+    assert_eq!(got.first_day, "2026-04-01");
+    assert_eq!(got.end_day, "2026-04-02");
+    server.stop().await;
+
+    // Policies survive a restart.
+    let server = common::start(dir.path()).await;
+    let got = server
+        .client
+        .admin_client()
+        .get_namespace(pb::GetNamespaceRequest {
+            name: "small".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.policy.unwrap(), policy);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_namespaces_are_refused_when_auto_create_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path());
+    config.auto_create_namespaces = false;
+    let server = common::start_with(config, sketchd::attribution::Attributor::empty()).await;
+    let err = server
+        .client
+        .ingest_client()
+        .ingest(valid())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["sketchd.v1.Ingest", "sketchd.v1.Query", "sketchd.v1.Admin"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.status(), ServingStatus::Serving, "{service}");
+    }
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: HashSet<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "sketchd.v1.Ingest",
+        "sketchd.v1.Query",
+        "sketchd.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(service), "{service} missing from {names:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_collectors_share_group_commits_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let rows = world(7, 80_000, 4, 50_000);
+    let mut tasks = Vec::new();
+    for (i, chunk) in rows.chunks(2_000).enumerate() {
+        let client = server.client.clone();
+        let mut b = BatchBuilder::new();
+        chunk.iter().for_each(|r| b.push(r));
+        let req = b.build(NS, &format!("collector-{}", i % 8), i as u64);
+        tasks.push(tokio::spawn(async move {
+            client.ingest(req).await.unwrap().rows_accepted
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, rows.len() as u64);
+    let w = window(0, 4);
+    assert_eq!(
+        server
+            .client
+            .observations(NS, &Scope::Global, w)
+            .await
+            .unwrap(),
+        total
+    );
+    assert_counts_match(&server, &rows, &[w]).await;
+    let mut per_country: HashMap<&str, u64> = HashMap::new();
+    for r in &rows {
+        *per_country
+            .entry(r.country.as_deref().unwrap())
+            .or_default() += 1;
+    }
+    for (cc, n) in per_country {
+        let code: [u8; 2] = cc.as_bytes().try_into().unwrap();
+        assert_eq!(
+            server
+                .client
+                .observations(NS, &Scope::Country(code), w)
+                .await
+                .unwrap(),
+            n
+        );
+    }
+    server.stop().await;
+}
