@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb;
-use crate::query::{Metric, Scope};
+use crate::query::{CompareRow, GroupBy, GroupRow, Metric, Overlap, Retention, Scope};
 use crate::sketch::Estimate;
 use crate::time::{Day, DayWindow};
 
@@ -179,32 +179,16 @@ impl Client {
     ) -> Result<CountReply, ClientError> {
         let request = pb::CountRequest {
             namespace: namespace.to_owned(),
-            metric: match metric {
-                Metric::Ips => pb::Metric::Ips,
-                Metric::Orgs => pb::Metric::Orgs,
-            } as i32,
+            metric: metric_pb(metric),
             scope: Some(scope_pb(scope)),
             from: window.from.to_string(),
             to: window.to.to_string(),
             confidence: 0.0,
         };
         let reply = self.query_client().count(request).await?.into_inner();
-        let e = reply
-            .estimate
-            .ok_or_else(|| ClientError::BadAnswer("count without estimate".into()))?;
-        let day = |s: &str| Day::parse(s).map_err(ClientError::BadAnswer);
         Ok(CountReply {
-            estimate: Estimate {
-                value: e.estimate,
-                lower: e.lower,
-                upper: e.upper,
-                confidence: e.confidence,
-                exact: e.exact,
-            },
-            covered: DayWindow {
-                from: day(&reply.covered_from)?,
-                to: day(&reply.covered_to)?,
-            },
+            estimate: estimate(reply.estimate)?,
+            covered: window_of(&reply.covered_from, &reply.covered_to)?,
         })
     }
 
@@ -226,6 +210,179 @@ impl Client {
             .await?
             .into_inner()
             .observations)
+    }
+}
+
+impl Client {
+    pub async fn group(
+        &self,
+        namespace: &str,
+        metric: Metric,
+        by: GroupBy,
+        within: &Scope,
+        window: DayWindow,
+        limit: u32,
+    ) -> Result<Vec<GroupRow>, ClientError> {
+        let request = pb::GroupByRequest {
+            namespace: namespace.to_owned(),
+            metric: metric_pb(metric),
+            by: group_pb(by),
+            within: Some(scope_pb(within)),
+            from: window.from.to_string(),
+            to: window.to.to_string(),
+            limit,
+            confidence: 0.0,
+        };
+        let mut stream = self.query_client().group_by(request).await?.into_inner();
+        let mut rows = Vec::new();
+        while let Some(row) = stream.message().await? {
+            rows.push(GroupRow {
+                group: row.group,
+                estimate: estimate(row.estimate)?,
+            });
+        }
+        Ok(rows)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn compare(
+        &self,
+        namespace: &str,
+        metric: Metric,
+        by: GroupBy,
+        within: &Scope,
+        a: DayWindow,
+        b: DayWindow,
+        limit: u32,
+    ) -> Result<Vec<CompareRow>, ClientError> {
+        let request = pb::CompareRequest {
+            namespace: namespace.to_owned(),
+            metric: metric_pb(metric),
+            by: group_pb(by),
+            within: Some(scope_pb(within)),
+            a_from: a.from.to_string(),
+            a_to: a.to.to_string(),
+            b_from: b.from.to_string(),
+            b_to: b.to.to_string(),
+            limit,
+            confidence: 0.0,
+        };
+        let mut stream = self.query_client().compare(request).await?.into_inner();
+        let mut rows = Vec::new();
+        while let Some(row) = stream.message().await? {
+            rows.push(CompareRow {
+                group: row.group,
+                a: estimate(row.a)?,
+                b: estimate(row.b)?,
+                change_pct: row.change_pct.map(|e| estimate(Some(e))).transpose()?,
+            });
+        }
+        Ok(rows)
+    }
+
+    pub async fn retention(
+        &self,
+        namespace: &str,
+        scope: &Scope,
+        a: DayWindow,
+        b: DayWindow,
+    ) -> Result<Retention, ClientError> {
+        let request = pb::RetentionRequest {
+            namespace: namespace.to_owned(),
+            scope: Some(scope_pb(scope)),
+            a_from: a.from.to_string(),
+            a_to: a.to.to_string(),
+            b_from: b.from.to_string(),
+            b_to: b.to.to_string(),
+        };
+        let r = self.query_client().retention(request).await?.into_inner();
+        Ok(Retention {
+            in_a: r.in_a,
+            in_both: r.in_both,
+        })
+    }
+
+    pub async fn overlap(
+        &self,
+        namespace: &str,
+        scope: &Scope,
+        a: DayWindow,
+        b: DayWindow,
+    ) -> Result<Overlap, ClientError> {
+        let request = pb::OverlapRequest {
+            namespace: namespace.to_owned(),
+            scope: Some(scope_pb(scope)),
+            a_from: a.from.to_string(),
+            a_to: a.to.to_string(),
+            b_from: b.from.to_string(),
+            b_to: b.to.to_string(),
+            confidence: 0.0,
+        };
+        let r = self.query_client().overlap(request).await?.into_inner();
+        Ok(Overlap {
+            a: estimate(r.a)?,
+            b: estimate(r.b)?,
+            both: estimate(r.both)?,
+            either: estimate(r.either)?,
+        })
+    }
+
+    /// `step` is `day`, `week`, `month` or `Nd`.
+    pub async fn series(
+        &self,
+        namespace: &str,
+        metric: Metric,
+        scope: &Scope,
+        window: DayWindow,
+        step: &str,
+    ) -> Result<Vec<(DayWindow, Estimate)>, ClientError> {
+        let request = pb::SeriesRequest {
+            namespace: namespace.to_owned(),
+            metric: metric_pb(metric),
+            scope: Some(scope_pb(scope)),
+            from: window.from.to_string(),
+            to: window.to.to_string(),
+            step: step.to_owned(),
+            confidence: 0.0,
+        };
+        let r = self.query_client().series(request).await?.into_inner();
+        r.points
+            .into_iter()
+            .map(|p| Ok((window_of(&p.from, &p.to)?, estimate(p.estimate)?)))
+            .collect()
+    }
+}
+
+fn estimate(e: Option<pb::Estimate>) -> Result<Estimate, ClientError> {
+    let e = e.ok_or_else(|| ClientError::BadAnswer("missing estimate".into()))?;
+    Ok(Estimate {
+        value: e.estimate,
+        lower: e.lower,
+        upper: e.upper,
+        confidence: e.confidence,
+        exact: e.exact,
+    })
+}
+
+fn window_of(from: &str, to: &str) -> Result<DayWindow, ClientError> {
+    let day = |s: &str| Day::parse(s).map_err(ClientError::BadAnswer);
+    Ok(DayWindow {
+        from: day(from)?,
+        to: day(to)?,
+    })
+}
+
+fn metric_pb(metric: Metric) -> i32 {
+    match metric {
+        Metric::Ips => pb::Metric::Ips as i32,
+        Metric::Orgs => pb::Metric::Orgs as i32,
+    }
+}
+
+fn group_pb(by: GroupBy) -> i32 {
+    match by {
+        GroupBy::Country => pb::GroupKind::Country as i32,
+        GroupBy::Org => pb::GroupKind::Org as i32,
     }
 }
 

@@ -53,7 +53,10 @@ impl Engine {
         let checkpoint_lsn = store.checkpoint_lsn()?;
         let (wal, records) = Wal::open(&store.wal_dir(), checkpoint_lsn)?;
         let mut applied: HashSet<_> = store.applied_batches()?.into_iter().collect();
-        let mut mem = MemState::default();
+        let mut mem = MemState {
+            index: store.load_index()?,
+            ..MemState::default()
+        };
         let now = clock.now_unix_seconds();
         let replayed = records.len();
         for record in records {
@@ -64,7 +67,7 @@ impl Engine {
                     record.lsn, batch.ns
                 ))
             })?;
-            ingest::apply(&mut mem.active, &ns, &batch, now)?;
+            ingest::apply(&mut mem, &ns, &batch, now)?;
             applied.insert(batch.id());
         }
         if replayed > 0 {

@@ -23,7 +23,6 @@
 //! `pb` holds the generated protobuf types; they are used only by
 //! `service`, `server` and `client`.
 
-#[path = "attribution_stub.rs"]
 pub mod attribution;
 pub mod catalog;
 pub mod client;
@@ -34,7 +33,6 @@ pub mod ingest;
 pub mod query;
 pub mod server;
 pub mod service;
-#[path = "sketch_stub.rs"]
 pub mod sketch;
 pub mod store;
 pub mod time;

@@ -10,7 +10,9 @@ use crate::catalog::Namespace;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::sketch::{Estimate, Sketch};
-use crate::store::keys::{country_dim, org_dim, CounterKey, Family, SketchKey};
+use std::collections::{HashMap, HashSet};
+
+use crate::store::keys::{country_dim, dim_country, org_dim, CounterKey, Family, SketchKey};
 use crate::time::{Day, DayWindow};
 
 /// What is counted.
@@ -38,7 +40,7 @@ pub struct CountAnswer {
 pub const DEFAULT_CONFIDENCE: f64 = 0.95;
 
 /// The sketch series a (metric, scope) pair reads.
-fn series(metric: Metric, scope: &Scope) -> Result<(Family, u64)> {
+fn series_of(metric: Metric, scope: &Scope) -> Result<(Family, u64)> {
     Ok(match (metric, scope) {
         (Metric::Ips, Scope::Global) => (Family::IpsGlobal, 0),
         (Metric::Ips, Scope::Country(cc)) => (Family::IpsCountry, country_dim(*cc)),
@@ -87,41 +89,47 @@ pub fn count(
     window: DayWindow,
     confidence: f64,
 ) -> Result<CountAnswer> {
-    if !(confidence > 0.0 && confidence < 1.0) {
-        return Err(Error::invalid(
-            "confidence",
-            format!("{confidence} is not in (0, 1)"),
-        ));
-    }
+    check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
-    let (family, dim) = series(metric, scope)?;
+    let (family, dim) = series_of(metric, scope)?;
     let covered = covered(engine, &ns, window)?;
-    let mut acc = Sketch::new(ns.policy.precision, ns.seed)?;
-    if !covered.is_empty() {
-        {
-            let mem = engine.mem.read();
-            for table in mem.tables() {
-                for day in covered.days() {
-                    let key = SketchKey {
-                        ns: ns.id,
-                        family,
-                        dim,
-                        day,
-                    };
-                    if let Some(delta) = table.sketches.get(&key) {
-                        acc.merge(delta)?;
-                    }
-                }
-            }
-        }
-        for (_, stored) in engine.store.sketches(ns.id, family, dim, covered)? {
-            acc.merge(&stored)?;
-        }
-    }
+    let acc = series_sketch(engine, &ns, family, dim, covered)?;
     Ok(CountAnswer {
         estimate: acc.estimate_at(confidence),
         covered,
     })
+}
+
+/// The union sketch of one series over `window`: stored rollup blocks plus
+/// the memtable deltas of the window's days.
+pub fn series_sketch(
+    engine: &Engine,
+    ns: &Namespace,
+    family: Family,
+    dim: u64,
+    window: DayWindow,
+) -> Result<Sketch> {
+    let mut acc = Sketch::new(ns.policy.precision, ns.seed)?;
+    if window.is_empty() {
+        return Ok(acc);
+    }
+    {
+        let mem = engine.mem.read();
+        for table in mem.tables() {
+            if table.sketches.is_empty() {
+                continue;
+            }
+            for day in window.days() {
+                if let Some(delta) = table.sketches.get(&SketchKey::day(ns.id, family, dim, day)) {
+                    acc.merge(delta)?;
+                }
+            }
+        }
+    }
+    engine
+        .store
+        .merge_window(&mut acc, ns.id, family, dim, window)?;
+    Ok(acc)
 }
 
 /// Exact number of rows ingested over `window`, globally or for a country.
@@ -169,4 +177,426 @@ pub fn extent(engine: &Engine, ns: &Namespace) -> Result<Option<DayWindow>> {
     };
     let c = covered(engine, ns, all)?;
     Ok((!c.is_empty()).then_some(c))
+}
+
+/// What to group by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupBy {
+    Country,
+    Org,
+}
+
+/// One group's estimate.
+#[derive(Clone, Debug)]
+pub struct GroupRow {
+    pub group: String,
+    pub estimate: Estimate,
+}
+
+/// The family and the candidate dimensions of a group-by, with their names.
+fn group_dims(
+    engine: &Engine,
+    ns: &Namespace,
+    metric: Metric,
+    by: GroupBy,
+    within: &Scope,
+    window: DayWindow,
+) -> Result<(Family, Vec<(u64, String)>)> {
+    let mem = engine.mem.read();
+    let index = &mem.index;
+    match (metric, by) {
+        (Metric::Orgs, GroupBy::Org) => Err(Error::invalid(
+            "by",
+            "distinct organisations per organisation is always 1; group ips by org",
+        )),
+        (_, GroupBy::Country) => {
+            if !matches!(within, Scope::Global) {
+                return Err(Error::invalid(
+                    "within",
+                    "grouping by country takes no narrower scope",
+                ));
+            }
+            let family = match metric {
+                Metric::Ips => Family::IpsCountry,
+                Metric::Orgs => Family::OrgsCountry,
+            };
+            let dims = index
+                .dims(ns.id, family)
+                .filter_map(|d| {
+                    dim_country(d).map(|cc| (d, String::from_utf8_lossy(&cc).into_owned()))
+                })
+                .collect();
+            Ok((family, dims))
+        }
+        (Metric::Ips, GroupBy::Org) => {
+            // Within a country: the orgs seen in that country during the
+            // window; each row counts the org's IPs in every country.
+            let only: Option<HashSet<u64>> = match within {
+                Scope::Global => None,
+                Scope::Country(cc) => Some(
+                    index
+                        .presence
+                        .get(&ns.id)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(oc, days)| oc.country == *cc && days.any_in(window))
+                        .map(|(oc, _)| oc.org)
+                        .collect(),
+                ),
+                Scope::Org(_) => {
+                    return Err(Error::invalid("within", "grouping by org within one org"))
+                }
+            };
+            let dims = index
+                .dims(ns.id, Family::IpsOrg)
+                .filter(|d| only.as_ref().is_none_or(|set| set.contains(d)))
+                .filter_map(|d| index.org_name(ns.id, d).map(|name| (d, name.to_owned())))
+                .collect();
+            Ok((Family::IpsOrg, dims))
+        }
+    }
+}
+
+/// What a group-by or compare asks, besides the windows.
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    pub metric: Metric,
+    pub by: GroupBy,
+    /// Narrows the groups (a country, for orgs).
+    pub within: Scope,
+    pub confidence: f64,
+    /// Most rows returned; 0 = all.
+    pub limit: usize,
+}
+
+/// One metric over one window for every group, largest first.
+pub fn group(
+    engine: &Engine,
+    namespace: &str,
+    spec: &GroupSpec,
+    window: DayWindow,
+) -> Result<Vec<GroupRow>> {
+    let GroupSpec {
+        metric,
+        by,
+        ref within,
+        confidence,
+        limit,
+    } = *spec;
+    check_confidence(confidence)?;
+    let ns = engine.catalog.require("namespace", namespace)?;
+    let covered = covered(engine, &ns, window)?;
+    let (family, dims) = group_dims(engine, &ns, metric, by, within, covered)?;
+    let mut rows = Vec::with_capacity(dims.len());
+    for (dim, name) in dims {
+        let sketch = series_sketch(engine, &ns, family, dim, covered)?;
+        if sketch.is_empty() {
+            continue;
+        }
+        rows.push(GroupRow {
+            group: name,
+            estimate: sketch.estimate_at(confidence),
+        });
+    }
+    sort_and_limit(&mut rows, |r| r.estimate.value, |r| &r.group, limit);
+    Ok(rows)
+}
+
+/// A group's values in two windows and the change between them.
+#[derive(Clone, Debug)]
+pub struct CompareRow {
+    pub group: String,
+    pub a: Estimate,
+    pub b: Estimate,
+    /// 100·(b − a)/a with bounds; `None` when a is 0.
+    pub change_pct: Option<Estimate>,
+}
+
+/// Every group in window A and window B, with the change in %, ordered by
+/// the value in A.
+pub fn compare(
+    engine: &Engine,
+    namespace: &str,
+    spec: &GroupSpec,
+    a: DayWindow,
+    b: DayWindow,
+) -> Result<Vec<CompareRow>> {
+    let GroupSpec {
+        metric,
+        by,
+        ref within,
+        confidence,
+        limit,
+    } = *spec;
+    check_confidence(confidence)?;
+    let ns = engine.catalog.require("namespace", namespace)?;
+    let (a, b) = (covered(engine, &ns, a)?, covered(engine, &ns, b)?);
+    let (family, mut dims) = group_dims(engine, &ns, metric, by, within, a)?;
+    if by == GroupBy::Org && !matches!(within, Scope::Global) {
+        // Orgs seen in the country in either window.
+        let (_, in_b) = group_dims(engine, &ns, metric, by, within, b)?;
+        dims.extend(in_b);
+        dims.sort();
+        dims.dedup();
+    }
+    let mut rows = Vec::with_capacity(dims.len());
+    for (dim, name) in dims {
+        let sa = series_sketch(engine, &ns, family, dim, a)?;
+        let sb = series_sketch(engine, &ns, family, dim, b)?;
+        if sa.is_empty() && sb.is_empty() {
+            continue;
+        }
+        let (ea, eb) = (sa.estimate_at(confidence), sb.estimate_at(confidence));
+        rows.push(CompareRow {
+            group: name,
+            a: ea,
+            b: eb,
+            change_pct: change_pct(&ea, &eb),
+        });
+    }
+    sort_and_limit(&mut rows, |r| r.a.value, |r| &r.group, limit);
+    Ok(rows)
+}
+
+/// 100·(b − a)/a, with bounds from the delta method on the ratio b/a
+/// (relative errors of a and b combined in quadrature; each estimate's
+/// standard error is read back from its interval).
+pub fn change_pct(a: &Estimate, b: &Estimate) -> Option<Estimate> {
+    if a.value <= 0.0 {
+        return None;
+    }
+    let z = crate::sketch::z_for_confidence(a.confidence).unwrap_or(1.96);
+    let rel = |e: &Estimate| {
+        if e.exact || e.value <= 0.0 {
+            0.0
+        } else {
+            (e.upper - e.lower) / (2.0 * z * e.value)
+        }
+    };
+    let ratio = b.value / a.value;
+    let rel_ratio = (rel(a).powi(2) + rel(b).powi(2)).sqrt();
+    let pct = |r: f64| 100.0 * (r - 1.0);
+    Some(Estimate {
+        value: pct(ratio),
+        lower: pct((ratio * (1.0 - z * rel_ratio)).max(0.0)),
+        upper: pct(ratio * (1.0 + z * rel_ratio)),
+        confidence: a.confidence,
+        exact: a.exact && b.exact,
+    })
+}
+
+/// Organisations seen in A and how many of them are also seen in B.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub in_a: u64,
+    pub in_both: u64,
+}
+
+impl Retention {
+    pub fn share(&self) -> f64 {
+        if self.in_a == 0 {
+            0.0
+        } else {
+            self.in_both as f64 / self.in_a as f64
+        }
+    }
+}
+
+/// Exact org retention from the presence index: orgs seen in window A
+/// (within a country when given) that are also seen in window B (in the
+/// same country).
+pub fn retention(
+    engine: &Engine,
+    namespace: &str,
+    scope: &Scope,
+    a: DayWindow,
+    b: DayWindow,
+) -> Result<Retention> {
+    let ns = engine.catalog.require("namespace", namespace)?;
+    let country = match scope {
+        Scope::Global => None,
+        Scope::Country(cc) => Some(*cc),
+        Scope::Org(_) => {
+            return Err(Error::invalid(
+                "scope.org",
+                "retention is over organisations; give a country or nothing",
+            ))
+        }
+    };
+    let mem = engine.mem.read();
+    let mut seen: HashMap<u64, (bool, bool)> = HashMap::new();
+    for (oc, days) in mem.index.presence.get(&ns.id).into_iter().flatten() {
+        if country.is_some_and(|cc| cc != oc.country) {
+            continue;
+        }
+        let e = seen.entry(oc.org).or_default();
+        e.0 |= days.any_in(a);
+        e.1 |= days.any_in(b);
+    }
+    Ok(Retention {
+        in_a: seen.values().filter(|(x, _)| *x).count() as u64,
+        in_both: seen.values().filter(|(x, y)| *x && *y).count() as u64,
+    })
+}
+
+/// Distinct IPs of one scope in A, in B, in both and in either.
+#[derive(Clone, Copy, Debug)]
+pub struct Overlap {
+    pub a: Estimate,
+    pub b: Estimate,
+    pub both: Estimate,
+    pub either: Estimate,
+}
+
+/// IP-level overlap of two windows by inclusion–exclusion,
+/// |A∩B| = |A| + |B| − |A∪B|, clipped to [0, min(|A|, |B|)]. Its standard
+/// error combines the three estimates' in quadrature (they are positively
+/// correlated, which makes this conservative); small overlaps of large sets
+/// are therefore very uncertain, and the bounds say so.
+pub fn overlap(
+    engine: &Engine,
+    namespace: &str,
+    scope: &Scope,
+    a: DayWindow,
+    b: DayWindow,
+    confidence: f64,
+) -> Result<Overlap> {
+    check_confidence(confidence)?;
+    let ns = engine.catalog.require("namespace", namespace)?;
+    let (family, dim) = series_of(Metric::Ips, scope)?;
+    let sa = series_sketch(engine, &ns, family, dim, covered(engine, &ns, a)?)?;
+    let sb = series_sketch(engine, &ns, family, dim, covered(engine, &ns, b)?)?;
+    let mut union = sa.clone();
+    union.merge(&sb)?;
+    let (ea, eb, eu) = (
+        sa.estimate_at(confidence),
+        sb.estimate_at(confidence),
+        union.estimate_at(confidence),
+    );
+    let both = if ea.exact && eb.exact && eu.exact {
+        Estimate::exact(((ea.value + eb.value - eu.value).max(0.0)) as u64)
+    } else {
+        let half = |e: &Estimate| (e.upper - e.lower) / 2.0;
+        let spread = (half(&ea).powi(2) + half(&eb).powi(2) + half(&eu).powi(2)).sqrt();
+        let cap = ea.upper.min(eb.upper);
+        let value = (ea.value + eb.value - eu.value).clamp(0.0, ea.value.min(eb.value));
+        Estimate {
+            value,
+            lower: (value - spread).max(0.0),
+            upper: (value + spread).min(cap),
+            confidence,
+            exact: false,
+        }
+    };
+    Ok(Overlap {
+        a: ea,
+        b: eb,
+        both: Estimate { confidence, ..both },
+        either: eu,
+    })
+}
+
+/// The length of the steps of a series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Days(u32),
+    /// Calendar months (the first and last step may be partial).
+    Month,
+}
+
+impl Step {
+    /// `day`, `week`, `month` or `Nd` (N days).
+    pub fn parse(field: &str, text: &str) -> Result<Step> {
+        match text {
+            "day" => Ok(Step::Days(1)),
+            "week" => Ok(Step::Days(7)),
+            "month" => Ok(Step::Month),
+            _ => text
+                .strip_suffix('d')
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|&n| n > 0)
+                .map(Step::Days)
+                .ok_or_else(|| {
+                    Error::invalid(field, format!("{text:?}: use day, week, month or Nd"))
+                }),
+        }
+    }
+
+    /// The windows of this step that tile `window`.
+    pub fn windows(self, window: DayWindow) -> Vec<DayWindow> {
+        let mut out = Vec::new();
+        let mut at = window.from;
+        while at < window.to {
+            let next = match self {
+                Step::Days(n) => Day(at.0.saturating_add(n)),
+                Step::Month => at.first_of_next_month(),
+            }
+            .min(window.to);
+            out.push(DayWindow { from: at, to: next });
+            at = next;
+        }
+        out
+    }
+}
+
+/// Longest series answered in one call.
+pub const MAX_SERIES_POINTS: usize = 10_000;
+
+/// One metric of one scope per step over `window`.
+pub fn series(
+    engine: &Engine,
+    namespace: &str,
+    metric: Metric,
+    scope: &Scope,
+    window: DayWindow,
+    step: Step,
+    confidence: f64,
+) -> Result<Vec<(DayWindow, Estimate)>> {
+    check_confidence(confidence)?;
+    let ns = engine.catalog.require("namespace", namespace)?;
+    let (family, dim) = series_of(metric, scope)?;
+    let steps = step.windows(window);
+    if steps.len() > MAX_SERIES_POINTS {
+        return Err(Error::invalid(
+            "step",
+            format!("{} points; the limit is {MAX_SERIES_POINTS}", steps.len()),
+        ));
+    }
+    steps
+        .into_iter()
+        .map(|w| {
+            let covered = covered(engine, &ns, w)?;
+            Ok((
+                w,
+                series_sketch(engine, &ns, family, dim, covered)?.estimate_at(confidence),
+            ))
+        })
+        .collect()
+}
+
+fn check_confidence(confidence: f64) -> Result<()> {
+    if confidence > 0.0 && confidence < 1.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "confidence",
+            format!("{confidence} is not in (0, 1)"),
+        ))
+    }
+}
+
+fn sort_and_limit<T>(
+    rows: &mut Vec<T>,
+    value: impl Fn(&T) -> f64,
+    name: impl Fn(&T) -> &String,
+    limit: usize,
+) {
+    rows.sort_by(|x, y| {
+        value(y)
+            .total_cmp(&value(x))
+            .then_with(|| name(x).cmp(name(y)))
+    });
+    if limit > 0 {
+        rows.truncate(limit);
+    }
 }

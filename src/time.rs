@@ -51,6 +51,21 @@ impl Day {
     pub fn next(self) -> Day {
         Day(self.0.saturating_add(1))
     }
+
+    /// The first day of the calendar month after this day's.
+    pub fn first_of_next_month(self) -> Day {
+        let Ok(t) = OffsetDateTime::from_unix_timestamp(self.start_unix_seconds()) else {
+            return self.next();
+        };
+        let (year, month) = match t.month() {
+            time::Month::December => (t.year() + 1, time::Month::January),
+            m => (t.year(), m.next()),
+        };
+        Date::from_calendar_date(year, month, 1)
+            .ok()
+            .and_then(|d| Day::from_unix_seconds(d.midnight().assume_utc().unix_timestamp()))
+            .unwrap_or_else(|| self.next())
+    }
 }
 
 impl fmt::Display for Day {
@@ -130,6 +145,48 @@ impl DayWindow {
     pub fn days(&self) -> impl Iterator<Item = Day> {
         (self.from.0..self.to.0).map(Day)
     }
+
+    /// The fewest aligned dyadic blocks that tile the window exactly, using
+    /// blocks of at most `2^max_level` days: at most about
+    /// `2 * max_level + len / 2^max_level` blocks.
+    pub fn dyadic_cover(&self, max_level: u8) -> Vec<Block> {
+        let mut blocks = Vec::new();
+        let (mut at, end) = (u64::from(self.from.0), u64::from(self.to.0));
+        while at < end {
+            let mut level = max_level.min(at.trailing_zeros().min(63) as u8);
+            while at + (1u64 << level) > end {
+                level -= 1;
+            }
+            blocks.push(Block {
+                level,
+                start: Day(at as u32),
+            });
+            at += 1u64 << level;
+        }
+        blocks
+    }
+}
+
+/// An aligned dyadic block of days: `[start, start + 2^level)`, with
+/// `start` a multiple of `2^level`. Level 0 is one day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Block {
+    pub level: u8,
+    pub start: Day,
+}
+
+impl Block {
+    /// The block of `level` that holds `day`.
+    pub fn containing(day: Day, level: u8) -> Block {
+        Block {
+            level,
+            start: Day(day.0 >> level << level),
+        }
+    }
+
+    pub fn days(&self) -> u32 {
+        1 << self.level
+    }
 }
 
 /// Where "now" comes from.
@@ -177,6 +234,9 @@ mod tests {
         assert_eq!(d.start_unix_seconds(), 1_775_001_600);
         assert_eq!(d.to_string(), "2026-04-01");
         assert_eq!(Day::parse("1970-01-01").unwrap(), Day(0));
+        assert_eq!(d.first_of_next_month().to_string(), "2026-05-01");
+        let dec = Day::parse("2026-12-31").unwrap();
+        assert_eq!(dec.first_of_next_month().to_string(), "2027-01-01");
         assert!(Day::parse("1969-12-31").is_err());
         assert!(Day::parse("2026-02-30").is_err());
         assert!(Day::parse("2026-4-1").is_err());
@@ -204,5 +264,43 @@ mod tests {
         );
         let far = DayWindow::new(Day(w.to.0 + 5), Day(w.to.0 + 6)).unwrap();
         assert!(w.intersect(&far).is_empty());
+    }
+
+    #[test]
+    fn dyadic_covers_tile_windows_with_few_blocks() {
+        let mut seed = 12345u64;
+        let mut next = |n: u32| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as u32) % n
+        };
+        for _ in 0..2000 {
+            let from = next(5000);
+            let len = next(1200);
+            let w = DayWindow::new(Day(from), Day(from + len)).unwrap();
+            for max_level in [0u8, 3, 9] {
+                let cover = w.dyadic_cover(max_level);
+                let mut at = w.from.0;
+                for b in &cover {
+                    assert_eq!(b.start.0, at, "blocks must tile in order");
+                    assert_eq!(b.start.0 % b.days(), 0, "blocks must be aligned");
+                    assert!(b.level <= max_level);
+                    assert_eq!(Block::containing(b.start, b.level), *b);
+                    at += b.days();
+                }
+                assert_eq!(at, w.to.0);
+                let bound = 2 * u32::from(max_level) + 2 + len / (1 << max_level);
+                assert!(
+                    cover.len() as u32 <= bound,
+                    "{w:?} level {max_level}: {} blocks",
+                    cover.len()
+                );
+            }
+        }
+        assert!(DayWindow::new(Day(7), Day(7))
+            .unwrap()
+            .dyadic_cover(9)
+            .is_empty());
     }
 }

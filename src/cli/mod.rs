@@ -2,6 +2,7 @@
 
 mod ingest;
 mod query;
+mod report;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +36,8 @@ enum Command {
     /// Ask a server.
     #[command(subcommand)]
     Query(query::QueryCommand),
+    /// The study-style report of two windows (A before, B after).
+    Report(report::ReportArgs),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +58,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Serve(a) => serve(a).await,
         Command::Ingest(a) => ingest::run(a).await,
         Command::Query(q) => query::run(q).await,
+        Command::Report(a) => report::run(a).await,
     }
 }
 

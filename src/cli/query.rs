@@ -1,11 +1,13 @@
-//! `sketchd query …`: one question, printed as text or JSON.
+//! `sketchd query …`: one question, printed as a table or as one JSON
+//! document (`--json`).
 
 use anyhow::{anyhow, bail};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use sketchd::client::Client;
 use sketchd::ingest::parse_country;
-use sketchd::query::{Metric, Scope};
+use sketchd::query::{GroupBy, Metric, Scope};
+use sketchd::sketch::Estimate;
 use sketchd::time::DayWindow;
 
 use super::DEFAULT_SERVER;
@@ -16,14 +18,41 @@ pub enum QueryCommand {
     Count(CountArgs),
     /// Exact number of observations of a scope over [from, to).
     Observations(ObservationsArgs),
+    /// One metric for every country or org over [from, to), largest first.
+    Group(GroupArgs),
+    /// Every country or org in window A and window B, with the change in %.
+    Compare(CompareArgs),
+    /// Share of organisations seen in window A that are still seen in B (exact).
+    Retention(RetentionArgs),
+    /// Distinct IPs of one scope seen in both of two windows (estimated).
+    Overlap(OverlapArgs),
+    /// A metric per day, week, month or N days, for charts.
+    Series(SeriesArgs),
+}
+
+#[derive(clap::Args)]
+pub struct Conn {
+    /// Server URL.
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+    /// Namespace to ask.
+    #[arg(long)]
+    pub namespace: String,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Conn {
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.server).await?)
+    }
 }
 
 #[derive(clap::Args)]
 pub struct CountArgs {
-    #[arg(long, default_value = DEFAULT_SERVER)]
-    server: String,
-    #[arg(long)]
-    namespace: String,
+    #[command(flatten)]
+    conn: Conn,
     /// ips or orgs.
     #[arg(long)]
     metric: String,
@@ -36,17 +65,12 @@ pub struct CountArgs {
     /// First day not included, YYYY-MM-DD.
     #[arg(long)]
     to: String,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(clap::Args)]
 pub struct ObservationsArgs {
-    #[arg(long, default_value = DEFAULT_SERVER)]
-    server: String,
-    #[arg(long)]
-    namespace: String,
+    #[command(flatten)]
+    conn: Conn,
     /// global or country:CC.
     #[arg(long, default_value = "global")]
     scope: String,
@@ -54,22 +78,132 @@ pub struct ObservationsArgs {
     from: String,
     #[arg(long)]
     to: String,
+}
+
+#[derive(clap::Args)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// ips or orgs.
     #[arg(long)]
-    json: bool,
+    metric: String,
+    /// country or org.
+    #[arg(long)]
+    by: String,
+    /// Narrow the groups: global, or country:CC for --by org.
+    #[arg(long, default_value = "global")]
+    scope: String,
+    #[arg(long)]
+    from: String,
+    #[arg(long)]
+    to: String,
+    /// Most rows; 0 = all.
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+}
+
+#[derive(clap::Args)]
+pub struct TwoWindows {
+    #[arg(long)]
+    pub a_from: String,
+    #[arg(long)]
+    pub a_to: String,
+    #[arg(long)]
+    pub b_from: String,
+    #[arg(long)]
+    pub b_to: String,
+}
+
+impl TwoWindows {
+    pub fn parse(&self) -> anyhow::Result<(DayWindow, DayWindow)> {
+        Ok((
+            parse_window("--a-from", &self.a_from, "--a-to", &self.a_to)?,
+            parse_window("--b-from", &self.b_from, "--b-to", &self.b_to)?,
+        ))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long)]
+    metric: String,
+    /// country or org.
+    #[arg(long)]
+    by: String,
+    #[arg(long, default_value = "global")]
+    scope: String,
+    #[command(flatten)]
+    windows: TwoWindows,
+    #[arg(long, default_value_t = 0)]
+    limit: u32,
+}
+
+#[derive(clap::Args)]
+pub struct RetentionArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// global or country:CC.
+    #[arg(long, default_value = "global")]
+    scope: String,
+    #[command(flatten)]
+    windows: TwoWindows,
+}
+
+#[derive(clap::Args)]
+pub struct OverlapArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// global, country:CC or org:ID.
+    #[arg(long, default_value = "global")]
+    scope: String,
+    #[command(flatten)]
+    windows: TwoWindows,
+}
+
+#[derive(clap::Args)]
+pub struct SeriesArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[arg(long)]
+    metric: String,
+    #[arg(long, default_value = "global")]
+    scope: String,
+    #[arg(long)]
+    from: String,
+    #[arg(long)]
+    to: String,
+    /// day, week, month or Nd.
+    #[arg(long, default_value = "day")]
+    step: String,
 }
 
 pub async fn run(command: QueryCommand) -> anyhow::Result<()> {
     match command {
         QueryCommand::Count(a) => count(a).await,
         QueryCommand::Observations(a) => observations(a).await,
+        QueryCommand::Group(a) => group(a).await,
+        QueryCommand::Compare(a) => compare(a).await,
+        QueryCommand::Retention(a) => retention(a).await,
+        QueryCommand::Overlap(a) => overlap(a).await,
+        QueryCommand::Series(a) => series(a).await,
     }
 }
 
-fn parse_metric(text: &str) -> anyhow::Result<Metric> {
+pub fn parse_metric(text: &str) -> anyhow::Result<Metric> {
     match text {
         "ips" => Ok(Metric::Ips),
         "orgs" => Ok(Metric::Orgs),
         other => bail!("--metric {other:?}: use ips or orgs"),
+    }
+}
+
+pub fn parse_by(text: &str) -> anyhow::Result<GroupBy> {
+    match text {
+        "country" => Ok(GroupBy::Country),
+        "org" => Ok(GroupBy::Org),
+        other => bail!("--by {other:?}: use country or org"),
     }
 }
 
@@ -86,18 +220,49 @@ pub fn parse_scope(text: &str) -> anyhow::Result<Scope> {
     }
 }
 
-fn parse_window(from: &str, to: &str) -> anyhow::Result<DayWindow> {
-    DayWindow::parse("--from", from, "--to", to).map_err(|e| anyhow!("{e}"))
+pub fn parse_window(
+    from_flag: &str,
+    from: &str,
+    to_flag: &str,
+    to: &str,
+) -> anyhow::Result<DayWindow> {
+    DayWindow::parse(from_flag, from, to_flag, to).map_err(|e| anyhow!("{e}"))
+}
+
+/// `{"estimate", "lower", "upper", "exact"}`.
+pub fn estimate_json(e: &Estimate) -> Value {
+    json!({ "estimate": e.value, "lower": e.lower, "upper": e.upper, "exact": e.exact })
+}
+
+/// A value with its interval, for tables: `1234 [1200, 1260]` or `17 (exact)`.
+pub fn show(e: &Estimate) -> String {
+    if e.exact {
+        format!("{:.0}", e.value)
+    } else {
+        format!("{:.0} [{:.0}, {:.0}]", e.value, e.lower, e.upper)
+    }
+}
+
+pub fn show_pct(e: Option<&Estimate>) -> String {
+    match e {
+        None => "n/a".into(),
+        Some(e) if e.exact => format!("{:+.1} %", e.value),
+        Some(e) => format!("{:+.1} % [{:+.1}, {:+.1}]", e.value, e.lower, e.upper),
+    }
 }
 
 async fn count(a: CountArgs) -> anyhow::Result<()> {
     let metric = parse_metric(&a.metric)?;
     let scope = parse_scope(&a.scope)?;
-    let window = parse_window(&a.from, &a.to)?;
-    let client = Client::connect(&a.server).await?;
-    let reply = client.count(&a.namespace, metric, &scope, window).await?;
+    let window = parse_window("--from", &a.from, "--to", &a.to)?;
+    let reply = a
+        .conn
+        .client()
+        .await?
+        .count(&a.conn.namespace, metric, &scope, window)
+        .await?;
     let e = reply.estimate;
-    if a.json {
+    if a.conn.json {
         let doc = json!({
             "estimate": e.value,
             "lower": e.lower,
@@ -130,13 +295,170 @@ async fn count(a: CountArgs) -> anyhow::Result<()> {
 
 async fn observations(a: ObservationsArgs) -> anyhow::Result<()> {
     let scope = parse_scope(&a.scope)?;
-    let window = parse_window(&a.from, &a.to)?;
-    let client = Client::connect(&a.server).await?;
-    let n = client.observations(&a.namespace, &scope, window).await?;
-    if a.json {
+    let window = parse_window("--from", &a.from, "--to", &a.to)?;
+    let n = a
+        .conn
+        .client()
+        .await?
+        .observations(&a.conn.namespace, &scope, window)
+        .await?;
+    if a.conn.json {
         println!("{}", json!({ "observations": n }));
     } else {
         println!("{n} observations");
+    }
+    Ok(())
+}
+
+async fn group(a: GroupArgs) -> anyhow::Result<()> {
+    let metric = parse_metric(&a.metric)?;
+    let by = parse_by(&a.by)?;
+    let scope = parse_scope(&a.scope)?;
+    let window = parse_window("--from", &a.from, "--to", &a.to)?;
+    let rows = a
+        .conn
+        .client()
+        .await?
+        .group(&a.conn.namespace, metric, by, &scope, window, a.limit)
+        .await?;
+    if a.conn.json {
+        let doc: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                let mut v = estimate_json(&r.estimate);
+                v["group"] = json!(r.group);
+                v
+            })
+            .collect();
+        println!("{}", Value::Array(doc));
+    } else {
+        println!("{:<24} distinct {} [95 % interval]", a.by, a.metric);
+        for r in rows {
+            println!("{:<24} {}", r.group, show(&r.estimate));
+        }
+    }
+    Ok(())
+}
+
+async fn compare(a: CompareArgs) -> anyhow::Result<()> {
+    let metric = parse_metric(&a.metric)?;
+    let by = parse_by(&a.by)?;
+    let scope = parse_scope(&a.scope)?;
+    let (wa, wb) = a.windows.parse()?;
+    let rows = a
+        .conn
+        .client()
+        .await?
+        .compare(&a.conn.namespace, metric, by, &scope, wa, wb, a.limit)
+        .await?;
+    if a.conn.json {
+        let pick =
+            |e: &Estimate| json!({ "estimate": e.value, "lower": e.lower, "upper": e.upper });
+        let doc: Vec<Value> = rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "group": r.group,
+                    "a": pick(&r.a),
+                    "b": pick(&r.b),
+                    "change_pct": r.change_pct.as_ref().map(pick),
+                })
+            })
+            .collect();
+        println!("{}", Value::Array(doc));
+    } else {
+        println!("{:<24} {:>26} {:>26} {:>30}", a.by, "A", "B", "change");
+        for r in rows {
+            println!(
+                "{:<24} {:>26} {:>26} {:>30}",
+                r.group,
+                show(&r.a),
+                show(&r.b),
+                show_pct(r.change_pct.as_ref())
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn retention(a: RetentionArgs) -> anyhow::Result<()> {
+    let scope = parse_scope(&a.scope)?;
+    let (wa, wb) = a.windows.parse()?;
+    let r = a
+        .conn
+        .client()
+        .await?
+        .retention(&a.conn.namespace, &scope, wa, wb)
+        .await?;
+    if a.conn.json {
+        println!(
+            "{}",
+            json!({ "in_a": r.in_a, "in_both": r.in_both, "share": r.share(), "exact": true })
+        );
+    } else {
+        println!(
+            "{} of {} organisations seen in A are seen in B: {:.1} % (exact)",
+            r.in_both,
+            r.in_a,
+            100.0 * r.share()
+        );
+    }
+    Ok(())
+}
+
+async fn overlap(a: OverlapArgs) -> anyhow::Result<()> {
+    let scope = parse_scope(&a.scope)?;
+    let (wa, wb) = a.windows.parse()?;
+    let o = a
+        .conn
+        .client()
+        .await?
+        .overlap(&a.conn.namespace, &scope, wa, wb)
+        .await?;
+    if a.conn.json {
+        println!(
+            "{}",
+            json!({
+                "a": estimate_json(&o.a),
+                "b": estimate_json(&o.b),
+                "both": estimate_json(&o.both),
+                "either": estimate_json(&o.either),
+            })
+        );
+    } else {
+        println!("in A      {}", show(&o.a));
+        println!("in B      {}", show(&o.b));
+        println!("in both   {}", show(&o.both));
+        println!("in either {}", show(&o.either));
+    }
+    Ok(())
+}
+
+async fn series(a: SeriesArgs) -> anyhow::Result<()> {
+    let metric = parse_metric(&a.metric)?;
+    let scope = parse_scope(&a.scope)?;
+    let window = parse_window("--from", &a.from, "--to", &a.to)?;
+    let points = a
+        .conn
+        .client()
+        .await?
+        .series(&a.conn.namespace, metric, &scope, window, &a.step)
+        .await?;
+    if a.conn.json {
+        let doc: Vec<Value> = points
+            .iter()
+            .map(|(w, e)| {
+                let mut v = estimate_json(e);
+                v["from"] = json!(w.from.to_string());
+                v["to"] = json!(w.to.to_string());
+                v
+            })
+            .collect();
+        println!("{}", Value::Array(doc));
+    } else {
+        for (w, e) in points {
+            println!("{} .. {}  {}", w.from, w.to, show(&e));
+        }
     }
     Ok(())
 }

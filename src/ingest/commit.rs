@@ -295,7 +295,7 @@ impl Writer {
                         unattributed: 0,
                     })
                 } else {
-                    apply(&mut mem.active, &p.ns, &p.batch, now).map(|()| Applied {
+                    apply(&mut mem, &p.ns, &p.batch, now).map(|()| Applied {
                         duplicate: false,
                         rows: p.batch.rows() as u64,
                         attributed: p.batch.attributed,

@@ -20,11 +20,13 @@ use crate::attribution::{Attribution, Attributor, OrgIdx};
 use crate::catalog::Namespace;
 use crate::error::{Error, Result};
 use crate::sketch::{hash_ipv4, hash_ipv6, hash_org, Sketch};
+use crate::store::index::OrgCountry;
 use crate::store::keys::{
     country_dim, org_dim, CounterKey, DedupeKey, Family, NamespaceId, SketchKey,
 };
-use crate::store::memtable::Memtable;
+use crate::store::memtable::MemState;
 use crate::time::{Day, SECONDS_PER_DAY};
+use rustc_hash::FxHashSet;
 
 /// The org that rows no table covers are counted under.
 pub const UNATTRIBUTED_ORG: &str = "unattributed";
@@ -253,9 +255,10 @@ pub fn prepare(
     })
 }
 
-/// Folds a prepared batch into the memtable.
+/// Folds a prepared batch into the active memtable (the deltas a
+/// checkpoint persists) and into the full in-memory index.
 pub fn apply(
-    mem: &mut Memtable,
+    state: &mut MemState,
     ns: &Namespace,
     batch: &PreparedBatch,
     applied_at: i64,
@@ -265,6 +268,9 @@ pub fn apply(
         hash: u64,
         counted: bool,
     }
+    let MemState {
+        active: mem, index, ..
+    } = state;
     let orgs: Vec<OrgRef> = batch
         .orgs
         .iter()
@@ -276,31 +282,33 @@ pub fn apply(
         })
         .collect();
     for (org, id) in orgs.iter().zip(&batch.orgs) {
-        mem.org_names
-            .entry((ns.id, org.dim))
-            .or_insert_with(|| id.clone());
+        if let std::collections::hash_map::Entry::Vacant(e) =
+            index.org_names.entry((ns.id, org.dim))
+        {
+            e.insert(id.clone());
+            mem.org_names.insert((ns.id, org.dim), id.clone());
+        }
     }
     let precision = ns.policy.precision;
     let n4 = batch.ipv4.len();
+    let sketches = &mut mem.sketches;
+    let dims = &mut index.dims;
     let mut insert = |family: Family, dim: u64, day: Day, hash: u64| -> Result<()> {
-        let key = SketchKey {
-            ns: ns.id,
-            family,
-            dim,
-            day,
-        };
-        match mem.sketches.get_mut(&key) {
+        let key = SketchKey::day(ns.id, family, dim, day);
+        match sketches.get_mut(&key) {
             Some(sketch) => {
                 sketch.insert_hash(hash);
             }
             None => {
                 let mut sketch = Sketch::new(precision, ns.seed)?;
                 sketch.insert_hash(hash);
-                mem.sketches.insert(key, sketch);
+                sketches.insert(key, sketch);
+                dims.entry((ns.id, family)).or_default().insert(dim);
             }
         }
         Ok(())
     };
+    let mut seen: FxHashSet<(u32, [u8; 2], u32)> = FxHashSet::default();
     let (mut first, mut end) = (u32::MAX, 0u32);
     for row in 0..batch.rows() {
         let day = Day(batch.days[row]);
@@ -311,14 +319,17 @@ pub fn apply(
         } else {
             hash_ipv6(ns.seed, batch.ipv6[row - n4])
         };
-        let org = &orgs[batch.org_of_row[row] as usize];
-        let country = country_dim(batch.country_of_row[row]);
+        let org_ref = batch.org_of_row[row];
+        let org = &orgs[org_ref as usize];
+        let code = batch.country_of_row[row];
+        let country = country_dim(code);
         insert(Family::IpsGlobal, 0, day, ip)?;
         insert(Family::IpsCountry, country, day, ip)?;
         insert(Family::IpsOrg, org.dim, day, ip)?;
         if org.counted {
             insert(Family::OrgsGlobal, 0, day, org.hash)?;
             insert(Family::OrgsCountry, country, day, org.hash)?;
+            seen.insert((org_ref, code, day.0));
         }
         for dim in [CounterKey::ALL, country] {
             *mem.counters
@@ -329,6 +340,18 @@ pub fn apply(
                 })
                 .or_insert(0) += 1;
         }
+    }
+    let presence = index.presence.entry(ns.id).or_default();
+    for (org_ref, country, day) in seen {
+        let oc = OrgCountry {
+            org: orgs[org_ref as usize].dim,
+            country,
+        };
+        presence.entry(oc).or_default().insert(Day(day));
+        mem.presence
+            .entry((ns.id, oc))
+            .or_default()
+            .insert(Day(day));
     }
     if first < end {
         mem.widen_extent(ns.id, Day(first), Day(end));

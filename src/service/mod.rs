@@ -15,7 +15,7 @@ use crate::engine::Engine;
 use crate::error::Error;
 use crate::ingest::{parse_country, ObservationBatch};
 use crate::pb;
-use crate::query::{self, Metric, Scope, DEFAULT_CONFIDENCE};
+use crate::query::{self, GroupBy, GroupSpec, Metric, Scope, Step, DEFAULT_CONFIDENCE};
 use crate::sketch::Estimate;
 use crate::time::DayWindow;
 
@@ -74,17 +74,21 @@ fn metric(value: i32) -> Result<Metric, Error> {
 }
 
 fn scope(scope: Option<pb::Scope>) -> Result<Scope, Error> {
+    scope_field("scope", scope)
+}
+
+fn scope_field(field: &str, scope: Option<pb::Scope>) -> Result<Scope, Error> {
     let scope = scope.unwrap_or_default();
     if !scope.sector.is_empty() {
-        return Err(Error::invalid("scope.sector", "sector scopes need attribution tables with sectors, which this server version does not count yet"));
+        return Err(Error::invalid(format!("{field}.sector"), "sector scopes need attribution tables with sectors, which this server version does not count yet"));
     }
     match (scope.country.is_empty(), scope.org.is_empty()) {
         (true, true) => Ok(Scope::Global),
         (false, true) => parse_country(&scope.country)
             .map(Scope::Country)
-            .map_err(|reason| Error::invalid("scope.country", reason)),
+            .map_err(|reason| Error::invalid(format!("{field}.country"), reason)),
         (true, false) => Ok(Scope::Org(scope.org)),
-        (false, false) => Err(Error::invalid("scope", "give country or org, not both")),
+        (false, false) => Err(Error::invalid(field, "give country or org, not both")),
     }
 }
 
@@ -215,6 +219,159 @@ impl pb::query_server::Query for QueryService {
         })
         .await?;
         Ok(Response::new(pb::ObservationsResponse { observations }))
+    }
+
+    type GroupByStream = RowStream<pb::GroupRow>;
+
+    async fn group_by(
+        &self,
+        request: Request<pb::GroupByRequest>,
+    ) -> Result<Response<Self::GroupByStream>, Status> {
+        let r = request.into_inner();
+        let metric = metric(r.metric).map_err(status)?;
+        let by = group_kind(r.by).map_err(status)?;
+        let within = scope_field("within", r.within).map_err(status)?;
+        let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
+        let confidence = confidence(r.confidence);
+        let namespace = r.namespace;
+        let spec = GroupSpec {
+            metric,
+            by,
+            within,
+            confidence,
+            limit: r.limit as usize,
+        };
+        let rows = blocking(&self.engine, move |e| {
+            query::group(e, &namespace, &spec, window)
+        })
+        .await?;
+        Ok(stream(rows.into_iter().map(|row| pb::GroupRow {
+            group: row.group,
+            estimate: Some(estimate_pb(row.estimate)),
+        })))
+    }
+
+    type CompareStream = RowStream<pb::CompareRow>;
+
+    async fn compare(
+        &self,
+        request: Request<pb::CompareRequest>,
+    ) -> Result<Response<Self::CompareStream>, Status> {
+        let r = request.into_inner();
+        let metric = metric(r.metric).map_err(status)?;
+        let by = group_kind(r.by).map_err(status)?;
+        let within = scope_field("within", r.within).map_err(status)?;
+        let a = DayWindow::parse("a_from", &r.a_from, "a_to", &r.a_to).map_err(status)?;
+        let b = DayWindow::parse("b_from", &r.b_from, "b_to", &r.b_to).map_err(status)?;
+        let confidence = confidence(r.confidence);
+        let namespace = r.namespace;
+        let spec = GroupSpec {
+            metric,
+            by,
+            within,
+            confidence,
+            limit: r.limit as usize,
+        };
+        let rows = blocking(&self.engine, move |e| {
+            query::compare(e, &namespace, &spec, a, b)
+        })
+        .await?;
+        Ok(stream(rows.into_iter().map(|row| pb::CompareRow {
+            group: row.group,
+            a: Some(estimate_pb(row.a)),
+            b: Some(estimate_pb(row.b)),
+            change_pct: row.change_pct.map(estimate_pb),
+        })))
+    }
+
+    async fn retention(
+        &self,
+        request: Request<pb::RetentionRequest>,
+    ) -> Result<Response<pb::RetentionResponse>, Status> {
+        let r = request.into_inner();
+        let scope = scope(r.scope).map_err(status)?;
+        let a = DayWindow::parse("a_from", &r.a_from, "a_to", &r.a_to).map_err(status)?;
+        let b = DayWindow::parse("b_from", &r.b_from, "b_to", &r.b_to).map_err(status)?;
+        let namespace = r.namespace;
+        let ret = blocking(&self.engine, move |e| {
+            query::retention(e, &namespace, &scope, a, b)
+        })
+        .await?;
+        Ok(Response::new(pb::RetentionResponse {
+            in_a: ret.in_a,
+            in_both: ret.in_both,
+            share: ret.share(),
+            exact: true,
+        }))
+    }
+
+    async fn overlap(
+        &self,
+        request: Request<pb::OverlapRequest>,
+    ) -> Result<Response<pb::OverlapResponse>, Status> {
+        let r = request.into_inner();
+        let scope = scope(r.scope).map_err(status)?;
+        let a = DayWindow::parse("a_from", &r.a_from, "a_to", &r.a_to).map_err(status)?;
+        let b = DayWindow::parse("b_from", &r.b_from, "b_to", &r.b_to).map_err(status)?;
+        let confidence = confidence(r.confidence);
+        let namespace = r.namespace;
+        let o = blocking(&self.engine, move |e| {
+            query::overlap(e, &namespace, &scope, a, b, confidence)
+        })
+        .await?;
+        Ok(Response::new(pb::OverlapResponse {
+            a: Some(estimate_pb(o.a)),
+            b: Some(estimate_pb(o.b)),
+            both: Some(estimate_pb(o.both)),
+            either: Some(estimate_pb(o.either)),
+        }))
+    }
+
+    async fn series(
+        &self,
+        request: Request<pb::SeriesRequest>,
+    ) -> Result<Response<pb::SeriesResponse>, Status> {
+        let r = request.into_inner();
+        let metric = metric(r.metric).map_err(status)?;
+        let scope = scope(r.scope).map_err(status)?;
+        let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
+        let step = Step::parse("step", &r.step).map_err(status)?;
+        let confidence = confidence(r.confidence);
+        let namespace = r.namespace;
+        let points = blocking(&self.engine, move |e| {
+            query::series(e, &namespace, metric, &scope, window, step, confidence)
+        })
+        .await?;
+        Ok(Response::new(pb::SeriesResponse {
+            points: points
+                .into_iter()
+                .map(|(w, e)| pb::SeriesPoint {
+                    from: w.from.to_string(),
+                    to: w.to.to_string(),
+                    estimate: Some(estimate_pb(e)),
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// A server stream of already computed rows.
+pub type RowStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
+fn stream<T: Send + 'static>(rows: impl Iterator<Item = T>) -> Response<RowStream<T>> {
+    let rows: Vec<Result<T, Status>> = rows.map(Ok).collect();
+    Response::new(Box::pin(tokio_stream::iter(rows)))
+}
+
+fn group_kind(value: i32) -> Result<GroupBy, Error> {
+    match pb::GroupKind::try_from(value) {
+        Ok(pb::GroupKind::Country) => Ok(GroupBy::Country),
+        Ok(pb::GroupKind::Org) => Ok(GroupBy::Org),
+        _ => Err(Error::invalid(
+            "by",
+            format!("{value} is not GROUP_KIND_COUNTRY or GROUP_KIND_ORG"),
+        )),
     }
 }
 

@@ -7,16 +7,18 @@
 //!
 //! | kind | layout | value |
 //! |---|---|---|
-//! | `s` | ns u32, family u8, dim u64, day u32 | sketch envelope |
+//! | `s` | ns u32, family u8, dim u64, level u8, first day u32 | sketch envelope of a dyadic block of `2^level` days |
 //! | `c` | ns u32, dim u64 (country, 0 = all), day u32 | observations, u64 LE |
 //! | `o` | ns u32, org dim u64 | org id (UTF-8) |
 //! | `d` | ns u32, collector len u16, collector, sequence u64 | unix seconds applied |
 //! | `e` | ns u32 | first day u32, end day u32 (LE) |
+//! | `i` | ns u32, family u8, dim u64 | empty: the family has this dimension |
+//! | `p` | ns u32, org dim u64, country 2 bytes | days seen (`index::DayBits`) |
 //! | `m` | name | metadata (e.g. the checkpointed WAL position) |
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::time::Day;
+use crate::time::{Block, Day};
 
 /// Small integer naming a namespace inside keys.
 pub type NamespaceId = u32;
@@ -27,6 +29,8 @@ pub const KIND_ORG_NAME: u8 = b'o';
 pub const KIND_DEDUPE: u8 = b'd';
 pub const KIND_EXTENT: u8 = b'e';
 pub const KIND_META: u8 = b'm';
+pub const KIND_DIM: u8 = b'i';
+pub const KIND_PRESENCE: u8 = b'p';
 
 /// The metadata key holding the last WAL position included in sled.
 pub const META_CHECKPOINT_LSN: &[u8] = b"mcheckpoint_lsn";
@@ -83,22 +87,38 @@ pub fn org_dim(org: &str) -> u64 {
     xxh3_64_with_seed(&bytes, DIM_SEED)
 }
 
-/// The key of one day's sketch.
+/// The key of a sketch of one series over one dyadic block of days (level
+/// 0: one day). Memtables hold level 0 only; checkpoints maintain the
+/// higher levels in sled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SketchKey {
     pub ns: NamespaceId,
     pub family: Family,
     pub dim: u64,
-    pub day: Day,
+    pub block: Block,
 }
 
 impl SketchKey {
-    pub const LEN: usize = 18;
+    pub const LEN: usize = 19;
+
+    /// The key of one day's sketch.
+    pub fn day(ns: NamespaceId, family: Family, dim: u64, day: Day) -> SketchKey {
+        SketchKey {
+            ns,
+            family,
+            dim,
+            block: Block {
+                level: 0,
+                start: day,
+            },
+        }
+    }
 
     pub fn encode(&self) -> [u8; Self::LEN] {
         let mut key = [0u8; Self::LEN];
         key[..14].copy_from_slice(&Self::series_prefix(self.ns, self.family, self.dim));
-        key[14..].copy_from_slice(&self.day.0.to_be_bytes());
+        key[14] = self.block.level;
+        key[15..].copy_from_slice(&self.block.start.0.to_be_bytes());
         key
     }
 
@@ -110,7 +130,10 @@ impl SketchKey {
             ns: u32::from_be_bytes(bytes[1..5].try_into().ok()?),
             family: Family::from_u8(bytes[5])?,
             dim: u64::from_be_bytes(bytes[6..14].try_into().ok()?),
-            day: Day(u32::from_be_bytes(bytes[14..18].try_into().ok()?)),
+            block: Block {
+                level: bytes[14],
+                start: Day(u32::from_be_bytes(bytes[15..19].try_into().ok()?)),
+            },
         })
     }
 
@@ -201,6 +224,21 @@ pub fn org_name_key(ns: NamespaceId, dim: u64) -> [u8; 13] {
     key
 }
 
+pub fn dim_key(ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
+    let mut key = SketchKey::series_prefix(ns, family, dim);
+    key[0] = KIND_DIM;
+    key
+}
+
+pub fn presence_key(ns: NamespaceId, org: u64, country: [u8; 2]) -> [u8; 15] {
+    let mut key = [0u8; 15];
+    key[0] = KIND_PRESENCE;
+    key[1..5].copy_from_slice(&ns.to_be_bytes());
+    key[5..13].copy_from_slice(&org.to_be_bytes());
+    key[13..].copy_from_slice(&country);
+    key
+}
+
 pub fn extent_key(ns: NamespaceId) -> [u8; 5] {
     let mut key = [0u8; 5];
     key[0] = KIND_EXTENT;
@@ -214,17 +252,14 @@ mod tests {
 
     #[test]
     fn sketch_keys_round_trip_and_sort_by_day() {
-        let a = SketchKey {
-            ns: 7,
-            family: Family::IpsCountry,
-            dim: country_dim(*b"DE"),
-            day: Day(20_000),
-        };
+        let a = SketchKey::day(7, Family::IpsCountry, country_dim(*b"DE"), Day(20_000));
         assert_eq!(SketchKey::decode(&a.encode()), Some(a));
-        let b = SketchKey {
-            day: Day(20_001),
+        let b = SketchKey::day(7, Family::IpsCountry, a.dim, Day(20_001));
+        let block = SketchKey {
+            block: Block::containing(Day(20_001), 3),
             ..a
         };
+        assert_eq!(SketchKey::decode(&block.encode()), Some(block));
         assert!(a.encode() < b.encode());
         assert!(a
             .encode()

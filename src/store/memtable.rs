@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use rustc_hash::FxHashMap;
 
 use crate::sketch::Sketch;
+use crate::store::index::{DayBits, Index, OrgCountry};
 use crate::store::keys::{CounterKey, DedupeKey, NamespaceId, SketchKey};
 use crate::time::Day;
 
@@ -24,6 +25,8 @@ pub struct Memtable {
     pub applied: Vec<(DedupeKey, i64)>,
     /// Per namespace: first day and end day (last + 1) with observations.
     pub extents: HashMap<NamespaceId, (Day, Day)>,
+    /// Days on which each (org, country) was seen, since the checkpoint.
+    pub presence: FxHashMap<(NamespaceId, OrgCountry), DayBits>,
     /// Rows applied since the checkpoint (for metrics and checkpoint pacing).
     pub rows: u64,
 }
@@ -41,11 +44,13 @@ impl Memtable {
     }
 }
 
-/// The active memtable and the one being checkpointed, if any.
+/// The active memtable, the one being checkpointed, if any, and the full
+/// in-memory index.
 #[derive(Default)]
 pub struct MemState {
     pub active: Memtable,
     pub frozen: Option<std::sync::Arc<Memtable>>,
+    pub index: Index,
 }
 
 impl MemState {

@@ -99,3 +99,53 @@ impl Rng {
         self.next_u64() % n
     }
 }
+
+/// Checks estimates against exact truths: every truth must lie within the
+/// interval widened from 95 % to 99.9 % (z 1.96 -> 3.29), and across all
+/// checks the 95 % intervals must cover at least `min_share` of truths.
+/// Exact answers must equal the truth.
+#[derive(Default)]
+pub struct Coverage {
+    pub checks: usize,
+    pub covered: usize,
+}
+
+impl Coverage {
+    pub fn check(&mut self, what: &str, truth: f64, e: &sketchd::sketch::Estimate) {
+        assert!(
+            e.lower <= e.value && e.value <= e.upper,
+            "{what}: value outside its own interval"
+        );
+        if e.exact {
+            let tolerance = 1e-9 * truth.abs().max(1.0);
+            assert!(
+                (e.value - truth).abs() <= tolerance,
+                "{what}: claims exact {} but truth is {truth}",
+                e.value
+            );
+        }
+        let widen = 3.29 / 1.96;
+        let lower = e.value - (e.value - e.lower) * widen;
+        let upper = e.value + (e.upper - e.value) * widen;
+        assert!(
+            lower <= truth && truth <= upper,
+            "{what}: truth {truth} far outside [{}, {}] (estimate {})",
+            e.lower,
+            e.upper,
+            e.value
+        );
+        self.checks += 1;
+        self.covered += usize::from(e.lower <= truth && truth <= e.upper);
+    }
+
+    pub fn assert_share(&self, min_share: f64) {
+        assert!(self.checks > 0);
+        let share = self.covered as f64 / self.checks as f64;
+        assert!(
+            share >= min_share,
+            "95 % intervals covered {} of {} truths ({share:.3})",
+            self.covered,
+            self.checks
+        );
+    }
+}
