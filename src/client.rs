@@ -383,6 +383,7 @@ fn group_pb(by: GroupBy) -> i32 {
     match by {
         GroupBy::Country => pb::GroupKind::Country as i32,
         GroupBy::Org => pb::GroupKind::Org as i32,
+        GroupBy::Sector => pb::GroupKind::Sector as i32,
     }
 }
 
@@ -395,6 +396,15 @@ pub fn scope_pb(scope: &Scope) -> pb::Scope {
         },
         Scope::Org(org) => pb::Scope {
             org: org.clone(),
+            ..Default::default()
+        },
+        Scope::Sector(sector) => pb::Scope {
+            sector: sector.clone(),
+            ..Default::default()
+        },
+        Scope::CountrySector(cc, sector) => pb::Scope {
+            country: String::from_utf8_lossy(cc).into_owned(),
+            sector: sector.clone(),
             ..Default::default()
         },
     }

@@ -165,6 +165,33 @@ impl RawConfig {
     }
 }
 
+/// Which address family a range table holds, read from its first row
+/// (plain or gzip CSV): `true` for IPv6.
+pub fn table_is_ipv6(path: &Path) -> Result<bool> {
+    use std::io::{BufRead, BufReader, Read};
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut line = String::new();
+    let mut lines = BufReader::new(reader);
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).map_err(|e| Error::io(path, e))? == 0 {
+            return Err(Error::Config(format!(
+                "{}: the table is empty",
+                path.display()
+            )));
+        }
+        if !line.trim().is_empty() {
+            let first = line.split(',').next().unwrap_or("");
+            return Ok(first.contains(':'));
+        }
+    }
+}
+
 /// The validated server configuration.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {

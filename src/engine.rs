@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::attribution::Attributor;
+use crate::attribution::{Attributor, TableFiles};
 use crate::catalog::{Catalog, Namespace};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
@@ -29,6 +29,10 @@ pub struct Engine {
     commit: GroupCommit,
     /// The loaded attribution tables; replaced whole on reload.
     tables: RwLock<Arc<Attributor>>,
+    /// Where the tables come from, for reloads.
+    table_files: TableFiles,
+    /// One reload at a time.
+    reloading: parking_lot::Mutex<()>,
     clock: Arc<dyn Clock>,
     limits: BatchLimits,
 }
@@ -95,6 +99,8 @@ impl Engine {
             mem,
             commit,
             tables: RwLock::new(Arc::new(tables)),
+            table_files: config.tables.clone(),
+            reloading: parking_lot::Mutex::new(()),
             clock,
             limits: BatchLimits {
                 max_rows: config.max_rows_per_batch,
@@ -114,6 +120,26 @@ impl Engine {
     /// tables they started with.
     pub fn replace_tables(&self, tables: Attributor) {
         *self.tables.write() = Arc::new(tables);
+    }
+
+    /// Loads the configured table files again and swaps them in. Blocks
+    /// while loading (ingest goes on with the old tables); a failed load
+    /// keeps the old tables.
+    pub fn reload_tables(&self) -> Result<Arc<Attributor>> {
+        let _one = self.reloading.lock();
+        let started = std::time::Instant::now();
+        let tables = Attributor::load(&self.table_files)?;
+        let old = self.tables().version().to_owned();
+        self.replace_tables(tables);
+        let new = self.tables();
+        tracing::info!(
+            old_version = %old,
+            new_version = %new.version(),
+            orgs = new.orgs_len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "attribution tables reloaded"
+        );
+        Ok(new)
     }
 
     /// Validates, attributes, logs and applies one batch. Returns once the

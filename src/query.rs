@@ -12,7 +12,11 @@ use crate::error::{Error, Result};
 use crate::sketch::{Estimate, Sketch};
 use std::collections::{HashMap, HashSet};
 
-use crate::store::keys::{country_dim, dim_country, org_dim, CounterKey, Family, SketchKey};
+use crate::attribution::Attributor;
+use crate::store::keys::{
+    country_dim, country_sector_dim, dim_country, org_dim, sector_dim, CounterKey, Family,
+    SketchKey,
+};
 use crate::time::{Day, DayWindow};
 
 /// What is counted.
@@ -28,6 +32,9 @@ pub enum Scope {
     Global,
     Country([u8; 2]),
     Org(String),
+    /// Orgs with this sector label in the org registry.
+    Sector(String),
+    CountrySector([u8; 2], String),
 }
 
 /// A count and the part of the window that holds data.
@@ -47,6 +54,14 @@ fn series_of(metric: Metric, scope: &Scope) -> Result<(Family, u64)> {
         (Metric::Ips, Scope::Org(id)) => (Family::IpsOrg, org_dim(id)),
         (Metric::Orgs, Scope::Global) => (Family::OrgsGlobal, 0),
         (Metric::Orgs, Scope::Country(cc)) => (Family::OrgsCountry, country_dim(*cc)),
+        (Metric::Ips, Scope::Sector(s)) => (Family::IpsSector, sector_dim(s)),
+        (Metric::Orgs, Scope::Sector(s)) => (Family::OrgsSector, sector_dim(s)),
+        (Metric::Ips, Scope::CountrySector(cc, s)) => {
+            (Family::IpsCountrySector, country_sector_dim(*cc, s))
+        }
+        (Metric::Orgs, Scope::CountrySector(cc, s)) => {
+            (Family::OrgsCountrySector, country_sector_dim(*cc, s))
+        }
         (Metric::Orgs, Scope::Org(_)) => {
             return Err(Error::invalid(
                 "scope.org",
@@ -143,9 +158,9 @@ pub fn observations(
     let dim = match scope {
         Scope::Global => CounterKey::ALL,
         Scope::Country(cc) => country_dim(*cc),
-        Scope::Org(_) => {
+        Scope::Org(_) | Scope::Sector(_) | Scope::CountrySector(..) => {
             return Err(Error::invalid(
-                "scope.org",
+                "scope",
                 "observation counters are kept globally and per country",
             ))
         }
@@ -169,6 +184,16 @@ pub fn observations(
     Ok(sum)
 }
 
+/// The attribution table versions a namespace's batches were attributed with.
+pub fn table_versions(engine: &Engine, ns: &Namespace) -> Vec<String> {
+    let mem = engine.mem.read();
+    mem.index
+        .table_versions
+        .get(&ns.id)
+        .map(|v| v.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// The namespace's first and end day with data, if any.
 pub fn extent(engine: &Engine, ns: &Namespace) -> Result<Option<DayWindow>> {
     let all = DayWindow {
@@ -184,6 +209,7 @@ pub fn extent(engine: &Engine, ns: &Namespace) -> Result<Option<DayWindow>> {
 pub enum GroupBy {
     Country,
     Org,
+    Sector,
 }
 
 /// One group's estimate.
@@ -202,24 +228,26 @@ fn group_dims(
     within: &Scope,
     window: DayWindow,
 ) -> Result<(Family, Vec<(u64, String)>)> {
+    let by_metric = |ips: Family, orgs: Family| match metric {
+        Metric::Ips => ips,
+        Metric::Orgs => orgs,
+    };
     let mem = engine.mem.read();
     let index = &mem.index;
-    match (metric, by) {
-        (Metric::Orgs, GroupBy::Org) => Err(Error::invalid(
+    // Dimensions of `family` whose name passes `label` (which also renames).
+    let named = |family: Family, label: &dyn Fn(&str) -> Option<String>| -> Vec<(u64, String)> {
+        index
+            .dims(ns.id, family)
+            .filter_map(|d| index.name(ns.id, d).and_then(label).map(|l| (d, l)))
+            .collect()
+    };
+    match (metric, by, within) {
+        (Metric::Orgs, GroupBy::Org, _) => Err(Error::invalid(
             "by",
             "distinct organisations per organisation is always 1; group ips by org",
         )),
-        (_, GroupBy::Country) => {
-            if !matches!(within, Scope::Global) {
-                return Err(Error::invalid(
-                    "within",
-                    "grouping by country takes no narrower scope",
-                ));
-            }
-            let family = match metric {
-                Metric::Ips => Family::IpsCountry,
-                Metric::Orgs => Family::OrgsCountry,
-            };
+        (_, GroupBy::Country, Scope::Global) => {
+            let family = by_metric(Family::IpsCountry, Family::OrgsCountry);
             let dims = index
                 .dims(ns.id, family)
                 .filter_map(|d| {
@@ -228,33 +256,72 @@ fn group_dims(
                 .collect();
             Ok((family, dims))
         }
-        (Metric::Ips, GroupBy::Org) => {
+        (_, GroupBy::Country, Scope::Sector(sector)) => {
+            let family = by_metric(Family::IpsCountrySector, Family::OrgsCountrySector);
+            let suffix = format!("/{sector}");
+            Ok((
+                family,
+                named(family, &|n| n.strip_suffix(&suffix).map(str::to_owned)),
+            ))
+        }
+        (_, GroupBy::Sector, Scope::Global) => {
+            let family = by_metric(Family::IpsSector, Family::OrgsSector);
+            Ok((family, named(family, &|n| Some(n.to_owned()))))
+        }
+        (_, GroupBy::Sector, Scope::Country(cc)) => {
+            let family = by_metric(Family::IpsCountrySector, Family::OrgsCountrySector);
+            let prefix = format!("{}/", String::from_utf8_lossy(cc));
+            Ok((
+                family,
+                named(family, &|n| n.strip_prefix(&prefix).map(str::to_owned)),
+            ))
+        }
+        (
+            Metric::Ips,
+            GroupBy::Org,
+            Scope::Global | Scope::Country(_) | Scope::Sector(_) | Scope::CountrySector(..),
+        ) => {
             // Within a country: the orgs seen in that country during the
             // window; each row counts the org's IPs in every country.
-            let only: Option<HashSet<u64>> = match within {
-                Scope::Global => None,
-                Scope::Country(cc) => Some(
-                    index
-                        .presence
-                        .get(&ns.id)
-                        .into_iter()
-                        .flatten()
-                        .filter(|(oc, days)| oc.country == *cc && days.any_in(window))
-                        .map(|(oc, _)| oc.org)
-                        .collect(),
-                ),
-                Scope::Org(_) => {
-                    return Err(Error::invalid("within", "grouping by org within one org"))
-                }
+            let country = match within {
+                Scope::Country(cc) | Scope::CountrySector(cc, _) => Some(*cc),
+                _ => None,
             };
+            let only: Option<HashSet<u64>> = country.map(|cc| {
+                index
+                    .presence
+                    .get(&ns.id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(oc, days)| oc.country == cc && days.any_in(window))
+                    .map(|(oc, _)| oc.org)
+                    .collect()
+            });
+            let sector = match within {
+                Scope::Sector(s) | Scope::CountrySector(_, s) => Some(s.as_str()),
+                _ => None,
+            };
+            let tables = engine.tables();
             let dims = index
                 .dims(ns.id, Family::IpsOrg)
                 .filter(|d| only.as_ref().is_none_or(|set| set.contains(d)))
-                .filter_map(|d| index.org_name(ns.id, d).map(|name| (d, name.to_owned())))
+                .filter_map(|d| index.name(ns.id, d).map(|name| (d, name.to_owned())))
+                .filter(|(_, name)| sector.is_none_or(|s| org_in_sector(&tables, name, s)))
                 .collect();
             Ok((Family::IpsOrg, dims))
         }
+        (_, by, within) => Err(Error::invalid(
+            "within",
+            format!("grouping by {by:?} within {within:?} is not supported"),
+        )),
     }
+}
+
+/// Whether the registry gives `org` the sector label `sector`.
+fn org_in_sector(tables: &Attributor, org: &str, sector: &str) -> bool {
+    tables
+        .org_by_id(org)
+        .is_some_and(|idx| tables.org(idx).sectors.iter().any(|s| s == sector))
 }
 
 /// What a group-by or compare asks, besides the windows.
@@ -413,21 +480,33 @@ pub fn retention(
     b: DayWindow,
 ) -> Result<Retention> {
     let ns = engine.catalog.require("namespace", namespace)?;
-    let country = match scope {
-        Scope::Global => None,
-        Scope::Country(cc) => Some(*cc),
+    let (country, sector) = match scope {
+        Scope::Global => (None, None),
+        Scope::Country(cc) => (Some(*cc), None),
+        Scope::Sector(s) => (None, Some(s.as_str())),
+        Scope::CountrySector(cc, s) => (Some(*cc), Some(s.as_str())),
         Scope::Org(_) => {
             return Err(Error::invalid(
                 "scope.org",
-                "retention is over organisations; give a country or nothing",
+                "retention is over organisations; give a country, a sector or nothing",
             ))
         }
     };
+    let tables = engine.tables();
     let mem = engine.mem.read();
+    let index = &mem.index;
     let mut seen: HashMap<u64, (bool, bool)> = HashMap::new();
-    for (oc, days) in mem.index.presence.get(&ns.id).into_iter().flatten() {
+    for (oc, days) in index.presence.get(&ns.id).into_iter().flatten() {
         if country.is_some_and(|cc| cc != oc.country) {
             continue;
+        }
+        if let Some(s) = sector {
+            if !index
+                .name(ns.id, oc.org)
+                .is_some_and(|name| org_in_sector(&tables, name, s))
+            {
+                continue;
+            }
         }
         let e = seen.entry(oc.org).or_default();
         e.0 |= days.any_in(a);

@@ -88,6 +88,7 @@ fn truth(rows: &[Observation], w: DayWindow, metric: Metric, scope: &Scope) -> u
             Scope::Global => true,
             Scope::Country(cc) => r.country.as_deref() == Some(std::str::from_utf8(cc).unwrap()),
             Scope::Org(o) => r.org.as_deref() == Some(o.as_str()),
+            Scope::Sector(_) | Scope::CountrySector(..) => unreachable!("no sectors in this world"),
         };
         if keep {
             ips.insert(r.ip);

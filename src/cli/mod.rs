@@ -10,8 +10,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use sketchd::attribution::Attributor;
-use sketchd::config::RawConfig;
+use sketchd::attribution::{Attributor, TableFiles};
+use sketchd::config::{table_is_ipv6, RawConfig};
 use sketchd::engine::Engine;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
@@ -51,6 +51,22 @@ struct ServeArgs {
     /// TOML configuration file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Directory with the attribution tables (asn-ipv4.csv.gz, asn-country-ipv4.csv.gz, ...,
+    /// or their *-sample.csv forms, plus optional orgs.csv and networks.csv).
+    #[arg(long)]
+    tables: Option<PathBuf>,
+    /// IP range -> ASN/org table (start,end,asn,name); IPv4 or IPv6, repeatable.
+    #[arg(long = "asn-table")]
+    asn_tables: Vec<PathBuf>,
+    /// IP range -> country table (start,end,country); IPv4 or IPv6, repeatable.
+    #[arg(long = "country-table")]
+    country_tables: Vec<PathBuf>,
+    /// Operator org file: org,name,country,sectors (sectors separated by ';').
+    #[arg(long)]
+    orgs: Option<PathBuf>,
+    /// Operator networks: cidr,org[,country]; they win over the ASN table.
+    #[arg(long)]
+    networks: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -68,13 +84,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => RawConfig::default(),
     };
     if args.listen.is_some() {
-        raw.listen = args.listen;
+        raw.listen = args.listen.clone();
     }
     if args.data.is_some() {
-        raw.data_dir = args.data;
+        raw.data_dir = args.data.clone();
     }
-    let config = raw.validate()?;
+    let mut config = raw.validate()?;
+    table_flags(&args, &mut config.tables)?;
     let tables = Attributor::load(&config.tables).context("loading attribution tables")?;
+    let stats = tables.stats();
+    tracing::info!(
+        version = tables.version(),
+        orgs = stats.orgs,
+        ipv4_intervals = stats.lookup_intervals_v4,
+        ipv6_intervals = stats.lookup_intervals_v6,
+        "attribution tables loaded"
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -87,13 +112,71 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %addr, data = %data_dir.display(), "sketchd ready");
     // One plain line on stdout, for scripts and tests that start the server.
     println!("sketchd listening on {addr}");
+    let engine = Arc::new(engine);
+    reload_on_sighup(engine.clone());
     sketchd::server::run(
         listener,
-        Arc::new(engine),
+        engine,
         &config,
         sketchd::server::shutdown_signal(),
     )
     .await?;
     tracing::info!("sketchd stopped cleanly");
     Ok(())
+}
+
+/// Applies the table flags over the configuration file's `[tables]`.
+fn table_flags(args: &ServeArgs, files: &mut TableFiles) -> anyhow::Result<()> {
+    if let Some(dir) = &args.tables {
+        let found = TableFiles::from_dir(dir);
+        if found == TableFiles::default() {
+            anyhow::bail!("--tables {}: no table files found there", dir.display());
+        }
+        *files = found;
+    }
+    for path in &args.asn_tables {
+        if table_is_ipv6(path)? {
+            files.asn_v6 = Some(path.clone());
+        } else {
+            files.asn_v4 = Some(path.clone());
+        }
+    }
+    for path in &args.country_tables {
+        if table_is_ipv6(path)? {
+            files.country_v6 = Some(path.clone());
+        } else {
+            files.country_v4 = Some(path.clone());
+        }
+    }
+    if args.orgs.is_some() {
+        files.orgs = args.orgs.clone();
+    }
+    if args.networks.is_some() {
+        files.networks = args.networks.clone();
+    }
+    Ok(())
+}
+
+/// Reloads the attribution tables on SIGHUP.
+fn reload_on_sighup(engine: Arc<Engine>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload tables with the admin RPC");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let engine = engine.clone();
+            match tokio::task::spawn_blocking(move || engine.reload_tables()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reloading tables failed; keeping the old ones")
+                }
+                Err(e) => tracing::error!(error = %e, "reload task failed"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(engine);
 }

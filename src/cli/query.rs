@@ -203,21 +203,36 @@ pub fn parse_by(text: &str) -> anyhow::Result<GroupBy> {
     match text {
         "country" => Ok(GroupBy::Country),
         "org" => Ok(GroupBy::Org),
-        other => bail!("--by {other:?}: use country or org"),
+        "sector" => Ok(GroupBy::Sector),
+        other => bail!("--by {other:?}: use country, org or sector"),
     }
 }
 
+/// `global`, `country:CC`, `org:ID`, `sector:S` or `country:CC,sector:S`.
 pub fn parse_scope(text: &str) -> anyhow::Result<Scope> {
     if text == "global" {
         return Ok(Scope::Global);
     }
-    match text.split_once(':') {
-        Some(("country", cc)) => parse_country(cc)
-            .map(Scope::Country)
-            .map_err(|e| anyhow!("--scope {text:?}: {e}")),
-        Some(("org", id)) if !id.is_empty() => Ok(Scope::Org(id.to_owned())),
-        _ => bail!("--scope {text:?}: use global, country:CC or org:ID"),
+    let (mut country, mut org, mut sector) = (None, None, None);
+    for part in text.split(',') {
+        match part.split_once(':') {
+            Some(("country", cc)) => {
+                country = Some(parse_country(cc).map_err(|e| anyhow!("--scope {text:?}: {e}"))?)
+            }
+            Some(("org", id)) if !id.is_empty() => org = Some(id.to_owned()),
+            Some(("sector", s)) if !s.is_empty() => sector = Some(s.to_owned()),
+            _ => bail!(
+                "--scope {text:?}: use global, country:CC, org:ID, sector:S or country:CC,sector:S"
+            ),
+        }
     }
+    Ok(match (country, org, sector) {
+        (Some(cc), None, None) => Scope::Country(cc),
+        (None, Some(id), None) => Scope::Org(id),
+        (None, None, Some(s)) => Scope::Sector(s),
+        (Some(cc), None, Some(s)) => Scope::CountrySector(cc, s),
+        _ => bail!("--scope {text:?}: org cannot be combined with country or sector"),
+    })
 }
 
 pub fn parse_window(

@@ -3,8 +3,9 @@
 //! Little-endian, version byte first:
 //! `1 | ns u32 | collector (u16 len, bytes) | sequence u64 |
 //!  n4 u32, n4 x u32 | n6 u32, n6 x 16 bytes | rows x day u32 |
-//!  orgs u32, orgs x (u16 len, bytes) | rows x org u32 | rows x country 2 bytes |
-//!  attributed u64 | unattributed u64`.
+//!  orgs u32, orgs x (id, sectors u16, sectors x label) | rows x org u32 |
+//!  rows x country 2 bytes | attributed u64 | unattributed u64 | tables version`,
+//! strings as (u16 len, bytes).
 //! Decoding checks every length and reference, so a damaged record is an
 //! error, never a panic or a wrong count.
 
@@ -32,8 +33,12 @@ pub fn encode(batch: &PreparedBatch) -> Vec<u8> {
         out.extend_from_slice(&day.to_le_bytes());
     }
     out.extend_from_slice(&(batch.orgs.len() as u32).to_le_bytes());
-    for org in &batch.orgs {
+    for (org, sectors) in batch.orgs.iter().zip(&batch.org_sectors) {
         put_str(&mut out, org);
+        out.extend_from_slice(&(sectors.len() as u16).to_le_bytes());
+        for sector in sectors {
+            put_str(&mut out, sector);
+        }
     }
     for org in &batch.org_of_row {
         out.extend_from_slice(&org.to_le_bytes());
@@ -43,6 +48,7 @@ pub fn encode(batch: &PreparedBatch) -> Vec<u8> {
     }
     out.extend_from_slice(&batch.attributed.to_le_bytes());
     out.extend_from_slice(&batch.unattributed.to_le_bytes());
+    put_str(&mut out, &batch.tables_version);
     out
 }
 
@@ -64,9 +70,13 @@ pub fn decode(bytes: &[u8]) -> Result<PreparedBatch> {
     let rows = n4 + n6;
     let days = (0..rows).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
     let n_orgs = r.u32()? as usize;
-    let orgs = (0..n_orgs)
-        .map(|_| r.string())
-        .collect::<Result<Vec<_>>>()?;
+    let mut orgs = Vec::with_capacity(n_orgs.min(1 << 16));
+    let mut org_sectors = Vec::with_capacity(n_orgs.min(1 << 16));
+    for _ in 0..n_orgs {
+        orgs.push(r.string()?);
+        let n = u16::from_le_bytes(r.array()?) as usize;
+        org_sectors.push((0..n).map(|_| r.string()).collect::<Result<Vec<_>>>()?);
+    }
     let org_of_row = (0..rows).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
     if org_of_row.iter().any(|&o| o as usize >= n_orgs) {
         return Err(corrupt("org reference out of range".into()));
@@ -76,6 +86,7 @@ pub fn decode(bytes: &[u8]) -> Result<PreparedBatch> {
         .collect::<Result<Vec<_>>>()?;
     let attributed = r.u64()?;
     let unattributed = r.u64()?;
+    let tables_version = r.string()?;
     if r.at != bytes.len() {
         return Err(corrupt("trailing bytes".into()));
     }
@@ -87,10 +98,12 @@ pub fn decode(bytes: &[u8]) -> Result<PreparedBatch> {
         ipv6,
         days,
         orgs,
+        org_sectors,
         org_of_row,
         country_of_row,
         attributed,
         unattributed,
+        tables_version,
     })
 }
 
@@ -157,10 +170,12 @@ mod tests {
             ipv6: vec![[0x20; 16]],
             days: vec![20_000, 20_001, 20_002],
             orgs: vec!["unattributed".into(), "AS15169".into()],
+            org_sectors: vec![vec![], vec!["cloud".into(), "search".into()]],
             org_of_row: vec![1, 0, 1],
             country_of_row: vec![*b"US", *b"ZZ", *b"DE"],
             attributed: 1,
             unattributed: 1,
+            tables_version: "t-0123".into(),
         }
     }
 

@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod commit;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use crate::attribution::{Attribution, Attributor, OrgIdx};
@@ -22,7 +23,8 @@ use crate::error::{Error, Result};
 use crate::sketch::{hash_ipv4, hash_ipv6, hash_org, Sketch};
 use crate::store::index::OrgCountry;
 use crate::store::keys::{
-    country_dim, org_dim, CounterKey, DedupeKey, Family, NamespaceId, SketchKey,
+    country_dim, country_sector_dim, org_dim, sector_dim, CounterKey, DedupeKey, Family,
+    NamespaceId, SketchKey,
 };
 use crate::store::memtable::MemState;
 use crate::time::{Day, SECONDS_PER_DAY};
@@ -66,12 +68,16 @@ pub struct PreparedBatch {
     pub days: Vec<u32>,
     /// Org dictionary of the batch; rows refer to it by index.
     pub orgs: Vec<String>,
+    /// Sector labels of each dictionary org (from the org registry).
+    pub org_sectors: Vec<Vec<String>>,
     pub org_of_row: Vec<u32>,
     pub country_of_row: Vec<[u8; 2]>,
     /// Rows whose org or country came from the tables.
     pub attributed: u64,
     /// Rows left (partly) unattributed.
     pub unattributed: u64,
+    /// Version of the attribution tables the batch was prepared with.
+    pub tables_version: String,
 }
 
 impl PreparedBatch {
@@ -199,6 +205,14 @@ pub fn prepare(
     let mut orgs = Vec::with_capacity(batch.org_dict.len() + 1);
     orgs.push(UNATTRIBUTED_ORG.to_owned());
     orgs.extend(batch.org_dict);
+    let mut org_sectors: Vec<Vec<String>> = orgs
+        .iter()
+        .enumerate()
+        .map(|(i, id)| match tables.org_by_id(id) {
+            Some(idx) if i > 0 => tables.org(idx).sectors.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
     let mut table_orgs: HashMap<OrgIdx, u32> = HashMap::new();
     let mut org_of_row = Vec::with_capacity(rows);
     let mut country_of_row = Vec::with_capacity(rows);
@@ -218,7 +232,9 @@ pub fn prepare(
             if org == 0 {
                 if let Some(idx) = found.org {
                     org = *table_orgs.entry(idx).or_insert_with(|| {
-                        orgs.push(tables.org(idx).id.clone());
+                        let info = tables.org(idx);
+                        orgs.push(info.id.clone());
+                        org_sectors.push(info.sectors.clone());
                         (orgs.len() - 1) as u32
                     });
                     filled = true;
@@ -248,10 +264,12 @@ pub fn prepare(
         ipv6,
         days,
         orgs,
+        org_sectors,
         org_of_row,
         country_of_row,
         attributed,
         unattributed,
+        tables_version: tables.version().to_owned(),
     })
 }
 
@@ -263,32 +281,47 @@ pub fn apply(
     batch: &PreparedBatch,
     applied_at: i64,
 ) -> Result<()> {
+    /// What a dictionary org contributes to every row that names it.
     struct OrgRef {
         dim: u64,
         hash: u64,
+        /// False for the unattributed org: it is no organisation.
         counted: bool,
+        sectors: Vec<(u64, String)>,
     }
     let MemState {
         active: mem, index, ..
     } = state;
+    let mut name = |dim: u64, text: &str| {
+        if let Entry::Vacant(e) = index.names.entry((ns.id, dim)) {
+            e.insert(text.to_owned());
+            mem.names.insert((ns.id, dim), text.to_owned());
+        }
+    };
     let orgs: Vec<OrgRef> = batch
         .orgs
         .iter()
+        .zip(&batch.org_sectors)
         .enumerate()
-        .map(|(i, id)| OrgRef {
-            dim: org_dim(id),
-            hash: hash_org(ns.seed, id),
-            counted: i != 0,
+        .map(|(i, (id, sectors))| {
+            let dim = org_dim(id);
+            name(dim, id);
+            let sectors = sectors
+                .iter()
+                .map(|s| {
+                    let dim = sector_dim(s);
+                    name(dim, s);
+                    (dim, s.clone())
+                })
+                .collect();
+            OrgRef {
+                dim,
+                hash: hash_org(ns.seed, id),
+                counted: i != 0,
+                sectors,
+            }
         })
         .collect();
-    for (org, id) in orgs.iter().zip(&batch.orgs) {
-        if let std::collections::hash_map::Entry::Vacant(e) =
-            index.org_names.entry((ns.id, org.dim))
-        {
-            e.insert(id.clone());
-            mem.org_names.insert((ns.id, org.dim), id.clone());
-        }
-    }
     let precision = ns.policy.precision;
     let n4 = batch.ipv4.len();
     let sketches = &mut mem.sketches;
@@ -308,6 +341,8 @@ pub fn apply(
         }
         Ok(())
     };
+    // (org, country, day) triples of the batch, for presence and for the
+    // country/sector names.
     let mut seen: FxHashSet<(u32, [u8; 2], u32)> = FxHashSet::default();
     let (mut first, mut end) = (u32::MAX, 0u32);
     for row in 0..batch.rows() {
@@ -326,11 +361,18 @@ pub fn apply(
         insert(Family::IpsGlobal, 0, day, ip)?;
         insert(Family::IpsCountry, country, day, ip)?;
         insert(Family::IpsOrg, org.dim, day, ip)?;
+        for (sector, label) in &org.sectors {
+            let cs = country_sector_dim(code, label);
+            insert(Family::IpsSector, *sector, day, ip)?;
+            insert(Family::IpsCountrySector, cs, day, ip)?;
+            insert(Family::OrgsSector, *sector, day, org.hash)?;
+            insert(Family::OrgsCountrySector, cs, day, org.hash)?;
+        }
         if org.counted {
             insert(Family::OrgsGlobal, 0, day, org.hash)?;
             insert(Family::OrgsCountry, country, day, org.hash)?;
-            seen.insert((org_ref, code, day.0));
         }
+        seen.insert((org_ref, code, day.0));
         for dim in [CounterKey::ALL, country] {
             *mem.counters
                 .entry(CounterKey {
@@ -342,9 +384,21 @@ pub fn apply(
         }
     }
     let presence = index.presence.entry(ns.id).or_default();
-    for (org_ref, country, day) in seen {
+    for &(org_ref, country, day) in &seen {
+        let org = &orgs[org_ref as usize];
+        for (_, label) in &org.sectors {
+            let cs = country_sector_dim(country, label);
+            if let Entry::Vacant(e) = index.names.entry((ns.id, cs)) {
+                let text = format!("{}/{label}", String::from_utf8_lossy(&country));
+                e.insert(text.clone());
+                mem.names.insert((ns.id, cs), text);
+            }
+        }
+        if !org.counted {
+            continue;
+        }
         let oc = OrgCountry {
-            org: orgs[org_ref as usize].dim,
+            org: org.dim,
             country,
         };
         presence.entry(oc).or_default().insert(Day(day));
@@ -355,6 +409,15 @@ pub fn apply(
     }
     if first < end {
         mem.widen_extent(ns.id, Day(first), Day(end));
+    }
+    if index
+        .table_versions
+        .entry(ns.id)
+        .or_default()
+        .insert(batch.tables_version.clone())
+    {
+        mem.table_versions
+            .insert((ns.id, batch.tables_version.clone()));
     }
     mem.rows += batch.rows() as u64;
     mem.applied.push((batch.id(), applied_at));

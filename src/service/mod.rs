@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::attribution::Attributor;
 use crate::catalog::{fingerprint_hex, Namespace};
 use crate::config::NamespacePolicy;
 use crate::engine::Engine;
@@ -79,17 +80,42 @@ fn scope(scope: Option<pb::Scope>) -> Result<Scope, Error> {
 
 fn scope_field(field: &str, scope: Option<pb::Scope>) -> Result<Scope, Error> {
     let scope = scope.unwrap_or_default();
+    let country = if scope.country.is_empty() {
+        None
+    } else {
+        Some(
+            parse_country(&scope.country)
+                .map_err(|reason| Error::invalid(format!("{field}.country"), reason))?,
+        )
+    };
     if !scope.sector.is_empty() {
-        return Err(Error::invalid(format!("{field}.sector"), "sector scopes need attribution tables with sectors, which this server version does not count yet"));
+        validate_sector(&scope.sector)
+            .map_err(|reason| Error::invalid(format!("{field}.sector"), reason))?;
     }
-    match (scope.country.is_empty(), scope.org.is_empty()) {
-        (true, true) => Ok(Scope::Global),
-        (false, true) => parse_country(&scope.country)
-            .map(Scope::Country)
-            .map_err(|reason| Error::invalid(format!("{field}.country"), reason)),
-        (true, false) => Ok(Scope::Org(scope.org)),
-        (false, false) => Err(Error::invalid(field, "give country or org, not both")),
+    match (country, scope.org.is_empty(), scope.sector.is_empty()) {
+        (None, true, true) => Ok(Scope::Global),
+        (Some(cc), true, true) => Ok(Scope::Country(cc)),
+        (None, false, true) => Ok(Scope::Org(scope.org)),
+        (None, true, false) => Ok(Scope::Sector(scope.sector)),
+        (Some(cc), true, false) => Ok(Scope::CountrySector(cc, scope.sector)),
+        (_, false, _) => Err(Error::invalid(
+            field,
+            "org cannot be combined with country or sector",
+        )),
     }
+}
+
+fn validate_sector(sector: &str) -> Result<(), String> {
+    if sector.len() > 64
+        || sector
+            .chars()
+            .any(|c| c.is_control() || c == '/' || c.is_uppercase())
+    {
+        return Err(format!(
+            "{sector:?} is not a sector label (lower case, no '/', at most 64 bytes)"
+        ));
+    }
+    Ok(())
 }
 
 fn confidence(value: f64) -> f64 {
@@ -116,6 +142,7 @@ fn namespace_info(engine: &Engine, ns: &Namespace) -> Result<pb::NamespaceInfo, 
         seed_fingerprint: fingerprint_hex(ns.seed),
         first_day: extent.map(|w| w.from.to_string()).unwrap_or_default(),
         end_day: extent.map(|w| w.to.to_string()).unwrap_or_default(),
+        table_versions: query::table_versions(engine, ns),
     })
 }
 
@@ -368,9 +395,10 @@ fn group_kind(value: i32) -> Result<GroupBy, Error> {
     match pb::GroupKind::try_from(value) {
         Ok(pb::GroupKind::Country) => Ok(GroupBy::Country),
         Ok(pb::GroupKind::Org) => Ok(GroupBy::Org),
+        Ok(pb::GroupKind::Sector) => Ok(GroupBy::Sector),
         _ => Err(Error::invalid(
             "by",
-            format!("{value} is not GROUP_KIND_COUNTRY or GROUP_KIND_ORG"),
+            format!("{value} is not GROUP_KIND_COUNTRY, GROUP_KIND_ORG or GROUP_KIND_SECTOR"),
         )),
     }
 }
@@ -451,5 +479,30 @@ impl pb::admin_server::Admin for AdminService {
         })
         .await?;
         Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn reload_tables(
+        &self,
+        _request: Request<pb::ReloadTablesRequest>,
+    ) -> Result<Response<pb::TablesInfo>, Status> {
+        let tables = blocking(&self.engine, |e| e.reload_tables()).await?;
+        Ok(Response::new(tables_info(&tables)))
+    }
+
+    async fn get_tables(
+        &self,
+        _request: Request<pb::GetTablesRequest>,
+    ) -> Result<Response<pb::TablesInfo>, Status> {
+        Ok(Response::new(tables_info(&self.engine.tables())))
+    }
+}
+
+fn tables_info(tables: &Attributor) -> pb::TablesInfo {
+    let stats = tables.stats();
+    pb::TablesInfo {
+        version: tables.version().to_owned(),
+        orgs: stats.orgs as u64,
+        ipv4_intervals: stats.lookup_intervals_v4 as u64,
+        ipv6_intervals: stats.lookup_intervals_v6 as u64,
     }
 }

@@ -1,6 +1,8 @@
 //! Small, exact, in-memory indexes kept beside the sketches.
 //!
-//! - `org_names`: org dimension -> org id, to name group rows;
+//! - `names`: org, sector and country/sector dimension -> name, for group rows;
+//! - `table_versions`: the attribution table versions each namespace's
+//!   batches were attributed with;
 //! - `dims`: which dimensions a family has (countries, orgs), for group-by;
 //! - `presence`: per (org, country) the set of days it was seen, exact.
 //!   Org presence is tiny (an org is seen on a few hundred days at most),
@@ -104,14 +106,15 @@ pub struct OrgCountry {
 /// The full index of every namespace.
 #[derive(Default)]
 pub struct Index {
-    pub org_names: HashMap<(NamespaceId, u64), String>,
+    pub names: HashMap<(NamespaceId, u64), String>,
+    pub table_versions: HashMap<NamespaceId, std::collections::BTreeSet<String>>,
     pub dims: HashMap<(NamespaceId, Family), HashSet<u64>>,
     pub presence: HashMap<NamespaceId, HashMap<OrgCountry, DayBits>>,
 }
 
 impl Index {
-    pub fn org_name(&self, ns: NamespaceId, dim: u64) -> Option<&str> {
-        self.org_names.get(&(ns, dim)).map(String::as_str)
+    pub fn name(&self, ns: NamespaceId, dim: u64) -> Option<&str> {
+        self.names.get(&(ns, dim)).map(String::as_str)
     }
 
     pub fn dims(&self, ns: NamespaceId, family: Family) -> impl Iterator<Item = u64> + '_ {

@@ -9,7 +9,8 @@
 //! |---|---|---|
 //! | `s` | ns u32, family u8, dim u64, level u8, first day u32 | sketch envelope of a dyadic block of `2^level` days |
 //! | `c` | ns u32, dim u64 (country, 0 = all), day u32 | observations, u64 LE |
-//! | `o` | ns u32, org dim u64 | org id (UTF-8) |
+//! | `o` | ns u32, dim u64 | name of an org, sector or `CC/sector` dimension (UTF-8) |
+//! | `v` | ns u32, version | empty: batches were attributed with these tables |
 //! | `d` | ns u32, collector len u16, collector, sequence u64 | unix seconds applied |
 //! | `e` | ns u32 | first day u32, end day u32 (LE) |
 //! | `i` | ns u32, family u8, dim u64 | empty: the family has this dimension |
@@ -31,6 +32,7 @@ pub const KIND_EXTENT: u8 = b'e';
 pub const KIND_META: u8 = b'm';
 pub const KIND_DIM: u8 = b'i';
 pub const KIND_PRESENCE: u8 = b'p';
+pub const KIND_TABLES: u8 = b'v';
 
 /// The metadata key holding the last WAL position included in sled.
 pub const META_CHECKPOINT_LSN: &[u8] = b"mcheckpoint_lsn";
@@ -53,6 +55,14 @@ pub enum Family {
     OrgsGlobal = 4,
     /// Distinct orgs per country of the rows (dim = country).
     OrgsCountry = 5,
+    /// Distinct IPs per sector of the org (dim = sector).
+    IpsSector = 6,
+    /// Distinct orgs per sector (dim = sector).
+    OrgsSector = 7,
+    /// Distinct IPs per (country, sector) (dim = country and sector).
+    IpsCountrySector = 8,
+    /// Distinct orgs per (country, sector).
+    OrgsCountrySector = 9,
 }
 
 impl Family {
@@ -63,6 +73,10 @@ impl Family {
             3 => Family::IpsOrg,
             4 => Family::OrgsGlobal,
             5 => Family::OrgsCountry,
+            6 => Family::IpsSector,
+            7 => Family::OrgsSector,
+            8 => Family::IpsCountrySector,
+            9 => Family::OrgsCountrySector,
             _ => return None,
         })
     }
@@ -84,6 +98,23 @@ pub fn org_dim(org: &str) -> u64 {
     let mut bytes = Vec::with_capacity(4 + org.len());
     bytes.extend_from_slice(b"org\0");
     bytes.extend_from_slice(org.as_bytes());
+    xxh3_64_with_seed(&bytes, DIM_SEED)
+}
+
+/// A sector label as a dimension.
+pub fn sector_dim(sector: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(7 + sector.len());
+    bytes.extend_from_slice(b"sector\0");
+    bytes.extend_from_slice(sector.as_bytes());
+    xxh3_64_with_seed(&bytes, DIM_SEED)
+}
+
+/// A (country, sector) pair as a dimension; its name is `CC/sector`.
+pub fn country_sector_dim(country: [u8; 2], sector: &str) -> u64 {
+    let mut bytes = Vec::with_capacity(10 + sector.len());
+    bytes.extend_from_slice(b"csector\0");
+    bytes.extend_from_slice(&country);
+    bytes.extend_from_slice(sector.as_bytes());
     xxh3_64_with_seed(&bytes, DIM_SEED)
 }
 
@@ -236,6 +267,14 @@ pub fn presence_key(ns: NamespaceId, org: u64, country: [u8; 2]) -> [u8; 15] {
     key[1..5].copy_from_slice(&ns.to_be_bytes());
     key[5..13].copy_from_slice(&org.to_be_bytes());
     key[13..].copy_from_slice(&country);
+    key
+}
+
+pub fn tables_key(ns: NamespaceId, version: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + version.len());
+    key.push(KIND_TABLES);
+    key.extend_from_slice(&ns.to_be_bytes());
+    key.extend_from_slice(version.as_bytes());
     key
 }
 

@@ -19,8 +19,10 @@ use crate::time::Day;
 pub struct Memtable {
     pub sketches: FxHashMap<SketchKey, Sketch>,
     pub counters: FxHashMap<CounterKey, u64>,
-    /// (namespace, org dim) -> org id, for orgs first seen since the checkpoint.
-    pub org_names: HashMap<(NamespaceId, u64), String>,
+    /// (namespace, dim) -> name, for org and sector dims new since the checkpoint.
+    pub names: HashMap<(NamespaceId, u64), String>,
+    /// Table versions first used since the checkpoint.
+    pub table_versions: std::collections::HashSet<(NamespaceId, String)>,
     /// Batches applied since the checkpoint, with the unix time they were applied.
     pub applied: Vec<(DedupeKey, i64)>,
     /// Per namespace: first day and end day (last + 1) with observations.

@@ -125,7 +125,17 @@ impl Store {
             let ns = u32::from_be_bytes(k[1..5].try_into().unwrap_or_default());
             let dim = u64::from_be_bytes(k[5..13].try_into().unwrap_or_default());
             let name = String::from_utf8(v.to_vec()).map_err(|_| corrupt("org name"))?;
-            index.org_names.insert((ns, dim), name);
+            index.names.insert((ns, dim), name);
+        }
+        for item in self.data.scan_prefix([keys::KIND_TABLES]) {
+            let (k, _) = item?;
+            if k.len() < 5 {
+                return Err(corrupt("tables key"));
+            }
+            let ns = u32::from_be_bytes(k[1..5].try_into().unwrap_or_default());
+            let version =
+                String::from_utf8(k[5..].to_vec()).map_err(|_| corrupt("tables version"))?;
+            index.table_versions.entry(ns).or_default().insert(version);
         }
         for item in self.data.scan_prefix([KIND_DIM]) {
             let (k, _) = item?;
@@ -233,14 +243,6 @@ impl Store {
         Ok(sum)
     }
 
-    /// The org id stored for an org dimension.
-    pub fn org_name(&self, ns: NamespaceId, dim: u64) -> Result<Option<String>> {
-        Ok(self
-            .data
-            .get(org_name_key(ns, dim))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
-    }
-
     /// Builds the sled batch that moves a frozen memtable into sled, with
     /// the log position `lsn` it covers. Only checkpoints change the stored
     /// values it reads, and one runs at a time, so the batch stays valid
@@ -296,7 +298,10 @@ impl Store {
             };
             batch.insert(&k[..], &(stored + add).to_le_bytes()[..]);
         }
-        for ((ns, dim), name) in &mem.org_names {
+        for (ns, version) in &mem.table_versions {
+            batch.insert(keys::tables_key(*ns, version), &[][..]);
+        }
+        for ((ns, dim), name) in &mem.names {
             batch.insert(&org_name_key(*ns, *dim)[..], name.as_bytes());
         }
         for (id, applied_at) in &mem.applied {
