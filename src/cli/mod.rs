@@ -1,5 +1,6 @@
 //! Command-line interface: `serve`, `ingest`, `query`.
 
+mod demo;
 mod ingest;
 mod query;
 mod report;
@@ -38,6 +39,8 @@ enum Command {
     Query(query::QueryCommand),
     /// The study-style report of two windows (A before, B after).
     Report(report::ReportArgs),
+    /// Start a server in-process, stream a generated world in, print the report.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -75,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Ingest(a) => ingest::run(a).await,
         Command::Query(q) => query::run(q).await,
         Command::Report(a) => report::run(a).await,
+        Command::Demo(a) => demo::run(a).await,
     }
 }
 

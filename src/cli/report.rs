@@ -36,7 +36,22 @@ pub struct ReportArgs {
 pub async fn run(a: ReportArgs) -> anyhow::Result<()> {
     let (wa, wb) = a.windows.parse()?;
     let client = Client::connect(&a.server).await?;
-    let ns = a.namespace.as_str();
+    print!("{}", report(&client, &a.namespace, wa, wb, a.top).await?);
+    if let Some(path) = a.chart {
+        write_chart(&client, &a.namespace, wa, wb, &path).await?;
+    }
+    Ok(())
+}
+
+/// The report as text: global counts and change, org retention, the
+/// largest countries with their changes, and organisations per sector.
+pub async fn report(
+    client: &Client,
+    ns: &str,
+    wa: DayWindow,
+    wb: DayWindow,
+    top: u32,
+) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(out, "sketchd report for namespace {ns}")?;
     writeln!(
@@ -79,7 +94,7 @@ pub async fn run(a: ReportArgs) -> anyhow::Result<()> {
             &Scope::Global,
             wa,
             wb,
-            a.top,
+            top,
         )
         .await?;
     let orgs = client
@@ -130,18 +145,47 @@ pub async fn run(a: ReportArgs) -> anyhow::Result<()> {
             100.0 * kept.share()
         )?;
     }
-    print!("{out}");
-
-    if let Some(path) = a.chart {
-        let span = DayWindow::new(wa.from.min(wb.from), wa.to.max(wb.to))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let points = client
-            .series(ns, Metric::Ips, &Scope::Global, span, "month")
-            .await?;
-        std::fs::write(&path, svg_chart("distinct IPs per month", &points))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("\nchart written to {}", path.display());
+    let sectors = client
+        .compare(ns, Metric::Orgs, GroupBy::Sector, &Scope::Global, wa, wb, 0)
+        .await?;
+    if !sectors.is_empty() {
+        writeln!(
+            out,
+            "\n{:<16} {:>10} {:>10} {:>10}",
+            "sector", "orgs in A", "orgs in B", "change"
+        )?;
+        for row in &sectors {
+            writeln!(
+                out,
+                "{:<16} {:>10.0} {:>10.0} {:>10}",
+                row.group,
+                row.a.value,
+                row.b.value,
+                row.change_pct
+                    .map(|c| format!("{:+.1} %", c.value))
+                    .unwrap_or_else(|| "n/a".into())
+            )?;
+        }
     }
+    Ok(out)
+}
+
+/// Draws distinct IPs per month over both windows into an SVG file.
+pub async fn write_chart(
+    client: &Client,
+    ns: &str,
+    wa: DayWindow,
+    wb: DayWindow,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let span = DayWindow::new(wa.from.min(wb.from), wa.to.max(wb.to))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let points = client
+        .series(ns, Metric::Ips, &Scope::Global, span, "month")
+        .await?;
+    std::fs::write(path, svg_chart("distinct IPs per month", &points))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("\nchart written to {}", path.display());
     Ok(())
 }
 
