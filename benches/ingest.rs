@@ -62,7 +62,8 @@ fn request() -> pb::IngestRequest {
             ip: std::net::IpAddr::V4(std::net::Ipv4Addr::from((r >> 32) as u32)),
             unix_seconds: T0 + (r % 86_400) as i64,
             org: given.then(|| format!("AS{}", r % 20_000)),
-            country: given.then(|| ["US", "DE", "GB", "IT", "FR", "JP"][(r % 6) as usize].to_owned()),
+            country: given
+                .then(|| ["US", "DE", "GB", "IT", "FR", "JP"][(r % 6) as usize].to_owned()),
         });
     }
     b.build("bench", "collector", 1)
@@ -85,13 +86,20 @@ fn batch(req: &pb::IngestRequest) -> ObservationBatch {
 
 fn table_sets() -> Vec<(&'static str, Attributor)> {
     let mut sets = vec![("no_tables", Attributor::empty())];
-    let sample = TableFiles::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ipmeta"));
-    sets.push(("sample_tables", Attributor::load(&sample).expect("sample tables load")));
+    let sample =
+        TableFiles::from_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ipmeta"));
+    sets.push((
+        "sample_tables",
+        Attributor::load(&sample).expect("sample tables load"),
+    ));
     let full: PathBuf = std::env::var_os("SKETCHD_IPMETA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/ipmeta"));
     if full.join("asn-ipv4.csv.gz").is_file() {
-        sets.push(("full_tables", Attributor::load(&TableFiles::from_dir(full)).expect("full tables load")));
+        sets.push((
+            "full_tables",
+            Attributor::load(&TableFiles::from_dir(full)).expect("full tables load"),
+        ));
     } else {
         eprintln!("full ipmeta tables not found: ingest/prepare/full_tables skipped");
     }
@@ -121,8 +129,12 @@ fn bench_ingest(c: &mut Criterion) {
     }
     let prepared = prepare(batch(&req), &ns, limits, NOW, &sets.last().unwrap().1).unwrap();
     let payload = codec::encode(&prepared);
-    g.bench_function("encode_log", |b| b.iter(|| codec::encode(black_box(&prepared))));
-    g.bench_function("decode_log", |b| b.iter(|| codec::decode(black_box(&payload)).unwrap()));
+    g.bench_function("encode_log", |b| {
+        b.iter(|| codec::encode(black_box(&prepared)))
+    });
+    g.bench_function("decode_log", |b| {
+        b.iter(|| codec::decode(black_box(&payload)).unwrap())
+    });
     g.bench_function("apply", |b| {
         b.iter_batched(
             MemState::default,
@@ -145,18 +157,27 @@ fn bench_query(c: &mut Criterion) {
     for day in 0..64u32 {
         let mut sketch = Sketch::new(14, HashSeed::DEFAULT).unwrap();
         for _ in 0..20_000 {
-            h = h.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            h = h
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             sketch.insert_hash(h ^ (h >> 29));
         }
-        mem.sketches.insert(SketchKey::day(1, Family::IpsCountry, 42, Day(19_900 + day)), sketch);
+        mem.sketches.insert(
+            SketchKey::day(1, Family::IpsCountry, 42, Day(19_900 + day)),
+            sketch,
+        );
     }
-    store.apply_checkpoint(store.prepare_checkpoint(&mem, 1).unwrap()).unwrap();
+    store
+        .apply_checkpoint(store.prepare_checkpoint(&mem, 1).unwrap())
+        .unwrap();
     let window = DayWindow::new(Day(19_905), Day(19_935)).unwrap();
     let mut g = c.benchmark_group("query");
     g.bench_function("merge_window/rollups_30d", |b| {
         b.iter(|| {
             let mut acc = Sketch::new(14, HashSeed::DEFAULT).unwrap();
-            store.merge_window(&mut acc, 1, Family::IpsCountry, 42, window).unwrap();
+            store
+                .merge_window(&mut acc, 1, Family::IpsCountry, 42, window)
+                .unwrap();
             acc.estimate()
         })
     });
@@ -164,7 +185,10 @@ fn bench_query(c: &mut Criterion) {
         b.iter(|| {
             let mut acc = Sketch::new(14, HashSeed::DEFAULT).unwrap();
             for day in window.days() {
-                if let Some(s) = store.block_sketch(&SketchKey::day(1, Family::IpsCountry, 42, day)).unwrap() {
+                if let Some(s) = store
+                    .block_sketch(&SketchKey::day(1, Family::IpsCountry, 42, day))
+                    .unwrap()
+                {
                     acc.merge(&s).unwrap();
                 }
             }
