@@ -28,7 +28,7 @@ use crate::store::keys::{
 };
 use crate::store::memtable::MemState;
 use crate::time::{Day, SECONDS_PER_DAY};
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// The org that rows no table covers are counted under.
 pub const UNATTRIBUTED_ORG: &str = "unattributed";
@@ -322,27 +322,13 @@ pub fn apply(
             }
         })
         .collect();
-    let precision = ns.policy.precision;
+    // Rows are grouped by sketch first, in small maps that stay in cache;
+    // then each sketch of the memtable is looked up once per batch, not
+    // once per row. Org hashes go in once per distinct (org, country, day).
     let n4 = batch.ipv4.len();
-    let sketches = &mut mem.sketches;
-    let dims = &mut index.dims;
-    let mut insert = |family: Family, dim: u64, day: Day, hash: u64| -> Result<()> {
-        let key = SketchKey::day(ns.id, family, dim, day);
-        match sketches.get_mut(&key) {
-            Some(sketch) => {
-                sketch.insert_hash(hash);
-            }
-            None => {
-                let mut sketch = Sketch::new(precision, ns.seed)?;
-                sketch.insert_hash(hash);
-                sketches.insert(key, sketch);
-                dims.entry((ns.id, family)).or_default().insert(dim);
-            }
-        }
-        Ok(())
-    };
-    // (org, country, day) triples of the batch, for presence and for the
-    // country/sector names.
+    let mut groups: FxHashMap<(Family, u64, Day), Vec<u64>> = FxHashMap::default();
+    let mut counters: FxHashMap<(u64, Day), u64> = FxHashMap::default();
+    // (org, country, day) triples of the batch.
     let mut seen: FxHashSet<(u32, [u8; 2], u32)> = FxHashSet::default();
     let (mut first, mut end) = (u32::MAX, 0u32);
     for row in 0..batch.rows() {
@@ -358,54 +344,94 @@ pub fn apply(
         let org = &orgs[org_ref as usize];
         let code = batch.country_of_row[row];
         let country = country_dim(code);
-        insert(Family::IpsGlobal, 0, day, ip)?;
-        insert(Family::IpsCountry, country, day, ip)?;
-        insert(Family::IpsOrg, org.dim, day, ip)?;
+        groups
+            .entry((Family::IpsGlobal, 0, day))
+            .or_default()
+            .push(ip);
+        groups
+            .entry((Family::IpsCountry, country, day))
+            .or_default()
+            .push(ip);
+        groups
+            .entry((Family::IpsOrg, org.dim, day))
+            .or_default()
+            .push(ip);
         for (sector, label) in &org.sectors {
-            let cs = country_sector_dim(code, label);
-            insert(Family::IpsSector, *sector, day, ip)?;
-            insert(Family::IpsCountrySector, cs, day, ip)?;
-            insert(Family::OrgsSector, *sector, day, org.hash)?;
-            insert(Family::OrgsCountrySector, cs, day, org.hash)?;
-        }
-        if org.counted {
-            insert(Family::OrgsGlobal, 0, day, org.hash)?;
-            insert(Family::OrgsCountry, country, day, org.hash)?;
+            groups
+                .entry((Family::IpsSector, *sector, day))
+                .or_default()
+                .push(ip);
+            groups
+                .entry((
+                    Family::IpsCountrySector,
+                    country_sector_dim(code, label),
+                    day,
+                ))
+                .or_default()
+                .push(ip);
         }
         seen.insert((org_ref, code, day.0));
-        for dim in [CounterKey::ALL, country] {
-            *mem.counters
-                .entry(CounterKey {
-                    ns: ns.id,
-                    dim,
-                    day,
-                })
-                .or_insert(0) += 1;
-        }
+        *counters.entry((CounterKey::ALL, day)).or_insert(0) += 1;
+        *counters.entry((country, day)).or_insert(0) += 1;
     }
     let presence = index.presence.entry(ns.id).or_default();
-    for &(org_ref, country, day) in &seen {
+    for &(org_ref, code, day) in &seen {
         let org = &orgs[org_ref as usize];
-        for (_, label) in &org.sectors {
-            let cs = country_sector_dim(country, label);
+        let day = Day(day);
+        for (sector, label) in &org.sectors {
+            let cs = country_sector_dim(code, label);
             if let Entry::Vacant(e) = index.names.entry((ns.id, cs)) {
-                let text = format!("{}/{label}", String::from_utf8_lossy(&country));
+                let text = format!("{}/{label}", String::from_utf8_lossy(&code));
                 e.insert(text.clone());
                 mem.names.insert((ns.id, cs), text);
             }
+            groups
+                .entry((Family::OrgsSector, *sector, day))
+                .or_default()
+                .push(org.hash);
+            groups
+                .entry((Family::OrgsCountrySector, cs, day))
+                .or_default()
+                .push(org.hash);
         }
         if !org.counted {
             continue;
         }
+        groups
+            .entry((Family::OrgsGlobal, 0, day))
+            .or_default()
+            .push(org.hash);
+        groups
+            .entry((Family::OrgsCountry, country_dim(code), day))
+            .or_default()
+            .push(org.hash);
         let oc = OrgCountry {
             org: org.dim,
-            country,
+            country: code,
         };
-        presence.entry(oc).or_default().insert(Day(day));
-        mem.presence
-            .entry((ns.id, oc))
-            .or_default()
-            .insert(Day(day));
+        presence.entry(oc).or_default().insert(day);
+        mem.presence.entry((ns.id, oc)).or_default().insert(day);
+    }
+    for ((family, dim, day), hashes) in groups {
+        let sketch = match mem.sketches.entry(SketchKey::day(ns.id, family, dim, day)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                index.dims.entry((ns.id, family)).or_default().insert(dim);
+                e.insert(Sketch::new(ns.policy.precision, ns.seed)?)
+            }
+        };
+        for h in hashes {
+            sketch.insert_hash(h);
+        }
+    }
+    for ((dim, day), n) in counters {
+        *mem.counters
+            .entry(CounterKey {
+                ns: ns.id,
+                dim,
+                day,
+            })
+            .or_insert(0) += n;
     }
     if first < end {
         mem.widen_extent(ns.id, Day(first), Day(end));
