@@ -68,6 +68,7 @@ pub struct RawConfig {
     pub max_message_bytes: Option<usize>,
     pub checkpoint_interval_ms: Option<u64>,
     pub checkpoint_max_dirty_sketches: Option<usize>,
+    pub sketch_cache_bytes: Option<usize>,
     pub default_policy: Option<RawPolicy>,
     pub tables: Option<RawTables>,
 }
@@ -152,6 +153,9 @@ impl RawConfig {
             checkpoint_max_dirty_sketches: self
                 .checkpoint_max_dirty_sketches
                 .unwrap_or(defaults.checkpoint_max_dirty_sketches),
+            sketch_cache_bytes: self
+                .sketch_cache_bytes
+                .unwrap_or(defaults.sketch_cache_bytes),
             default_policy,
             tables: TableFiles {
                 asn_v4: tables.asn_v4,
@@ -207,6 +211,8 @@ pub struct ServerConfig {
     pub checkpoint_interval: Duration,
     /// Checkpoint early once this many sketches are dirty.
     pub checkpoint_max_dirty_sketches: usize,
+    /// Bound of the cache of decoded rollup sketches (0: none).
+    pub sketch_cache_bytes: usize,
     pub default_policy: NamespacePolicy,
     /// Attribution tables loaded at start.
     pub tables: TableFiles,
@@ -222,6 +228,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(2),
             checkpoint_max_dirty_sketches: 100_000,
+            sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),
         }

@@ -48,7 +48,7 @@ impl Engine {
         tables: Attributor,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine> {
-        let store = Store::open(&config.data_dir)?;
+        let store = Store::open_with_cache(&config.data_dir, config.sketch_cache_bytes)?;
         let catalog = Catalog::open(
             store.clone(),
             config.default_policy,

@@ -476,6 +476,41 @@ async fn too_many_rows_is_resource_exhausted() {
 }
 
 #[tokio::test]
+async fn a_message_over_the_size_limit_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path());
+    config.max_message_bytes = 64 * 1024;
+    let server = common::start_with(config, sketchd::attribution::Attributor::empty()).await;
+    let rows = world(8, 20_000, 1, 20_000);
+    let mut b = BatchBuilder::new();
+    rows.iter().for_each(|r| b.push(r));
+    let err = server
+        .client
+        .ingest_client()
+        .ingest(b.build(NS, "c", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert!(
+        err.message().contains("message length too large"),
+        "{}",
+        err.message()
+    );
+    // Nothing was applied; a batch under the limit goes through.
+    send(&server, &rows[..100], "c", 2).await;
+    let w = window(0, 1);
+    assert_eq!(
+        server
+            .client
+            .observations(NS, &Scope::Global, w)
+            .await
+            .unwrap(),
+        100
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn query_errors_name_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path()).await;

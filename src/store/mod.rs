@@ -12,6 +12,7 @@
 //!
 //! sled calls block: callers run them off the async runtime.
 
+pub mod cache;
 pub mod index;
 pub mod keys;
 pub mod memtable;
@@ -20,11 +21,13 @@ pub mod wal;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::sketch::Sketch;
 use crate::time::{Block, Day, DayWindow};
 
+use cache::SketchCache;
 use index::{DayBits, Index, OrgCountry};
 use keys::{
     dim_key, extent_key, org_name_key, presence_key, CounterKey, DedupeKey, Family, NamespaceId,
@@ -38,6 +41,9 @@ use memtable::Memtable;
 /// 2·log2(n) sketches.
 pub const MAX_LEVEL: u8 = 9;
 
+/// Default bound of the decoded-sketch cache.
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 /// The sled database of one server.
 #[derive(Clone)]
 pub struct Store {
@@ -45,11 +51,25 @@ pub struct Store {
     data: sled::Tree,
     namespaces: sled::Tree,
     dir: PathBuf,
+    /// Decoded rollup sketches recently read.
+    cache: Arc<SketchCache>,
+}
+
+/// A prepared checkpoint: the sled batch and the sketch keys it writes.
+pub struct Checkpoint {
+    batch: sled::Batch,
+    sketch_keys: Vec<SketchKey>,
 }
 
 impl Store {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens the store with a cache of decoded sketches of at most
+    /// `cache_bytes` (0: no cache).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let db = sled::Config::new()
             .path(dir.join("sled"))
@@ -63,6 +83,7 @@ impl Store {
             data,
             namespaces,
             dir: dir.to_owned(),
+            cache: Arc::new(SketchCache::new(cache_bytes)),
         })
     }
 
@@ -191,13 +212,27 @@ impl Store {
     }
 
     /// The stored sketch of one series over one block, if any.
-    pub fn block_sketch(&self, key: &SketchKey) -> Result<Option<Sketch>> {
+    pub fn block_sketch(&self, key: &SketchKey) -> Result<Option<Arc<Sketch>>> {
+        let (cached, generation) = self.cache.get(key);
+        if cached.is_some() {
+            return Ok(cached);
+        }
         match self.data.get(key.encode())? {
-            Some(bytes) => Sketch::decode(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}"))),
+            Some(bytes) => {
+                let sketch = Arc::new(
+                    Sketch::decode(&bytes)
+                        .map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}")))?,
+                );
+                self.cache.insert(*key, sketch.clone(), generation);
+                Ok(Some(sketch))
+            }
             None => Ok(None),
         }
+    }
+
+    /// Entries and approximate bytes of the decoded-sketch cache.
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.usage()
     }
 
     /// Merges into `acc` the stored sketches of one series over `window`,
@@ -247,7 +282,7 @@ impl Store {
     /// the log position `lsn` it covers. Only checkpoints change the stored
     /// values it reads, and one runs at a time, so the batch stays valid
     /// until [`Store::apply_checkpoint`].
-    pub fn prepare_checkpoint(&self, mem: &Memtable, lsn: u64) -> Result<sled::Batch> {
+    pub fn prepare_checkpoint(&self, mem: &Memtable, lsn: u64) -> Result<Checkpoint> {
         let mut batch = sled::Batch::default();
         // Every day delta goes into its day and into each rollup block
         // above it; several days may share a block, so merge in memory first.
@@ -262,7 +297,8 @@ impl Store {
                     Entry::Occupied(mut e) => e.get_mut().merge(delta)?,
                     Entry::Vacant(e) => {
                         let sketch = match self.block_sketch(&block_key)? {
-                            Some(mut stored) => {
+                            Some(stored) => {
+                                let mut stored = Sketch::clone(&stored);
                                 stored.merge(delta)?;
                                 stored
                             }
@@ -321,12 +357,17 @@ impl Store {
             batch.insert(&k[..], &value[..]);
         }
         batch.insert(META_CHECKPOINT_LSN, &lsn.to_le_bytes()[..]);
-        Ok(batch)
+        Ok(Checkpoint {
+            batch,
+            sketch_keys: merged.into_keys().collect(),
+        })
     }
 
-    /// Applies a checkpoint batch atomically. Does not flush.
-    pub fn apply_checkpoint(&self, batch: sled::Batch) -> Result<()> {
-        self.data.apply_batch(batch)?;
+    /// Applies a checkpoint atomically and drops the sketches it wrote from
+    /// the cache. Does not flush.
+    pub fn apply_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
+        self.data.apply_batch(checkpoint.batch)?;
+        self.cache.invalidate(&checkpoint.sketch_keys);
         Ok(())
     }
 
