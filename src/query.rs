@@ -552,27 +552,41 @@ pub fn overlap(
         sb.estimate_at(confidence),
         union.estimate_at(confidence),
     );
-    let both = if ea.exact && eb.exact && eu.exact {
-        Estimate::exact(((ea.value + eb.value - eu.value).max(0.0)) as u64)
-    } else {
-        let half = |e: &Estimate| (e.upper - e.lower) / 2.0;
-        let spread = (half(&ea).powi(2) + half(&eb).powi(2) + half(&eu).powi(2)).sqrt();
-        let cap = ea.upper.min(eb.upper);
-        let value = (ea.value + eb.value - eu.value).clamp(0.0, ea.value.min(eb.value));
-        Estimate {
-            value,
-            lower: (value - spread).max(0.0),
-            upper: (value + spread).min(cap),
-            confidence,
-            exact: false,
-        }
-    };
+    let both = intersection(&ea, &eb, &eu, confidence);
     Ok(Overlap {
         a: ea,
         b: eb,
-        both: Estimate { confidence, ..both },
+        both,
         either: eu,
     })
+}
+
+/// `|A∩B| = |A| + |B| − |A∪B|` from the three estimates, clipped to
+/// `[0, min(|A|, |B|)]`. Its interval combines the three half-widths in
+/// quadrature. The estimates are positively correlated (they share
+/// registers), so this is conservative for large overlaps; for small
+/// overlaps of large sets the absolute error of the union dominates and the
+/// relative error of the intersection is large. Measured at p=14 (see
+/// `tests::intersection_error_and_coverage`, 40 trials each, |A| = |B| =
+/// 20k and 200k): mean absolute error 0.5–0.7 % of |A∩B| at 90 % overlap,
+/// 1.0–1.4 % at 50 %, 7–8 % at 10 % and 67–89 % at 1 %; the 95 % interval
+/// covered the truth in 97–100 % of trials (conservative, as expected).
+pub fn intersection(a: &Estimate, b: &Estimate, union: &Estimate, confidence: f64) -> Estimate {
+    if a.exact && b.exact && union.exact {
+        let mut e = Estimate::exact((a.value + b.value - union.value).max(0.0) as u64);
+        e.confidence = confidence;
+        return e;
+    }
+    let half = |e: &Estimate| (e.upper - e.lower) / 2.0;
+    let spread = (half(a).powi(2) + half(b).powi(2) + half(union).powi(2)).sqrt();
+    let value = (a.value + b.value - union.value).clamp(0.0, a.value.min(b.value));
+    Estimate {
+        value,
+        lower: (value - spread).max(0.0),
+        upper: (value + spread).min(a.upper.min(b.upper)),
+        confidence,
+        exact: false,
+    }
 }
 
 /// The length of the steps of a series.
@@ -677,5 +691,57 @@ fn sort_and_limit<T>(
     });
     if limit > 0 {
         rows.truncate(limit);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sketch::HashSeed;
+
+    /// Measures the error of the inclusion–exclusion overlap and the
+    /// coverage of its interval; prints the table, asserts the coverage.
+    #[test]
+    fn intersection_error_and_coverage() {
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        for n in [20_000u64, 200_000] {
+            for share in [0.9, 0.5, 0.1, 0.01] {
+                let trials = 40;
+                let (mut covered, mut abs_err) = (0, 0.0);
+                let both = (n as f64 * share) as u64;
+                for _ in 0..trials {
+                    let mut a = Sketch::new(14, HashSeed::DEFAULT).unwrap();
+                    let mut b = a.clone();
+                    for _ in 0..both {
+                        let h = next();
+                        a.insert_hash(h);
+                        b.insert_hash(h);
+                    }
+                    for _ in both..n {
+                        a.insert_hash(next());
+                        b.insert_hash(next());
+                    }
+                    let mut u = a.clone();
+                    u.merge(&b).unwrap();
+                    let e = intersection(&a.estimate(), &b.estimate(), &u.estimate(), 0.95);
+                    let truth = both as f64;
+                    covered += usize::from(e.lower <= truth && truth <= e.upper);
+                    abs_err += (e.value - truth).abs() / truth;
+                }
+                let coverage = covered as f64 / trials as f64;
+                println!(
+                    "n {n} overlap {share}: mean |error| {:.1} % of the overlap, coverage {coverage:.2}",
+                    100.0 * abs_err / trials as f64
+                );
+                assert!(coverage >= 0.85, "n {n} share {share}: coverage {coverage}");
+            }
+        }
     }
 }
