@@ -255,19 +255,9 @@ impl pb::query_server::Query for QueryService {
         request: Request<pb::GroupByRequest>,
     ) -> Result<Response<Self::GroupByStream>, Status> {
         let r = request.into_inner();
-        let metric = metric(r.metric).map_err(status)?;
-        let by = group_kind(r.by).map_err(status)?;
-        let within = scope_field("within", r.within).map_err(status)?;
+        let spec = group_spec(r.metric, r.by, r.within, r.confidence, r.limit)?;
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
-        let confidence = confidence(r.confidence);
         let namespace = r.namespace;
-        let spec = GroupSpec {
-            metric,
-            by,
-            within,
-            confidence,
-            limit: r.limit as usize,
-        };
         let rows = blocking(&self.engine, move |e| {
             query::group(e, &namespace, &spec, window)
         })
@@ -285,20 +275,9 @@ impl pb::query_server::Query for QueryService {
         request: Request<pb::CompareRequest>,
     ) -> Result<Response<Self::CompareStream>, Status> {
         let r = request.into_inner();
-        let metric = metric(r.metric).map_err(status)?;
-        let by = group_kind(r.by).map_err(status)?;
-        let within = scope_field("within", r.within).map_err(status)?;
-        let a = DayWindow::parse("a_from", &r.a_from, "a_to", &r.a_to).map_err(status)?;
-        let b = DayWindow::parse("b_from", &r.b_from, "b_to", &r.b_to).map_err(status)?;
-        let confidence = confidence(r.confidence);
+        let spec = group_spec(r.metric, r.by, r.within, r.confidence, r.limit)?;
+        let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
         let namespace = r.namespace;
-        let spec = GroupSpec {
-            metric,
-            by,
-            within,
-            confidence,
-            limit: r.limit as usize,
-        };
         let rows = blocking(&self.engine, move |e| {
             query::compare(e, &namespace, &spec, a, b)
         })
@@ -317,8 +296,7 @@ impl pb::query_server::Query for QueryService {
     ) -> Result<Response<pb::RetentionResponse>, Status> {
         let r = request.into_inner();
         let scope = scope(r.scope).map_err(status)?;
-        let a = DayWindow::parse("a_from", &r.a_from, "a_to", &r.a_to).map_err(status)?;
-        let b = DayWindow::parse("b_from", &r.b_from, "b_to", &r.b_to).map_err(status)?;
+        let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
         let namespace = r.namespace;
         let ret = blocking(&self.engine, move |e| {
             query::retention(e, &namespace, &scope, a, b)
@@ -338,8 +316,7 @@ impl pb::query_server::Query for QueryService {
     ) -> Result<Response<pb::OverlapResponse>, Status> {
         let r = request.into_inner();
         let scope = scope(r.scope).map_err(status)?;
-        let a = DayWindow::parse("a_from", &r.a_from, "a_to", &r.a_to).map_err(status)?;
-        let b = DayWindow::parse("b_from", &r.b_from, "b_to", &r.b_to).map_err(status)?;
+        let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
         let confidence = confidence(r.confidence);
         let namespace = r.namespace;
         let o = blocking(&self.engine, move |e| {
@@ -389,6 +366,34 @@ pub type RowStream<T> =
 fn stream<T: Send + 'static>(rows: impl Iterator<Item = T>) -> Response<RowStream<T>> {
     let rows: Vec<Result<T, Status>> = rows.map(Ok).collect();
     Response::new(Box::pin(tokio_stream::iter(rows)))
+}
+
+fn group_spec(
+    metric_value: i32,
+    by: i32,
+    within: Option<pb::Scope>,
+    confidence_value: f64,
+    limit: u32,
+) -> Result<GroupSpec, Status> {
+    Ok(GroupSpec {
+        metric: metric(metric_value).map_err(status)?,
+        by: group_kind(by).map_err(status)?,
+        within: scope_field("within", within).map_err(status)?,
+        confidence: confidence(confidence_value),
+        limit: limit as usize,
+    })
+}
+
+fn two_windows(
+    a_from: &str,
+    a_to: &str,
+    b_from: &str,
+    b_to: &str,
+) -> Result<(DayWindow, DayWindow), Status> {
+    Ok((
+        DayWindow::parse("a_from", a_from, "a_to", a_to).map_err(status)?,
+        DayWindow::parse("b_from", b_from, "b_to", b_to).map_err(status)?,
+    ))
 }
 
 fn group_kind(value: i32) -> Result<GroupBy, Error> {
