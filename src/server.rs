@@ -65,6 +65,18 @@ pub async fn run(
     tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown())
         .await
         .map_err(|e| Error::Unavailable(format!("shutdown task failed: {e}")))?;
+    // Connection tasks may still hold service clones for a moment; wait for
+    // them so that sled is closed (and its lock released) when we return.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Arc::strong_count(&engine) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    if Arc::strong_count(&engine) > 1 {
+        tracing::warn!(
+            "the engine is still referenced after shutdown; sled closes when it is released"
+        );
+    }
+    drop(engine);
     served.map_err(|e| Error::Unavailable(format!("transport: {e}")))
 }
 

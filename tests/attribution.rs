@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use common::{TestServer, APRIL_1, DAY};
-use sketchd::attribution::{Attributor, TableFiles};
+use sketchd::attribution::TableFiles;
 use sketchd::client::{BatchBuilder, Observation};
 use sketchd::pb;
 use sketchd::query::{GroupBy, Metric, Scope};
@@ -39,11 +39,7 @@ fn sample_tables(dir: &Path) -> TableFiles {
 async fn start(dir: &Path) -> (TestServer, PathBuf) {
     let mut config = common::config(&dir.join("data"));
     config.tables = sample_tables(dir);
-    let tables = Attributor::load(&config.tables).unwrap();
-    (
-        common::start_with(config, tables).await,
-        dir.join("networks.csv"),
-    )
+    (common::start_with(config).await, dir.join("networks.csv"))
 }
 
 fn obs(ip: &str, org: Option<&str>, country: Option<&str>) -> Observation {

@@ -463,7 +463,7 @@ async fn too_many_rows_is_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(dir.path());
     config.max_rows_per_batch = 2;
-    let server = common::start_with(config, sketchd::attribution::Attributor::empty()).await;
+    let server = common::start_with(config).await;
     let err = server
         .client
         .ingest_client()
@@ -480,7 +480,7 @@ async fn a_message_over_the_size_limit_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(dir.path());
     config.max_message_bytes = 64 * 1024;
-    let server = common::start_with(config, sketchd::attribution::Attributor::empty()).await;
+    let server = common::start_with(config).await;
     let rows = world(8, 20_000, 1, 20_000);
     let mut b = BatchBuilder::new();
     rows.iter().for_each(|r| b.push(r));
@@ -719,7 +719,7 @@ async fn unknown_namespaces_are_refused_when_auto_create_is_off() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(dir.path());
     config.auto_create_namespaces = false;
-    let server = common::start_with(config, sketchd::attribution::Attributor::empty()).await;
+    let server = common::start_with(config).await;
     let err = server
         .client
         .ingest_client()

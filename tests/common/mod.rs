@@ -36,18 +36,12 @@ pub fn config(data_dir: &Path) -> ServerConfig {
 }
 
 pub async fn start(data_dir: &Path) -> TestServer {
-    start_with(config(data_dir), Attributor::empty()).await
+    start_with(config(data_dir)).await
 }
 
-pub async fn start_with(config: ServerConfig, tables: Attributor) -> TestServer {
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
-    let engine = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Engine::open_with_clock(&config, tables, clock))
-            .await
-            .unwrap()
-            .expect("engine opens")
-    };
+/// Starts a server with `config`, loading the tables it names.
+pub async fn start_with(config: ServerConfig) -> TestServer {
+    let engine = open_engine(&config).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -67,6 +61,34 @@ pub async fn start_with(config: ServerConfig, tables: Attributor) -> TestServer 
         data_dir,
         shutdown: Some(tx),
         handle: Some(handle),
+    }
+}
+
+/// Opens the engine with the tables its configuration names. sled
+/// releases the file lock of a database closed moments ago (a restart within
+/// one test) from its background threads, so a lock error is retried for a
+/// few seconds.
+async fn open_engine(config: &ServerConfig) -> Engine {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let config = config.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let tables = Attributor::load(&config.tables).expect("tables load");
+            let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
+            Engine::open_with_clock(&config, tables, clock)
+        })
+        .await
+        .unwrap();
+        match opened {
+            Ok(engine) => return engine,
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("engine opens: {e}"),
+        }
     }
 }
 
