@@ -26,6 +26,9 @@ pub struct Engine {
     pub(crate) catalog: Catalog,
     /// Deltas not yet in sled; see `store::memtable`.
     pub(crate) mem: Arc<RwLock<MemState>>,
+    /// Readers of exact counters hold this for read; a checkpoint holds it
+    /// for write while it moves frozen counters into sled.
+    pub(crate) checkpoint_gate: Arc<RwLock<()>>,
     commit: GroupCommit,
     /// The loaded attribution tables; replaced whole on reload.
     tables: RwLock<Arc<Attributor>>,
@@ -82,10 +85,12 @@ impl Engine {
             );
         }
         let mem = Arc::new(RwLock::new(mem));
+        let checkpoint_gate = Arc::new(RwLock::new(()));
         let commit = GroupCommit::start(
             wal,
             store.clone(),
             mem.clone(),
+            checkpoint_gate.clone(),
             applied,
             CheckpointPolicy {
                 interval: config.checkpoint_interval,
@@ -97,6 +102,7 @@ impl Engine {
             store,
             catalog,
             mem,
+            checkpoint_gate,
             commit,
             tables: RwLock::new(Arc::new(tables)),
             table_files: config.tables.clone(),

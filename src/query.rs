@@ -4,7 +4,8 @@
 //! the series in the window and the memtable deltas of those days. Union is
 //! idempotent, so a delta that a checkpoint moved into sled meanwhile is
 //! harmless. Exact observation counters are not idempotent: they are summed
-//! under the memtable read lock, which a checkpoint's swap excludes.
+//! under the engine's checkpoint gate, which a checkpoint holds while it
+//! moves frozen counters into sled.
 
 use crate::catalog::Namespace;
 use crate::engine::Engine;
@@ -166,6 +167,7 @@ pub fn observations(
         }
     };
     let window = covered(engine, &ns, window)?;
+    let _gate = engine.checkpoint_gate.read();
     let mem = engine.mem.read();
     let mut sum = engine.store.counter_sum(ns.id, dim, window)?;
     for table in mem.tables() {

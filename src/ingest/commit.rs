@@ -80,6 +80,7 @@ impl GroupCommit {
         wal: Wal,
         store: Store,
         mem: Arc<RwLock<MemState>>,
+        gate: Arc<RwLock<()>>,
         applied: HashSet<DedupeKey>,
         policy: CheckpointPolicy,
         clock: Arc<dyn Clock>,
@@ -89,6 +90,7 @@ impl GroupCommit {
             wal,
             store,
             mem,
+            gate,
             applied,
             policy,
             clock,
@@ -167,6 +169,9 @@ struct Writer {
     wal: Wal,
     store: Store,
     mem: Arc<RwLock<MemState>>,
+    /// Taken for write while a checkpoint moves counters into sled; see
+    /// `Engine::checkpoint_gate`.
+    gate: Arc<RwLock<()>>,
     applied: HashSet<DedupeKey>,
     policy: CheckpointPolicy,
     clock: Arc<dyn Clock>,
@@ -362,9 +367,10 @@ impl Writer {
         };
         let store = self.store.clone();
         let mem = self.mem.clone();
+        let gate = self.gate.clone();
         let handle = std::thread::Builder::new()
             .name("sketchd-checkpoint".into())
-            .spawn(move || run_checkpoint(&store, &mem, &frozen, lsn, sealed))
+            .spawn(move || run_checkpoint(&store, &mem, &gate, &frozen, lsn, sealed))
             .map_err(|e| Error::io("checkpoint thread", e))?;
         if wait {
             join_checkpoint(handle)
@@ -384,6 +390,7 @@ fn join_checkpoint(handle: JoinHandle<Result<()>>) -> Result<()> {
 fn run_checkpoint(
     store: &Store,
     mem: &RwLock<MemState>,
+    gate: &RwLock<()>,
     frozen: &Memtable,
     lsn: u64,
     sealed: Vec<PathBuf>,
@@ -391,11 +398,13 @@ fn run_checkpoint(
     let started = Instant::now();
     let batch = store.prepare_checkpoint(frozen, lsn)?;
     {
-        // Under the write lock, so a reader sees the frozen deltas either in
-        // the memtable or in sled, never both and never neither.
-        let mut mem = mem.write();
+        // Counter readers hold the gate for read, so they see the frozen
+        // counters either in the memtable or in sled, never both. Ingest
+        // does not take the gate: the memtable lock is held only for the
+        // swap, not for sled's write.
+        let _gate = gate.write();
         store.apply_checkpoint(batch)?;
-        mem.frozen = None;
+        mem.write().frozen = None;
     }
     store.flush()?;
     for path in sealed {
