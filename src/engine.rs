@@ -6,6 +6,7 @@
 //! [`Engine::shutdown`] stops taking batches, checkpoints and flushes.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -14,8 +15,9 @@ use crate::attribution::{Attributor, TableFiles};
 use crate::catalog::{Catalog, Namespace};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
-use crate::ingest::commit::{Applied, CheckpointPolicy, GroupCommit};
+use crate::ingest::commit::{Applied, CheckpointPolicy, GroupCommit, Shared};
 use crate::ingest::{self, codec, BatchLimits, ObservationBatch};
+use crate::metrics::Metrics;
 use crate::store::memtable::MemState;
 use crate::store::wal::Wal;
 use crate::store::Store;
@@ -38,6 +40,18 @@ pub struct Engine {
     reloading: parking_lot::Mutex<()>,
     clock: Arc<dyn Clock>,
     limits: BatchLimits,
+    metrics: Arc<Metrics>,
+}
+
+/// Sizes read at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    pub memtable_sketches: usize,
+    pub memtable_bytes: usize,
+    pub memtable_rows: u64,
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+    pub disk_bytes: u64,
 }
 
 impl Engine {
@@ -86,11 +100,15 @@ impl Engine {
         }
         let mem = Arc::new(RwLock::new(mem));
         let checkpoint_gate = Arc::new(RwLock::new(()));
+        let metrics = Arc::new(Metrics::default());
         let commit = GroupCommit::start(
             wal,
-            store.clone(),
-            mem.clone(),
-            checkpoint_gate.clone(),
+            Shared {
+                store: store.clone(),
+                mem: mem.clone(),
+                gate: checkpoint_gate.clone(),
+                metrics: metrics.clone(),
+            },
             applied,
             CheckpointPolicy {
                 interval: config.checkpoint_interval,
@@ -111,6 +129,7 @@ impl Engine {
             limits: BatchLimits {
                 max_rows: config.max_rows_per_batch,
             },
+            metrics,
         })
     }
 
@@ -152,6 +171,54 @@ impl Engine {
     /// batch is durable. CPU-heavy: call it from a blocking-capable context
     /// or accept that it runs on the caller's task.
     pub async fn ingest(&self, batch: ObservationBatch) -> Result<Applied> {
+        let started = std::time::Instant::now();
+        let rows = (batch.ipv4.len() + batch.ipv6.len() / 16) as u64;
+        let result = self.ingest_inner(batch).await;
+        let m = &self.metrics;
+        match &result {
+            Ok(applied) => {
+                m.batch_ack.observe(started.elapsed());
+                m.batches.fetch_add(1, Ordering::Relaxed);
+                m.rows_ingested.fetch_add(applied.rows, Ordering::Relaxed);
+                m.duplicate_batches
+                    .fetch_add(u64::from(applied.duplicate), Ordering::Relaxed);
+            }
+            Err(_) => {
+                m.rejected_batches.fetch_add(1, Ordering::Relaxed);
+                m.rows_rejected.fetch_add(rows, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Sizes for the metrics endpoint. Briefly takes the memtable read lock.
+    pub fn gauges(&self) -> Gauges {
+        let (memtable_sketches, memtable_bytes, memtable_rows) = {
+            let mem = self.mem.read();
+            mem.tables().fold((0, 0, 0), |(n, b, r), t| {
+                (
+                    n + t.sketches.len(),
+                    b + t.sketches.values().map(|s| s.heap_bytes()).sum::<usize>(),
+                    r + t.rows,
+                )
+            })
+        };
+        let (cache_entries, cache_bytes) = self.store.cache_usage();
+        Gauges {
+            memtable_sketches,
+            memtable_bytes,
+            memtable_rows,
+            cache_entries,
+            cache_bytes,
+            disk_bytes: self.store.size_on_disk().unwrap_or(0),
+        }
+    }
+
+    async fn ingest_inner(&self, batch: ObservationBatch) -> Result<Applied> {
         let ns: Arc<Namespace> = self.catalog.for_ingest(&batch.namespace)?;
         let tables = self.tables();
         let prepared = ingest::prepare(

@@ -30,6 +30,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ingest;
+pub mod metrics;
 pub mod query;
 pub mod server;
 pub mod service;

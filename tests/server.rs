@@ -832,3 +832,62 @@ async fn concurrent_collectors_share_group_commits_and_lose_nothing() {
     }
     server.stop().await;
 }
+
+/// Scrapes the metrics endpoint with a plain HTTP/1.1 request.
+async fn scrape(server: &TestServer) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(server.metrics_addr)
+        .await
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn prometheus_metrics_count_what_happened() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let rows = world(9, 3_000, 2, 2_000);
+    send(&server, &rows, "c", 1).await;
+    send(&server, &rows, "c", 1).await; // duplicate
+    let mut bad = valid();
+    bad.country_dict[0] = "XX".into();
+    server.client.ingest_client().ingest(bad).await.unwrap_err();
+    server
+        .client
+        .count(NS, Metric::Ips, &Scope::Global, window(0, 2))
+        .await
+        .unwrap();
+
+    let text = scrape(&server).await;
+    assert_eq!(metric(&text, "sketchd_rows_ingested_total"), 3_000.0);
+    assert_eq!(metric(&text, "sketchd_batches_total"), 2.0);
+    assert_eq!(metric(&text, "sketchd_duplicate_batches_total"), 1.0);
+    assert_eq!(metric(&text, "sketchd_rejected_batches_total"), 1.0);
+    assert_eq!(metric(&text, "sketchd_rows_rejected_total"), 3.0);
+    assert_eq!(metric(&text, "sketchd_batch_ack_seconds_count"), 2.0);
+    assert!(metric(&text, "sketchd_wal_sync_seconds_count") >= 1.0);
+    assert_eq!(
+        metric(&text, "sketchd_query_seconds_count{rpc=\"count\"}"),
+        1.0
+    );
+    assert!(
+        metric(&text, "sketchd_memtable_sketches") > 0.0
+            || metric(&text, "sketchd_disk_bytes") > 0.0
+    );
+    assert!(text.contains("# TYPE sketchd_batch_ack_seconds histogram"));
+    server.stop().await;
+}

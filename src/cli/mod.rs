@@ -54,6 +54,9 @@ struct ServeArgs {
     /// TOML configuration file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Directory with the attribution tables (asn-ipv4.csv.gz, asn-country-ipv4.csv.gz, ...,
     /// or their *-sample.csv forms, plus optional orgs.csv and networks.csv).
     #[arg(long)]
@@ -117,7 +120,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // One plain line on stdout, for scripts and tests that start the server.
     println!("sketchd listening on {addr}");
     let engine = Arc::new(engine);
-    reload_on_sighup(engine.clone());
+    reload_on_sighup(Arc::downgrade(&engine));
+    if let Some(addr) = args.metrics_listen {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(addr = %metrics.local_addr()?, "serving Prometheus metrics at /metrics");
+        tokio::spawn(sketchd::metrics::serve(metrics, Arc::downgrade(&engine)));
+    }
     sketchd::server::run(
         listener,
         engine,
@@ -161,8 +171,9 @@ fn table_flags(args: &ServeArgs, files: &mut TableFiles) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reloads the attribution tables on SIGHUP.
-fn reload_on_sighup(engine: Arc<Engine>) {
+/// Reloads the attribution tables on SIGHUP (holding only a weak
+/// reference, so that shutdown is not delayed).
+fn reload_on_sighup(engine: std::sync::Weak<Engine>) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -171,7 +182,9 @@ fn reload_on_sighup(engine: Arc<Engine>) {
             return;
         };
         while hup.recv().await.is_some() {
-            let engine = engine.clone();
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
             match tokio::task::spawn_blocking(move || engine.reload_tables()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use super::{apply, PreparedBatch};
 use crate::catalog::Namespace;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::store::keys::DedupeKey;
 use crate::store::memtable::{MemState, Memtable};
 use crate::store::wal::Wal;
@@ -67,6 +68,15 @@ enum Msg {
     Checkpoint(oneshot::Sender<Result<()>>),
 }
 
+/// What the commit and checkpoint threads share with the rest of the engine.
+pub struct Shared {
+    pub store: Store,
+    pub mem: Arc<RwLock<MemState>>,
+    /// Taken for write while a checkpoint moves counters into sled.
+    pub gate: Arc<RwLock<()>>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Handle to the commit thread. Dropping it checkpoints and stops the thread.
 pub struct GroupCommit {
     tx: Mutex<Option<SyncSender<Msg>>>,
@@ -78,19 +88,24 @@ impl GroupCommit {
     /// in the replayed log.
     pub fn start(
         wal: Wal,
-        store: Store,
-        mem: Arc<RwLock<MemState>>,
-        gate: Arc<RwLock<()>>,
+        shared: Shared,
         applied: HashSet<DedupeKey>,
         policy: CheckpointPolicy,
         clock: Arc<dyn Clock>,
     ) -> Result<GroupCommit> {
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let Shared {
+            store,
+            mem,
+            gate,
+            metrics,
+        } = shared;
         let writer = Writer {
             wal,
             store,
             mem,
             gate,
+            metrics,
             applied,
             policy,
             clock,
@@ -172,6 +187,7 @@ struct Writer {
     /// Taken for write while a checkpoint moves counters into sled; see
     /// `Engine::checkpoint_gate`.
     gate: Arc<RwLock<()>>,
+    metrics: Arc<Metrics>,
     applied: HashSet<DedupeKey>,
     policy: CheckpointPolicy,
     clock: Arc<dyn Clock>,
@@ -249,6 +265,7 @@ impl Writer {
             }
             return;
         }
+        let logged = Instant::now();
         let mut pending = Vec::with_capacity(batches.len());
         let mut error = None;
         for Job {
@@ -277,6 +294,7 @@ impl Writer {
         }
         if error.is_none() {
             error = self.wal.sync().err();
+            self.metrics.wal_sync.observe(logged.elapsed());
         }
         if let Some(e) = error {
             let why = format!("the write-ahead log failed: {e}");
@@ -357,6 +375,7 @@ impl Writer {
         if self.mem.read().active.is_empty() {
             return Ok(());
         }
+        let started_at = Instant::now();
         let sealed = self.wal.rotate()?;
         let lsn = self.wal.last_lsn();
         let frozen = {
@@ -368,9 +387,14 @@ impl Writer {
         let store = self.store.clone();
         let mem = self.mem.clone();
         let gate = self.gate.clone();
+        let metrics = self.metrics.clone();
         let handle = std::thread::Builder::new()
             .name("sketchd-checkpoint".into())
-            .spawn(move || run_checkpoint(&store, &mem, &gate, &frozen, lsn, sealed))
+            .spawn(move || {
+                let result = run_checkpoint(&store, &mem, &gate, &frozen, lsn, sealed);
+                metrics.checkpoint.observe(started_at.elapsed());
+                result
+            })
             .map_err(|e| Error::io("checkpoint thread", e))?;
         if wait {
             join_checkpoint(handle)

@@ -147,16 +147,25 @@ fn namespace_info(engine: &Engine, ns: &Namespace) -> Result<pb::NamespaceInfo, 
 }
 
 /// Runs blocking domain code (sled reads, merges) off the async workers.
-async fn blocking<T, F>(engine: &Arc<Engine>, f: F) -> Result<T, Status>
+/// Records the latency under `rpc` when it is a query RPC.
+async fn blocking<T, F>(engine: &Arc<Engine>, rpc: &'static str, f: F) -> Result<T, Status>
 where
     T: Send + 'static,
     F: FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
 {
+    let started = std::time::Instant::now();
     let engine = engine.clone();
-    tokio::task::spawn_blocking(move || f(&engine))
-        .await
-        .map_err(|e| Status::internal(format!("task failed: {e}")))?
-        .map_err(status)
+    let result = tokio::task::spawn_blocking({
+        let engine = engine.clone();
+        move || f(&engine)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("task failed: {e}")))?
+    .map_err(status);
+    if let Some(h) = engine.metrics().query(rpc) {
+        h.observe(started.elapsed());
+    }
+    result
 }
 
 #[derive(Clone)]
@@ -222,7 +231,7 @@ impl pb::query_server::Query for QueryService {
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
         let confidence = confidence(r.confidence);
         let namespace = r.namespace;
-        let answer = blocking(&self.engine, move |e| {
+        let answer = blocking(&self.engine, "count", move |e| {
             query::count(e, &namespace, metric, &scope, window, confidence)
         })
         .await?;
@@ -241,7 +250,7 @@ impl pb::query_server::Query for QueryService {
         let scope = scope(r.scope).map_err(status)?;
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
         let namespace = r.namespace;
-        let observations = blocking(&self.engine, move |e| {
+        let observations = blocking(&self.engine, "observations", move |e| {
             query::observations(e, &namespace, &scope, window)
         })
         .await?;
@@ -258,7 +267,7 @@ impl pb::query_server::Query for QueryService {
         let spec = group_spec(r.metric, r.by, r.within, r.confidence, r.limit)?;
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
         let namespace = r.namespace;
-        let rows = blocking(&self.engine, move |e| {
+        let rows = blocking(&self.engine, "group_by", move |e| {
             query::group(e, &namespace, &spec, window)
         })
         .await?;
@@ -278,7 +287,7 @@ impl pb::query_server::Query for QueryService {
         let spec = group_spec(r.metric, r.by, r.within, r.confidence, r.limit)?;
         let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
         let namespace = r.namespace;
-        let rows = blocking(&self.engine, move |e| {
+        let rows = blocking(&self.engine, "compare", move |e| {
             query::compare(e, &namespace, &spec, a, b)
         })
         .await?;
@@ -298,7 +307,7 @@ impl pb::query_server::Query for QueryService {
         let scope = scope(r.scope).map_err(status)?;
         let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
         let namespace = r.namespace;
-        let ret = blocking(&self.engine, move |e| {
+        let ret = blocking(&self.engine, "retention", move |e| {
             query::retention(e, &namespace, &scope, a, b)
         })
         .await?;
@@ -319,7 +328,7 @@ impl pb::query_server::Query for QueryService {
         let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
         let confidence = confidence(r.confidence);
         let namespace = r.namespace;
-        let o = blocking(&self.engine, move |e| {
+        let o = blocking(&self.engine, "overlap", move |e| {
             query::overlap(e, &namespace, &scope, a, b, confidence)
         })
         .await?;
@@ -342,7 +351,7 @@ impl pb::query_server::Query for QueryService {
         let step = Step::parse("step", &r.step).map_err(status)?;
         let confidence = confidence(r.confidence);
         let namespace = r.namespace;
-        let points = blocking(&self.engine, move |e| {
+        let points = blocking(&self.engine, "series", move |e| {
             query::series(e, &namespace, metric, &scope, window, step, confidence)
         })
         .await?;
@@ -450,7 +459,7 @@ impl pb::admin_server::Admin for AdminService {
                 p.max_future_skew_seconds
             },
         };
-        let info = blocking(&self.engine, move |e| {
+        let info = blocking(&self.engine, "create_namespace", move |e| {
             let ns = e.catalog().create(&r.name, policy)?;
             namespace_info(e, &ns)
         })
@@ -463,7 +472,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::GetNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         let name = request.into_inner().name;
-        let info = blocking(&self.engine, move |e| {
+        let info = blocking(&self.engine, "get_namespace", move |e| {
             let ns = e.catalog().require("name", &name)?;
             namespace_info(e, &ns)
         })
@@ -475,7 +484,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        let namespaces = blocking(&self.engine, |e| {
+        let namespaces = blocking(&self.engine, "list_namespaces", |e| {
             e.catalog()
                 .list()
                 .iter()
@@ -490,7 +499,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         _request: Request<pb::ReloadTablesRequest>,
     ) -> Result<Response<pb::TablesInfo>, Status> {
-        let tables = blocking(&self.engine, |e| e.reload_tables()).await?;
+        let tables = blocking(&self.engine, "reload_tables", |e| e.reload_tables()).await?;
         Ok(Response::new(tables_info(&tables)))
     }
 

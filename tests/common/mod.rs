@@ -21,6 +21,8 @@ pub const DAY: i64 = 86_400;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The Prometheus endpoint of the same engine.
+    pub metrics_addr: SocketAddr,
     pub url: String,
     pub client: Client,
     pub data_dir: PathBuf,
@@ -41,13 +43,16 @@ pub async fn start(data_dir: &Path) -> TestServer {
 
 /// Starts a server with `config`, loading the tables it names.
 pub async fn start_with(config: ServerConfig) -> TestServer {
-    let engine = open_engine(&config).await;
+    let engine = Arc::new(open_engine(&config).await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    tokio::spawn(sketchd::metrics::serve(metrics, Arc::downgrade(&engine)));
     let (tx, rx) = oneshot::channel::<()>();
     let data_dir = config.data_dir.clone();
     let handle = tokio::spawn(async move {
-        sketchd::server::run(listener, Arc::new(engine), &config, async {
+        sketchd::server::run(listener, engine, &config, async {
             let _ = rx.await;
         })
         .await
@@ -56,6 +61,7 @@ pub async fn start_with(config: ServerConfig) -> TestServer {
     let client = Client::connect(&url).await.expect("client connects");
     TestServer {
         addr,
+        metrics_addr,
         url,
         client,
         data_dir,
