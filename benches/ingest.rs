@@ -178,6 +178,7 @@ fn bench_query(c: &mut Criterion) {
             sketch,
         );
     }
+    store.write_checkpoint_sketches(&mem).unwrap();
     store
         .apply_checkpoint(store.prepare_checkpoint(&mem, 1).unwrap())
         .unwrap();

@@ -333,13 +333,14 @@ impl Writer {
         }
     }
 
+    /// Checkpoints when the interval passed or the memtable is full. A full
+    /// memtable waits for a running checkpoint first: that pause of the
+    /// acknowledgements is the backpressure that bounds memory.
     fn checkpoint_if_due(&mut self, force: bool) {
         let dirty = self.mem.read().active.sketches.len();
-        let due = force
-            || dirty >= self.policy.max_dirty_sketches
-            || self.last_checkpoint.elapsed() >= self.policy.interval;
-        if due {
-            if let Err(e) = self.checkpoint(false) {
+        let full = dirty >= self.policy.max_dirty_sketches;
+        if force || full || self.last_checkpoint.elapsed() >= self.policy.interval {
+            if let Err(e) = self.checkpoint_with(full, false) {
                 tracing::error!(error = %e, "checkpoint failed; refusing further batches");
             }
         }
@@ -349,10 +350,14 @@ impl Writer {
     /// for it (and any earlier one) to finish; without, skips when one is
     /// still running.
     fn checkpoint(&mut self, wait: bool) -> Result<()> {
+        self.checkpoint_with(wait, wait)
+    }
+
+    fn checkpoint_with(&mut self, wait_previous: bool, wait_new: bool) -> Result<()> {
         if let Some(why) = &self.failed {
             return Err(Error::Unavailable(why.clone()));
         }
-        let result = self.try_checkpoint(wait);
+        let result = self.try_checkpoint(wait_previous, wait_new);
         if let Err(e) = &result {
             // A later checkpoint would record a log position past the
             // records this one failed to store: stop acknowledging instead.
@@ -362,10 +367,10 @@ impl Writer {
         result
     }
 
-    fn try_checkpoint(&mut self, wait: bool) -> Result<()> {
+    fn try_checkpoint(&mut self, wait_previous: bool, wait_new: bool) -> Result<()> {
         self.last_checkpoint = Instant::now();
         if let Some(handle) = self.in_flight.take() {
-            if wait || handle.is_finished() {
+            if wait_previous || handle.is_finished() {
                 join_checkpoint(handle)?;
             } else {
                 self.in_flight = Some(handle);
@@ -396,7 +401,7 @@ impl Writer {
                 result
             })
             .map_err(|e| Error::io("checkpoint thread", e))?;
-        if wait {
+        if wait_new {
             join_checkpoint(handle)
         } else {
             self.in_flight = Some(handle);
@@ -420,6 +425,7 @@ fn run_checkpoint(
     sealed: Vec<PathBuf>,
 ) -> Result<()> {
     let started = Instant::now();
+    store.write_checkpoint_sketches(frozen)?;
     let batch = store.prepare_checkpoint(frozen, lsn)?;
     {
         // Counter readers hold the gate for read, so they see the frozen

@@ -55,10 +55,10 @@ pub struct Store {
     cache: Arc<SketchCache>,
 }
 
-/// A prepared checkpoint: the sled batch and the sketch keys it writes.
+/// The final, atomic part of a checkpoint: counters, presence, names,
+/// batch ids, extents and the log position.
 pub struct Checkpoint {
     batch: sled::Batch,
-    sketch_keys: Vec<SketchKey>,
 }
 
 impl Store {
@@ -284,37 +284,6 @@ impl Store {
     /// until [`Store::apply_checkpoint`].
     pub fn prepare_checkpoint(&self, mem: &Memtable, lsn: u64) -> Result<Checkpoint> {
         let mut batch = sled::Batch::default();
-        // Every day delta goes into its day and into each rollup block
-        // above it; several days may share a block, so merge in memory first.
-        let mut merged: HashMap<SketchKey, Sketch> = HashMap::new();
-        for (key, delta) in &mem.sketches {
-            for level in 0..=MAX_LEVEL {
-                let block_key = SketchKey {
-                    block: Block::containing(key.block.start, level),
-                    ..*key
-                };
-                match merged.entry(block_key) {
-                    Entry::Occupied(mut e) => e.get_mut().merge(delta)?,
-                    Entry::Vacant(e) => {
-                        let sketch = match self.block_sketch(&block_key)? {
-                            Some(stored) => {
-                                let mut stored = Sketch::clone(&stored);
-                                stored.merge(delta)?;
-                                stored
-                            }
-                            None => delta.clone(),
-                        };
-                        e.insert(sketch);
-                    }
-                }
-            }
-        }
-        for (key, sketch) in &merged {
-            batch.insert(&key.encode()[..], sketch.encode());
-        }
-        for key in mem.sketches.keys() {
-            batch.insert(&dim_key(key.ns, key.family, key.dim)[..], &[][..]);
-        }
         for ((ns, oc), days) in &mem.presence {
             let k = presence_key(*ns, oc.org, oc.country);
             let mut bits = match self.data.get(k)? {
@@ -357,17 +326,68 @@ impl Store {
             batch.insert(&k[..], &value[..]);
         }
         batch.insert(META_CHECKPOINT_LSN, &lsn.to_le_bytes()[..]);
-        Ok(Checkpoint {
-            batch,
-            sketch_keys: merged.into_keys().collect(),
-        })
+        Ok(Checkpoint { batch })
     }
 
-    /// Applies a checkpoint atomically and drops the sketches it wrote from
-    /// the cache. Does not flush.
+    /// Merges a frozen memtable's day deltas into the stored days and every
+    /// rollup block above them, in chunks of whole series so that memory
+    /// stays bounded. This runs before [`Store::prepare_checkpoint`]'s
+    /// batch: union is idempotent, so if the process dies in between, the
+    /// log replays into sketches that already hold part of it, with the same
+    /// result. (Counters, which are not idempotent, go in the final batch.)
+    pub fn write_checkpoint_sketches(&self, mem: &Memtable) -> Result<()> {
+        /// Day sketches merged per sled batch, at least (whole series).
+        const CHUNK: usize = 4_096;
+        let mut keys: Vec<&SketchKey> = mem.sketches.keys().collect();
+        keys.sort_unstable();
+        let same_series =
+            |a: &SketchKey, b: &SketchKey| (a.ns, a.family, a.dim) == (b.ns, b.family, b.dim);
+        let mut start = 0;
+        while start < keys.len() {
+            let mut end = (start + CHUNK).min(keys.len());
+            while end < keys.len() && same_series(keys[end - 1], keys[end]) {
+                end += 1;
+            }
+            // Several days of a series share blocks: merge in memory first.
+            let mut merged: HashMap<SketchKey, Sketch> = HashMap::new();
+            let mut batch = sled::Batch::default();
+            for key in &keys[start..end] {
+                let delta = &mem.sketches[*key];
+                for level in 0..=MAX_LEVEL {
+                    let block_key = SketchKey {
+                        block: Block::containing(key.block.start, level),
+                        ..**key
+                    };
+                    match merged.entry(block_key) {
+                        Entry::Occupied(mut e) => e.get_mut().merge(delta)?,
+                        Entry::Vacant(e) => {
+                            let sketch = match self.block_sketch(&block_key)? {
+                                Some(stored) => {
+                                    let mut stored = Sketch::clone(&stored);
+                                    stored.merge(delta)?;
+                                    stored
+                                }
+                                None => delta.clone(),
+                            };
+                            e.insert(sketch);
+                        }
+                    }
+                }
+                batch.insert(&dim_key(key.ns, key.family, key.dim)[..], &[][..]);
+            }
+            for (key, sketch) in &merged {
+                batch.insert(&key.encode()[..], sketch.encode());
+            }
+            self.data.apply_batch(batch)?;
+            self.cache.invalidate(merged.keys());
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Applies the final part of a checkpoint atomically. Does not flush.
     pub fn apply_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
         self.data.apply_batch(checkpoint.batch)?;
-        self.cache.invalidate(&checkpoint.sketch_keys);
         Ok(())
     }
 
@@ -435,6 +455,7 @@ mod tests {
         // Three checkpoints; the later ones bring late data for early days.
         for (lsn, rows) in [(1, 40_000), (2, 10_000), (3, 5_000)] {
             let mem = random_memtable(&mut rng, 700, rows);
+            store.write_checkpoint_sketches(&mem).unwrap();
             store
                 .apply_checkpoint(store.prepare_checkpoint(&mem, lsn).unwrap())
                 .unwrap();
