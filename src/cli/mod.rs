@@ -2,6 +2,7 @@
 
 mod demo;
 mod ingest;
+mod loadgen;
 mod query;
 mod report;
 
@@ -41,6 +42,8 @@ enum Command {
     Report(report::ReportArgs),
     /// Start a server in-process, stream a generated world in, print the report.
     Demo(demo::DemoArgs),
+    /// Replay a peers world file against a server and measure ingest and queries.
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 #[derive(clap::Args)]
@@ -82,6 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Query(q) => query::run(q).await,
         Command::Report(a) => report::run(a).await,
         Command::Demo(a) => demo::run(a).await,
+        Command::Loadgen(a) => loadgen::run(a).await,
     }
 }
 
