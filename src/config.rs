@@ -70,7 +70,7 @@ pub struct RawConfig {
     pub checkpoint_max_dirty_sketches: Option<usize>,
     pub sketch_cache_bytes: Option<usize>,
     pub default_policy: Option<RawPolicy>,
-    pub tables: Option<RawTables>,
+    pub tables: Option<TableFiles>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,17 +79,6 @@ pub struct RawPolicy {
     pub precision: Option<u8>,
     pub max_age_days: Option<u32>,
     pub max_future_skew_seconds: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTables {
-    pub asn_v4: Option<PathBuf>,
-    pub asn_v6: Option<PathBuf>,
-    pub country_v4: Option<PathBuf>,
-    pub country_v6: Option<PathBuf>,
-    pub orgs: Option<PathBuf>,
-    pub networks: Option<PathBuf>,
 }
 
 impl RawConfig {
@@ -157,14 +146,7 @@ impl RawConfig {
                 .sketch_cache_bytes
                 .unwrap_or(defaults.sketch_cache_bytes),
             default_policy,
-            tables: TableFiles {
-                asn_v4: tables.asn_v4,
-                asn_v6: tables.asn_v6,
-                country_v4: tables.country_v4,
-                country_v6: tables.country_v6,
-                orgs: tables.orgs,
-                networks: tables.networks,
-            },
+            tables,
         })
     }
 }
@@ -253,6 +235,21 @@ mod tests {
             cfg.default_policy.max_age_days,
             NamespacePolicy::default().max_age_days
         );
+    }
+
+    #[test]
+    fn table_files_come_from_the_tables_section() {
+        let raw: RawConfig =
+            toml::from_str("[tables]\nasn_v4 = \"asn-ipv4.csv.gz\"\norgs = \"orgs.csv\"\n")
+                .unwrap();
+        let cfg = raw.validate().unwrap();
+        assert_eq!(
+            cfg.tables.asn_v4.as_deref(),
+            Some(Path::new("asn-ipv4.csv.gz"))
+        );
+        assert_eq!(cfg.tables.orgs.as_deref(), Some(Path::new("orgs.csv")));
+        assert_eq!(cfg.tables.networks, None);
+        assert!(toml::from_str::<RawConfig>("[tables]\nasn = \"x\"\n").is_err());
     }
 
     #[test]

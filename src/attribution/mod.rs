@@ -87,8 +87,10 @@ pub const COUNTRY_COLUMNS: [&str; 3] = ["start", "end", "country"];
 /// Column names of the custom networks file (`country` optional).
 pub const NETWORK_COLUMNS: [&str; 3] = ["cidr", "org", "country"];
 
-/// Which files to load. `Default` = nothing.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Which files to load. `Default` = nothing. Also the `[tables]` section
+/// of the server's configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TableFiles {
     /// IPv4 → ASN/org ranges (`start,end,asn,name`).
     pub asn_v4: Option<PathBuf>,
