@@ -244,14 +244,6 @@ impl Engine {
             tracing::error!(error = %e, "flushing sled at shutdown failed");
         }
     }
-
-    pub fn data_dir_size(&self) -> Result<u64> {
-        self.store.size_on_disk()
-    }
-
-    pub fn now(&self) -> i64 {
-        self.clock.now_unix_seconds()
-    }
 }
 
 impl Drop for Engine {

@@ -31,8 +31,7 @@ use cache::SketchCache;
 use index::{DayBits, Index, OrgCountry};
 use keys::{
     dim_key, extent_key, org_name_key, presence_key, CounterKey, DedupeKey, Family, NamespaceId,
-    SketchKey, KIND_DEDUPE, KIND_DIM, KIND_EXTENT, KIND_ORG_NAME, KIND_PRESENCE,
-    META_CHECKPOINT_LSN,
+    SketchKey, KIND_DEDUPE, KIND_DIM, KIND_ORG_NAME, KIND_PRESENCE, META_CHECKPOINT_LSN,
 };
 use memtable::Memtable;
 
@@ -189,17 +188,6 @@ impl Store {
                 .insert(OrgCountry { org, country }, bits);
         }
         Ok(index)
-    }
-
-    /// First and end day with observations, per namespace.
-    pub fn extents(&self) -> Result<HashMap<NamespaceId, (Day, Day)>> {
-        let mut out = HashMap::new();
-        for item in self.data.scan_prefix([KIND_EXTENT]) {
-            let (k, v) = item?;
-            let (ns, extent) = decode_extent(&k, &v)?;
-            out.insert(ns, extent);
-        }
-        Ok(out)
     }
 
     /// First and end day with observations of one namespace.
