@@ -353,6 +353,31 @@ impl Client {
     }
 }
 
+/// Replication: a node's push state and the regions merged into it.
+impl Client {
+    pub fn replication_client(&self) -> pb::replication_client::ReplicationClient<Channel> {
+        pb::replication_client::ReplicationClient::new(self.channel.clone())
+    }
+
+    pub async fn replication_status(&self) -> Result<pb::ReplicationStatus, ClientError> {
+        Ok(self
+            .replication_client()
+            .status(pb::ReplicationStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Asks a regional node to checkpoint and push everything now; returns
+    /// once its upstream acknowledged it.
+    pub async fn sync(&self) -> Result<pb::SyncResponse, ClientError> {
+        Ok(self
+            .replication_client()
+            .sync(pb::SyncRequest {})
+            .await?
+            .into_inner())
+    }
+}
+
 fn estimate(e: Option<pb::Estimate>) -> Result<Estimate, ClientError> {
     let e = e.ok_or_else(|| ClientError::BadAnswer("missing estimate".into()))?;
     Ok(Estimate {

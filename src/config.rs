@@ -71,6 +71,17 @@ pub struct RawConfig {
     pub sketch_cache_bytes: Option<usize>,
     pub default_policy: Option<RawPolicy>,
     pub tables: Option<TableFiles>,
+    pub replication: Option<RawReplication>,
+}
+
+/// `[replication]`: push this server's state to an upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplication {
+    pub region: Option<String>,
+    pub upstream: Option<String>,
+    pub push_interval_ms: Option<u64>,
+    pub anti_entropy_interval_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,7 +138,26 @@ impl RawConfig {
             ));
         }
         let tables = self.tables.unwrap_or_default();
+        let replication = match self.replication {
+            None => None,
+            Some(raw) => {
+                let (Some(region), Some(upstream)) = (raw.region, raw.upstream) else {
+                    return Err(Error::Config(
+                        "[replication] needs both region and upstream".into(),
+                    ));
+                };
+                let mut r = ReplicationConfig::new(region, upstream)?;
+                if let Some(ms) = raw.push_interval_ms {
+                    r.push_interval = Duration::from_millis(ms.max(10));
+                }
+                if let Some(s) = raw.anti_entropy_interval_s {
+                    r.anti_entropy_interval = Duration::from_secs(s.max(1));
+                }
+                Some(r)
+            }
+        };
         Ok(ServerConfig {
+            replication,
             listen,
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
             auto_create_namespaces: self
@@ -198,6 +228,39 @@ pub struct ServerConfig {
     pub default_policy: NamespacePolicy,
     /// Attribution tables loaded at start.
     pub tables: TableFiles,
+    /// Where to push this server's state, if anywhere.
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// A regional server's replication settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// This server's region name; the upstream accounts records by it.
+    pub region: String,
+    /// The upstream's gRPC URL.
+    pub upstream: String,
+    /// How often changes are pushed.
+    pub push_interval: Duration,
+    /// How often digests are compared to repair lost pushes.
+    pub anti_entropy_interval: Duration,
+}
+
+impl ReplicationConfig {
+    pub fn new(region: String, upstream: String) -> Result<ReplicationConfig> {
+        crate::replication::validate_region("region", &region)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if !(upstream.starts_with("http://") || upstream.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "upstream {upstream:?}: expected an http:// or https:// URL"
+            )));
+        }
+        Ok(ReplicationConfig {
+            region,
+            upstream,
+            push_interval: Duration::from_secs(1),
+            anti_entropy_interval: Duration::from_secs(600),
+        })
+    }
 }
 
 impl Default for ServerConfig {
@@ -213,6 +276,7 @@ impl Default for ServerConfig {
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),
+            replication: None,
         }
     }
 }

@@ -15,9 +15,10 @@ use crate::attribution::{Attributor, TableFiles};
 use crate::catalog::{Catalog, Namespace};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
-use crate::ingest::commit::{Applied, CheckpointPolicy, GroupCommit, Shared};
+use crate::ingest::commit::{Applied, CheckpointPolicy, GroupCommit, Shared, Work};
 use crate::ingest::{self, codec, BatchLimits, ObservationBatch};
 use crate::metrics::Metrics;
+use crate::replication::{self, MergeBatch};
 use crate::store::memtable::MemState;
 use crate::store::wal::Wal;
 use crate::store::Store;
@@ -71,6 +72,9 @@ impl Engine {
             config.default_policy,
             config.auto_create_namespaces,
         )?;
+        if config.replication.is_some() {
+            store.enable_changelog();
+        }
         let checkpoint_lsn = store.checkpoint_lsn()?;
         let (wal, records) = Wal::open(&store.wal_dir(), checkpoint_lsn)?;
         let mut applied: HashSet<_> = store.applied_batches()?.into_iter().collect();
@@ -81,13 +85,20 @@ impl Engine {
         let now = clock.now_unix_seconds();
         let replayed = records.len();
         for record in records {
-            let batch = codec::decode(&record.payload)?;
-            let ns = catalog.by_id(batch.ns).ok_or_else(|| {
+            let unknown = |id| {
                 Error::Corrupt(format!(
-                    "log record {} names unknown namespace id {}",
-                    record.lsn, batch.ns
+                    "log record {} names unknown namespace id {id}",
+                    record.lsn
                 ))
-            })?;
+            };
+            if record.payload.first() == Some(&replication::LOG_VERSION) {
+                let merge = replication::decode(&record.payload)?;
+                let ns = catalog.by_id(merge.ns).ok_or_else(|| unknown(merge.ns))?;
+                replication::apply_merge(&mut mem, &store, &ns, &merge)?;
+                continue;
+            }
+            let batch = codec::decode(&record.payload)?;
+            let ns = catalog.by_id(batch.ns).ok_or_else(|| unknown(batch.ns))?;
             ingest::apply(&mut mem, &ns, &batch, now)?;
             applied.insert(batch.id());
         }
@@ -229,7 +240,38 @@ impl Engine {
             &tables,
         )?;
         let payload = codec::encode(&prepared);
-        self.commit.submit(ns, prepared, payload).await
+        self.commit.submit(ns, Work::Batch(prepared), payload).await
+    }
+
+    /// Logs and merges a chunk of records from a region; returns once it is
+    /// durable. The caller validated every record against `ns`.
+    pub async fn merge(&self, ns: Arc<Namespace>, merge: MergeBatch) -> Result<u64> {
+        let payload = replication::encode(&merge);
+        let applied = self.commit.submit(ns, Work::Merge(merge), payload).await?;
+        Ok(applied.rows)
+    }
+
+    /// The current revision: the log position sled holds.
+    pub fn revision(&self) -> Result<u64> {
+        self.store.checkpoint_lsn()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Regions merged into this server, with their provenance.
+    pub fn regions(&self) -> Vec<(String, crate::store::memtable::RegionMark)> {
+        let mem = self.mem.read();
+        mem.index
+            .regions
+            .iter()
+            .map(|(r, m)| (r.clone(), *m))
+            .collect()
     }
 
     /// Checkpoints everything applied so far and flushes sled.

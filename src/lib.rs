@@ -12,6 +12,7 @@
 //!
 //! ```text
 //! server, service        gRPC adapter, limits, status codes
+//! replication            pushes to an upstream; merges from regions
 //! engine                 shared state of a running server
 //! ingest, query          batch validation / group commit; counts
 //! catalog, store         namespaces; sled, write-ahead log, memtable
@@ -32,6 +33,7 @@ pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod query;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod sketch;

@@ -16,7 +16,8 @@ use crate::config::ServerConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::pb;
-use crate::service::{AdminService, IngestService, QueryService};
+use crate::replication::push::Pusher;
+use crate::service::{AdminService, IngestService, QueryService, ReplicationService};
 
 /// Serves `engine` on `listener` until `shutdown` completes.
 pub async fn run(
@@ -36,6 +37,18 @@ pub async fn run(
     health
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
         .await;
+    health
+        .set_serving::<pb::replication_server::ReplicationServer<ReplicationService>>()
+        .await;
+    let pusher = match &config.replication {
+        Some(r) => Some(Arc::new(Pusher::new(r.clone())?)),
+        None => None,
+    };
+    let (stop_pusher, stopped) = tokio::sync::watch::channel(false);
+    if let Some(pusher) = &pusher {
+        tracing::info!(region = %pusher.config().region, upstream = %pusher.config().upstream, "replicating to an upstream");
+        tokio::spawn(pusher.clone().run(Arc::downgrade(&engine), stopped));
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -48,6 +61,12 @@ pub async fn run(
         .max_decoding_message_size(max);
     let admin = pb::admin_server::AdminServer::new(AdminService::new(engine.clone()))
         .max_decoding_message_size(max);
+    let replication = pb::replication_server::ReplicationServer::new(ReplicationService::new(
+        engine.clone(),
+        pusher,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
 
     let addr = listener
         .local_addr()
@@ -67,8 +86,10 @@ pub async fn run(
         .add_service(ingest)
         .add_service(query)
         .add_service(admin)
+        .add_service(replication)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    let _ = stop_pusher.send(true);
     tracing::info!("stopped accepting; checkpointing");
     let engine_for_shutdown = engine.clone();
     tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown())

@@ -5,6 +5,7 @@ mod ingest;
 mod loadgen;
 mod query;
 mod report;
+mod status;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +45,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Replay a peers world file against a server and measure ingest and queries.
     Loadgen(loadgen::LoadgenArgs),
+    /// Replication state: this node's pushes and the regions merged into it.
+    Status(status::StatusArgs),
+    /// Make a regional node checkpoint and push everything to its upstream now.
+    Sync(status::SyncArgs),
 }
 
 #[derive(clap::Args)]
@@ -76,6 +81,13 @@ struct ServeArgs {
     /// Operator networks: cidr,org[,country]; they win over the ASN table.
     #[arg(long)]
     networks: Option<PathBuf>,
+    /// This server's region name, for replication (with --upstream).
+    #[arg(long, requires = "upstream")]
+    region: Option<String>,
+    /// Push this server's sketches, presence and counters to this upstream
+    /// server (e.g. http://global.example:50051).
+    #[arg(long, requires = "region")]
+    upstream: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -86,6 +98,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Report(a) => report::run(a).await,
         Command::Demo(a) => demo::run(a).await,
         Command::Loadgen(a) => loadgen::run(a).await,
+        Command::Status(a) => status::status(a).await,
+        Command::Sync(a) => status::sync(a).await,
     }
 }
 
@@ -102,6 +116,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut config = raw.validate()?;
     table_flags(&args, &mut config.tables)?;
+    if let (Some(region), Some(upstream)) = (&args.region, &args.upstream) {
+        let mut replication =
+            sketchd::config::ReplicationConfig::new(region.clone(), upstream.clone())?;
+        if let Some(from_file) = &config.replication {
+            replication.push_interval = from_file.push_interval;
+            replication.anti_entropy_interval = from_file.anti_entropy_interval;
+        }
+        config.replication = Some(replication);
+    }
     let tables = Attributor::load(&config.tables).context("loading attribution tables")?;
     let stats = tables.stats();
     tracing::info!(

@@ -26,6 +26,7 @@ use super::{apply, PreparedBatch};
 use crate::catalog::Namespace;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::replication::{self, MergeBatch};
 use crate::store::keys::DedupeKey;
 use crate::store::memtable::{MemState, Memtable};
 use crate::store::wal::Wal;
@@ -53,10 +54,28 @@ pub struct CheckpointPolicy {
     pub max_dirty_sketches: usize,
 }
 
+/// What a log record carries.
+pub enum Work {
+    /// An ingested batch.
+    Batch(PreparedBatch),
+    /// Records merged from a region (see `replication`).
+    Merge(MergeBatch),
+}
+
+impl Work {
+    /// The batch id, for ingested batches (merges are idempotent).
+    fn id(&self) -> Option<DedupeKey> {
+        match self {
+            Work::Batch(b) => Some(b.id()),
+            Work::Merge(_) => None,
+        }
+    }
+}
+
 /// One batch on its way to the log.
 struct Job {
     ns: Arc<Namespace>,
-    batch: PreparedBatch,
+    batch: Work,
     /// The encoded batch, as logged.
     payload: Vec<u8>,
     reply: oneshot::Sender<Result<Applied>>,
@@ -140,7 +159,7 @@ impl GroupCommit {
     pub async fn submit(
         &self,
         ns: Arc<Namespace>,
-        batch: PreparedBatch,
+        batch: Work,
         payload: Vec<u8>,
     ) -> Result<Applied> {
         let (reply, rx) = oneshot::channel();
@@ -199,7 +218,7 @@ struct Writer {
 
 struct Pending {
     ns: Arc<Namespace>,
-    batch: PreparedBatch,
+    batch: Work,
     reply: oneshot::Sender<Result<Applied>>,
     duplicate: bool,
 }
@@ -276,11 +295,13 @@ impl Writer {
         } in batches
         {
             let id = batch.id();
-            let duplicate = self.applied.contains(&id);
+            let duplicate = id.as_ref().is_some_and(|id| self.applied.contains(id));
             if !duplicate && error.is_none() {
                 match self.wal.append(&payload) {
                     Ok(_) => {
-                        self.applied.insert(id);
+                        if let Some(id) = id {
+                            self.applied.insert(id);
+                        }
                     }
                     Err(e) => error = Some(e),
                 }
@@ -318,12 +339,26 @@ impl Writer {
                         unattributed: 0,
                     })
                 } else {
-                    apply(&mut mem, &p.ns, &p.batch, now).map(|()| Applied {
-                        duplicate: false,
-                        rows: p.batch.rows() as u64,
-                        attributed: p.batch.attributed,
-                        unattributed: p.batch.unattributed,
-                    })
+                    match &p.batch {
+                        Work::Batch(batch) => {
+                            apply(&mut mem, &p.ns, batch, now).map(|()| Applied {
+                                duplicate: false,
+                                rows: batch.rows() as u64,
+                                attributed: batch.attributed,
+                                unattributed: batch.unattributed,
+                            })
+                        }
+                        Work::Merge(merge) => {
+                            replication::apply_merge(&mut mem, &self.store, &p.ns, merge).map(
+                                |()| Applied {
+                                    duplicate: false,
+                                    rows: merge.records.len() as u64,
+                                    attributed: 0,
+                                    unattributed: 0,
+                                },
+                            )
+                        }
+                    }
                 };
                 results.push(result);
             }

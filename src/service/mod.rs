@@ -5,9 +5,13 @@
 //! `Status` in one exhaustive match ([`status`]). Generated types do not
 //! leave this module.
 
+mod replication;
+
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+
+pub use replication::ReplicationService;
 
 use crate::attribution::Attributor;
 use crate::catalog::{fingerprint_hex, Namespace};

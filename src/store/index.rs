@@ -110,6 +110,8 @@ pub struct Index {
     pub table_versions: HashMap<NamespaceId, std::collections::BTreeSet<String>>,
     pub dims: HashMap<(NamespaceId, Family), HashSet<u64>>,
     pub presence: HashMap<NamespaceId, HashMap<OrgCountry, DayBits>>,
+    /// Regions merged into this server (replication provenance).
+    pub regions: std::collections::BTreeMap<String, crate::store::memtable::RegionMark>,
 }
 
 impl Index {

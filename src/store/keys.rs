@@ -16,6 +16,9 @@
 //! | `i` | ns u32, family u8, dim u64 | empty: the family has this dimension |
 //! | `p` | ns u32, org dim u64, country 2 bytes | days seen (`index::DayBits`) |
 //! | `m` | name | metadata (e.g. the checkpointed WAL position) |
+//! | `r` | ns u32, record key (see `replication`) | revision (u64 LE) of the last change not yet pushed upstream |
+//! | `x` | ns u32, region len u8, region, record key | from that region: xxh3 of the record (u64 LE) [, counter value u64 LE] |
+//! | `g` | region | last merged revision u64, unix time i64, records merged u64 (LE) |
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -33,9 +36,16 @@ pub const KIND_META: u8 = b'm';
 pub const KIND_DIM: u8 = b'i';
 pub const KIND_PRESENCE: u8 = b'p';
 pub const KIND_TABLES: u8 = b'v';
+pub const KIND_CHANGE: u8 = b'r';
+pub const KIND_ORIGIN: u8 = b'x';
+pub const KIND_REGION: u8 = b'g';
 
 /// The metadata key holding the last WAL position included in sled.
 pub const META_CHECKPOINT_LSN: &[u8] = b"mcheckpoint_lsn";
+
+/// The metadata key holding the revision the upstream acknowledged last
+/// (u64 LE) and when (i64 LE).
+pub const META_UPSTREAM_ACKED: &[u8] = b"mupstream_acked";
 
 /// Seed of the dimension hashes (org and sector ids to key dimensions).
 /// Part of the on-disk format: never change it.
@@ -275,6 +285,51 @@ pub fn tables_key(ns: NamespaceId, version: &str) -> Vec<u8> {
     key.push(KIND_TABLES);
     key.extend_from_slice(&ns.to_be_bytes());
     key.extend_from_slice(version.as_bytes());
+    key
+}
+
+/// A stored key without its namespace: the kind byte, then the key fields
+/// after the namespace id. Replication names records this way, because
+/// namespace ids are local to a server.
+pub fn record_of(key: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(key.len().saturating_sub(4));
+    record.push(key[0]);
+    record.extend_from_slice(&key[5..]);
+    record
+}
+
+/// The stored key of a namespace-free record key.
+pub fn key_of_record(ns: NamespaceId, record: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(record.len() + 4);
+    key.push(record[0]);
+    key.extend_from_slice(&ns.to_be_bytes());
+    key.extend_from_slice(&record[1..]);
+    key
+}
+
+/// The change-log key of a record.
+pub fn change_key(ns: NamespaceId, record: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(record.len() + 5);
+    key.push(KIND_CHANGE);
+    key.extend_from_slice(&ns.to_be_bytes());
+    key.extend_from_slice(record);
+    key
+}
+
+/// The prefix of the records one namespace holds from one region.
+pub fn origin_prefix(ns: NamespaceId, region: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(6 + region.len());
+    key.push(KIND_ORIGIN);
+    key.extend_from_slice(&ns.to_be_bytes());
+    key.push(region.len() as u8);
+    key.extend_from_slice(region.as_bytes());
+    key
+}
+
+pub fn region_key(region: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + region.len());
+    key.push(KIND_REGION);
+    key.extend_from_slice(region.as_bytes());
     key
 }
 

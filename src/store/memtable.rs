@@ -31,11 +31,81 @@ pub struct Memtable {
     pub presence: FxHashMap<(NamespaceId, OrgCountry), DayBits>,
     /// Rows applied since the checkpoint (for metrics and checkpoint pacing).
     pub rows: u64,
+    /// Records merged from regions since the checkpoint: (namespace,
+    /// region, record key) -> what the upstream now holds from it.
+    pub origins: FxHashMap<(NamespaceId, String, Vec<u8>), OriginRecord>,
+    /// Regions merged since the checkpoint, with their new totals.
+    pub regions: HashMap<String, RegionMark>,
+}
+
+/// What a server holds of one record from one region: the hash of the
+/// record as last merged and, for exact counters, the absolute value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginRecord {
+    pub hash: u64,
+    pub counter: u64,
+}
+
+impl OriginRecord {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&self.hash.to_le_bytes());
+        v[8..].copy_from_slice(&self.counter.to_le_bytes());
+        v
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<OriginRecord> {
+        if bytes.len() != 16 {
+            return None;
+        }
+        Some(OriginRecord {
+            hash: u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            counter: u64::from_le_bytes(bytes[8..].try_into().ok()?),
+        })
+    }
+}
+
+/// Provenance of one region merged into this server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionMark {
+    /// The highest revision of the region merged.
+    pub revision: u64,
+    /// When it was merged (unix seconds).
+    pub merged_at: i64,
+    /// Records merged from the region in all.
+    pub records: u64,
+}
+
+impl RegionMark {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut v = [0u8; 24];
+        v[..8].copy_from_slice(&self.revision.to_le_bytes());
+        v[8..16].copy_from_slice(&self.merged_at.to_le_bytes());
+        v[16..].copy_from_slice(&self.records.to_le_bytes());
+        v
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<RegionMark> {
+        if bytes.len() != 24 {
+            return None;
+        }
+        Some(RegionMark {
+            revision: u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            merged_at: i64::from_le_bytes(bytes[8..16].try_into().ok()?),
+            records: u64::from_le_bytes(bytes[16..].try_into().ok()?),
+        })
+    }
 }
 
 impl Memtable {
     pub fn is_empty(&self) -> bool {
-        self.sketches.is_empty() && self.counters.is_empty() && self.applied.is_empty()
+        self.sketches.is_empty()
+            && self.counters.is_empty()
+            && self.applied.is_empty()
+            && self.presence.is_empty()
+            && self.names.is_empty()
+            && self.origins.is_empty()
+            && self.regions.is_empty()
     }
 
     /// Widens the namespace's extent to include `[first, end)`.

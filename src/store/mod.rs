@@ -21,6 +21,7 @@ pub mod wal;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -33,7 +34,7 @@ use keys::{
     dim_key, extent_key, org_name_key, presence_key, CounterKey, DedupeKey, Family, NamespaceId,
     SketchKey, KIND_DEDUPE, KIND_DIM, KIND_ORG_NAME, KIND_PRESENCE, META_CHECKPOINT_LSN,
 };
-use memtable::Memtable;
+use memtable::{Memtable, OriginRecord, RegionMark};
 
 /// Rollup depth: sled keeps each series per day and per aligned block of
 /// 2, 4, ..., 2^MAX_LEVEL days, so a window of n days reads about
@@ -52,6 +53,8 @@ pub struct Store {
     dir: PathBuf,
     /// Decoded rollup sketches recently read.
     cache: Arc<SketchCache>,
+    /// Whether checkpoints record what changed for an upstream (`r` keys).
+    changelog: Arc<AtomicBool>,
 }
 
 /// The final, atomic part of a checkpoint: counters, presence, names,
@@ -83,7 +86,13 @@ impl Store {
             namespaces,
             dir: dir.to_owned(),
             cache: Arc::new(SketchCache::new(cache_bytes)),
+            changelog: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Makes checkpoints record every changed day record for replication.
+    pub fn enable_changelog(&self) {
+        self.changelog.store(true, Ordering::SeqCst);
     }
 
     pub fn wal_dir(&self) -> PathBuf {
@@ -186,6 +195,12 @@ impl Store {
                 .entry(ns)
                 .or_default()
                 .insert(OrgCountry { org, country }, bits);
+        }
+        for item in self.data.scan_prefix([keys::KIND_REGION]) {
+            let (k, v) = item?;
+            let region = String::from_utf8(k[1..].to_vec()).map_err(|_| corrupt("region name"))?;
+            let mark = RegionMark::decode(&v).ok_or_else(|| corrupt("region mark"))?;
+            index.regions.insert(region, mark);
         }
         Ok(index)
     }
@@ -313,6 +328,35 @@ impl Store {
             value[4..].copy_from_slice(&e.0.to_le_bytes());
             batch.insert(&k[..], &value[..]);
         }
+        for ((ns, region, record), origin) in &mem.origins {
+            let mut k = keys::origin_prefix(*ns, region);
+            k.extend_from_slice(record);
+            batch.insert(k, &origin.encode()[..]);
+        }
+        for (region, mark) in &mem.regions {
+            batch.insert(keys::region_key(region), &mark.encode()[..]);
+        }
+        if self.changelog.load(Ordering::SeqCst) {
+            let rev = lsn.to_le_bytes();
+            let mut note = |ns: NamespaceId, key: &[u8]| {
+                batch.insert(keys::change_key(ns, &keys::record_of(key)), &rev[..]);
+            };
+            for key in mem.sketches.keys() {
+                note(key.ns, &key.encode());
+            }
+            for key in mem.counters.keys() {
+                note(key.ns, &key.encode());
+            }
+            for (ns, oc) in mem.presence.keys() {
+                note(*ns, &presence_key(*ns, oc.org, oc.country));
+            }
+            for (ns, dim) in mem.names.keys() {
+                note(*ns, &org_name_key(*ns, *dim));
+            }
+            for (ns, version) in &mem.table_versions {
+                note(*ns, &keys::tables_key(*ns, version));
+            }
+        }
         batch.insert(META_CHECKPOINT_LSN, &lsn.to_le_bytes()[..]);
         Ok(Checkpoint { batch })
     }
@@ -377,6 +421,139 @@ impl Store {
     pub fn apply_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
         self.data.apply_batch(checkpoint.batch)?;
         Ok(())
+    }
+
+    /// The value of a namespace-free record key (see `replication`), if stored.
+    pub fn record_value(&self, ns: NamespaceId, record: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .data
+            .get(keys::key_of_record(ns, record))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Every replicable record of one namespace: day sketches, counters,
+    /// presence, names and table versions, as (record key, value).
+    pub fn records(
+        &self,
+        ns: NamespaceId,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec)>> + '_ {
+        [
+            keys::KIND_SKETCH,
+            keys::KIND_COUNTER,
+            KIND_PRESENCE,
+            KIND_ORG_NAME,
+            keys::KIND_TABLES,
+        ]
+        .into_iter()
+        .flat_map(move |kind| {
+            let mut prefix = vec![kind];
+            prefix.extend_from_slice(&ns.to_be_bytes());
+            self.data.scan_prefix(prefix)
+        })
+        .filter_map(|item| match item {
+            // Rollup blocks are derived: only days are replicated.
+            Ok((k, _)) if k[0] == keys::KIND_SKETCH && k.get(14) != Some(&0) => None,
+            Ok((k, v)) => Some(Ok((keys::record_of(&k), v))),
+            Err(e) => Some(Err(e.into())),
+        })
+    }
+
+    /// The change log: (namespace, record key, revision) of every record
+    /// changed since the upstream last acknowledged it.
+    pub fn changes(&self) -> impl Iterator<Item = Result<(NamespaceId, Vec<u8>, u64)>> + '_ {
+        self.data.scan_prefix([keys::KIND_CHANGE]).map(|item| {
+            let (k, v) = item?;
+            if k.len() < 7 {
+                return Err(Error::Corrupt("change-log key".into()));
+            }
+            let ns = u32::from_be_bytes(k[1..5].try_into().unwrap_or_default());
+            Ok((ns, k[5..].to_vec(), decode_u64(&v)?))
+        })
+    }
+
+    /// Number of change-log entries.
+    pub fn pending_changes(&self) -> usize {
+        self.data.scan_prefix([keys::KIND_CHANGE]).count()
+    }
+
+    /// Marks records as changed at `revision`, so the next push sends them.
+    pub fn mark_changed(&self, ns: NamespaceId, records: &[Vec<u8>], revision: u64) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for record in records {
+            batch.insert(keys::change_key(ns, record), &revision.to_le_bytes()[..]);
+        }
+        self.data.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Removes change-log entries the upstream acknowledged, unless a
+    /// later checkpoint changed the record again, and records the
+    /// acknowledged revision.
+    pub fn clear_changes(
+        &self,
+        pushed: &[(NamespaceId, Vec<u8>, u64)],
+        acked: u64,
+        at: i64,
+    ) -> Result<()> {
+        for (ns, record, revision) in pushed {
+            let key = keys::change_key(*ns, record);
+            // Fails harmlessly when the entry now holds a newer revision.
+            let _ = self.data.compare_and_swap(
+                key,
+                Some(&revision.to_le_bytes()[..]),
+                None::<&[u8]>,
+            )?;
+        }
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&acked.to_le_bytes());
+        value[8..].copy_from_slice(&at.to_le_bytes());
+        self.data.insert(keys::META_UPSTREAM_ACKED, &value[..])?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The revision the upstream acknowledged last, and when.
+    pub fn upstream_acked(&self) -> Result<(u64, i64)> {
+        Ok(match self.data.get(keys::META_UPSTREAM_ACKED)? {
+            Some(v) if v.len() == 16 => (
+                decode_u64(&v[..8])?,
+                i64::from_le_bytes(v[8..].try_into().unwrap_or_default()),
+            ),
+            _ => (0, 0),
+        })
+    }
+
+    /// What this server holds of one record from one region.
+    pub fn origin_record(
+        &self,
+        ns: NamespaceId,
+        region: &str,
+        record: &[u8],
+    ) -> Result<Option<OriginRecord>> {
+        let mut k = keys::origin_prefix(ns, region);
+        k.extend_from_slice(record);
+        match self.data.get(k)? {
+            Some(v) => Ok(Some(
+                OriginRecord::decode(&v).ok_or_else(|| Error::Corrupt("origin record".into()))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record held from one region: (record key, what is held).
+    pub fn origin_records(
+        &self,
+        ns: NamespaceId,
+        region: &str,
+    ) -> impl Iterator<Item = Result<(Vec<u8>, OriginRecord)>> + '_ {
+        let prefix = keys::origin_prefix(ns, region);
+        let skip = prefix.len();
+        self.data.scan_prefix(prefix).map(move |item| {
+            let (k, v) = item?;
+            let origin =
+                OriginRecord::decode(&v).ok_or_else(|| Error::Corrupt("origin record".into()))?;
+            Ok((k[skip..].to_vec(), origin))
+        })
     }
 
     /// Waits until everything written is on disk.

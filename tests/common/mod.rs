@@ -43,8 +43,14 @@ pub async fn start(data_dir: &Path) -> TestServer {
 
 /// Starts a server with `config`, loading the tables it names.
 pub async fn start_with(config: ServerConfig) -> TestServer {
-    let engine = Arc::new(open_engine(&config).await);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on(config, "127.0.0.1:0".parse().unwrap(), NOW).await
+}
+
+/// Starts a server with `config` on `addr` (port 0: any), with its clock
+/// at `now`.
+pub async fn start_on(config: ServerConfig, addr: SocketAddr, now: i64) -> TestServer {
+    let engine = Arc::new(open_engine(&config, now).await);
+    let listener = bind(addr).await;
     let addr = listener.local_addr().unwrap();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics.local_addr().unwrap();
@@ -74,13 +80,28 @@ pub async fn start_with(config: ServerConfig) -> TestServer {
 /// releases the file lock of a database closed moments ago (a restart within
 /// one test) from its background threads, so a lock error is retried for a
 /// few seconds.
-async fn open_engine(config: &ServerConfig) -> Engine {
+/// Binds `addr`, retrying a moment if a server just left it.
+async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot bind {addr}: {e}"),
+        }
+    }
+}
+
+async fn open_engine(config: &ServerConfig, now: i64) -> Engine {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let config = config.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let tables = Attributor::load(&config.tables).expect("tables load");
-            let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(NOW));
+            let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(now));
             Engine::open_with_clock(&config, tables, clock)
         })
         .await

@@ -1,0 +1,112 @@
+//! `sketchd status` and `sketchd sync`: replication state and a push on demand.
+
+use time::OffsetDateTime;
+
+use sketchd::client::Client;
+
+use super::DEFAULT_SERVER;
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// Server URL.
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    server: String,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SyncArgs {
+    /// URL of the regional server to sync.
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+fn when(unix: i64) -> String {
+    if unix == 0 {
+        return "never".into();
+    }
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = Client::connect(&args.server).await?;
+    let s = client.replication_status().await?;
+    if args.json {
+        let regions: Vec<_> = s
+            .regions
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "region": r.region,
+                    "revision": r.revision,
+                    "merged_at_unix": r.merged_at_unix,
+                    "records": r.records,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "region": s.region,
+            "upstream": s.upstream,
+            "revision": s.revision,
+            "acked_revision": s.acked_revision,
+            "acked_at_unix": s.acked_at_unix,
+            "pending_records": s.pending_records,
+            "last_error": s.last_error,
+            "regions": regions,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("revision          {}", s.revision);
+    if s.upstream.is_empty() {
+        println!("upstream          none");
+    } else {
+        println!("region            {}", s.region);
+        println!("upstream          {}", s.upstream);
+        println!(
+            "acknowledged      revision {} at {}",
+            s.acked_revision,
+            when(s.acked_at_unix)
+        );
+        println!("pending records   {}", s.pending_records);
+        if !s.last_error.is_empty() {
+            println!("last error        {}", s.last_error);
+        }
+    }
+    if s.regions.is_empty() {
+        println!("regions merged    none");
+    } else {
+        println!(
+            "{:<20} {:>12} {:>14}  merged at",
+            "region", "revision", "records"
+        );
+        for r in &s.regions {
+            println!(
+                "{:<20} {:>12} {:>14}  {}",
+                r.region,
+                r.revision,
+                r.records,
+                when(r.merged_at_unix)
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    let client = Client::connect(&args.server).await?;
+    let r = client.sync().await?;
+    println!(
+        "pushed {} records; the upstream acknowledged revision {}",
+        r.records_pushed, r.acked_revision
+    );
+    Ok(())
+}

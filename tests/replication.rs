@@ -1,0 +1,580 @@
+//! Replication on loopback: regional servers push into a global one.
+//!
+//! The reference is one server that ingested every row. After a sync, the
+//! global server's stored sketches, counters, presence, names and
+//! dimensions are byte-identical to the reference's, and every query gives
+//! the same answer.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Rng, TestServer, DAY, NOW};
+use sketchd::client::{BatchBuilder, Client, Observation};
+use sketchd::config::{ReplicationConfig, ServerConfig};
+use sketchd::pb;
+use sketchd::time::Day;
+
+const NS: &str = "study";
+
+/// One batch of a collector: rows over the 60 days before `now`, 400 orgs,
+/// five countries, some rows without org or country.
+fn rows(collector: u64, sequence: u64, n: usize, now: i64) -> Vec<Observation> {
+    let mut rng = Rng(collector << 40 | sequence);
+    (0..n)
+        .map(|_| {
+            let org = rng.below(420);
+            Observation {
+                ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + rng.below(200_000) as u32)),
+                unix_seconds: now - 1 - rng.below(60 * DAY as u64) as i64,
+                org: (org < 400).then(|| format!("AS{}", 64_000 + org)),
+                country: (!org.is_multiple_of(7))
+                    .then(|| ["DE", "GB", "IT", "US", "FR"][(org % 5) as usize].to_owned()),
+            }
+        })
+        .collect()
+}
+
+fn request(collector: u64, sequence: u64, n: usize, now: i64) -> pb::IngestRequest {
+    let mut b = BatchBuilder::new();
+    for o in rows(collector, sequence, n, now) {
+        b.push(&o);
+    }
+    b.build(NS, &format!("collector-{collector}"), sequence)
+}
+
+async fn send(client: &Client, collector: u64, sequence: u64, n: usize, now: i64) {
+    client
+        .ingest(request(collector, sequence, n, now))
+        .await
+        .expect("batch accepted");
+}
+
+fn regional(dir: &Path, region: &str, upstream: &str) -> ServerConfig {
+    let mut r = ReplicationConfig::new(region.into(), upstream.into()).unwrap();
+    // Pushes in the background too, so that tests see both paths.
+    r.push_interval = Duration::from_millis(150);
+    ServerConfig {
+        replication: Some(r),
+        ..common::config(dir)
+    }
+}
+
+/// Every stored record a server's state is made of (not its log position,
+/// batch ids or replication bookkeeping), by key.
+fn dump(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new().path(dir.join("sled")).open() {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    };
+    let data = db.open_tree("data").unwrap();
+    data.iter()
+        .map(|r| r.unwrap())
+        .filter(|(k, _)| b"scpoive".contains(&k[0]))
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
+}
+
+fn day(unix: i64) -> String {
+    Day::from_unix_seconds(unix).unwrap().to_string()
+}
+
+/// The answers of a server to a broad set of queries, as text.
+async fn answers(client: &Client, now: i64) -> Vec<String> {
+    let mut q = client.query_client();
+    let mut out = Vec::new();
+    let windows = [
+        (now - 60 * DAY, now + DAY),
+        (now - 30 * DAY, now + DAY),
+        (now - 9 * DAY, now - 2 * DAY),
+        (now - DAY, now + DAY),
+    ];
+    let scopes = [
+        pb::Scope::default(),
+        pb::Scope {
+            country: "DE".into(),
+            ..Default::default()
+        },
+        pb::Scope {
+            org: "AS64007".into(),
+            ..Default::default()
+        },
+    ];
+    for (from, to) in windows {
+        for scope in &scopes {
+            for metric in [pb::Metric::Ips, pb::Metric::Orgs] {
+                let r = q
+                    .count(pb::CountRequest {
+                        namespace: NS.into(),
+                        metric: metric as i32,
+                        scope: Some(scope.clone()),
+                        from: day(from),
+                        to: day(to),
+                        confidence: 0.95,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| (s.code(), s.message().to_owned()));
+                out.push(format!("count {from} {to} {scope:?} {metric:?}: {r:?}"));
+            }
+            let r = q
+                .observations(pb::ObservationsRequest {
+                    namespace: NS.into(),
+                    scope: Some(scope.clone()),
+                    from: day(from),
+                    to: day(to),
+                })
+                .await;
+            let r = r
+                .map(|r| r.into_inner())
+                .map_err(|s| (s.code(), s.message().to_owned()));
+            out.push(format!("observations {from} {to} {scope:?}: {r:?}"));
+        }
+        for by in [pb::GroupKind::Country, pb::GroupKind::Org] {
+            let mut rows = q
+                .group_by(pb::GroupByRequest {
+                    namespace: NS.into(),
+                    metric: pb::Metric::Ips as i32,
+                    by: by as i32,
+                    from: day(from),
+                    to: day(to),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(row) = rows.message().await.unwrap() {
+                out.push(format!("group {by:?} {from} {to}: {row:?}"));
+            }
+        }
+    }
+    let mut rows = q
+        .compare(pb::CompareRequest {
+            namespace: NS.into(),
+            metric: pb::Metric::Ips as i32,
+            by: pb::GroupKind::Country as i32,
+            a_from: day(now - 60 * DAY),
+            a_to: day(now - 30 * DAY),
+            b_from: day(now - 30 * DAY),
+            b_to: day(now + DAY),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(row) = rows.message().await.unwrap() {
+        out.push(format!("compare: {row:?}"));
+    }
+    let r = q
+        .retention(pb::RetentionRequest {
+            namespace: NS.into(),
+            scope: Some(pb::Scope::default()),
+            a_from: day(now - 60 * DAY),
+            a_to: day(now - 30 * DAY),
+            b_from: day(now - 30 * DAY),
+            b_to: day(now + DAY),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    out.push(format!("retention: {r:?}"));
+    let r = q
+        .series(pb::SeriesRequest {
+            namespace: NS.into(),
+            metric: pb::Metric::Ips as i32,
+            scope: Some(pb::Scope::default()),
+            from: day(now - 60 * DAY),
+            to: day(now + DAY),
+            step: "week".into(),
+            confidence: 0.95,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    out.push(format!("series: {r:?}"));
+    out
+}
+
+async fn observations(client: &Client) -> u64 {
+    client
+        .query_client()
+        .observations(pb::ObservationsRequest {
+            namespace: NS.into(),
+            scope: Some(pb::Scope::default()),
+            from: "2000-01-01".into(),
+            to: "2100-01-01".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .observations
+}
+
+fn assert_same_records(global: &Path, single: &Path) {
+    let g = dump(global);
+    let s = dump(single);
+    assert!(
+        s.keys().any(|k| k[0] == b's') && s.keys().any(|k| k[0] == b'c'),
+        "the reference holds sketches and counters"
+    );
+    let only_g: Vec<_> = g.keys().filter(|k| !s.contains_key(*k)).take(3).collect();
+    let only_s: Vec<_> = s.keys().filter(|k| !g.contains_key(*k)).take(3).collect();
+    assert!(
+        only_g.is_empty() && only_s.is_empty(),
+        "keys only in global {only_g:?}, only in single {only_s:?}"
+    );
+    let differing: Vec<_> = g
+        .iter()
+        .filter(|(k, v)| s.get(*k) != Some(*v))
+        .map(|(k, _)| k)
+        .take(3)
+        .collect();
+    assert!(differing.is_empty(), "values differ for {differing:?}");
+    assert_eq!(g.len(), s.len());
+}
+
+/// Two regions, a global server and a single reference server; rows come in
+/// two phases (the second with late data for old days and repeated batches),
+/// with a sync after each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_converge_to_the_single_server_byte_for_byte() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let global = common::start(dirs[0].path()).await;
+    let eu = common::start_with(regional(dirs[1].path(), "eu", &global.url)).await;
+    let us = common::start_with(regional(dirs[2].path(), "us", &global.url)).await;
+    let single = common::start(dirs[3].path()).await;
+
+    let mut sent = 0u64;
+    for phase in 0..2u64 {
+        for collector in 1..=4u64 {
+            for seq in 0..3u64 {
+                let seq = phase * 10 + seq;
+                let n = 2_000 + (collector * 500) as usize;
+                let region = if collector <= 2 { &eu } else { &us };
+                send(&region.client, collector, seq, n, NOW).await;
+                send(&single.client, collector, seq, n, NOW).await;
+                sent += n as u64;
+            }
+        }
+        // A collector retries a batch it already sent: never counted twice.
+        send(&eu.client, 1, phase * 10, 2_500, NOW).await;
+        send(&single.client, 1, phase * 10, 2_500, NOW).await;
+        for r in [&eu, &us] {
+            let synced = r.client.sync().await.expect("sync");
+            assert!(synced.acked_revision > 0);
+            let status = r.client.replication_status().await.unwrap();
+            assert_eq!(status.acked_revision, synced.acked_revision);
+            assert_eq!(status.pending_records, 0, "{status:?}");
+            assert!(status.last_error.is_empty(), "{status:?}");
+        }
+        assert_eq!(observations(&global.client).await, sent);
+        assert_eq!(
+            answers(&global.client, NOW).await,
+            answers(&single.client, NOW).await,
+            "phase {phase}"
+        );
+    }
+
+    // Provenance: both regions, with the revision each acknowledged.
+    let status = global.client.replication_status().await.unwrap();
+    let eu_rev = eu.client.replication_status().await.unwrap().acked_revision;
+    let regions: Vec<(String, u64)> = status
+        .regions
+        .iter()
+        .map(|r| (r.region.clone(), r.revision))
+        .collect();
+    assert_eq!(regions.len(), 2, "{regions:?}");
+    assert_eq!(regions[0], ("eu".to_owned(), eu_rev));
+    assert!(status
+        .regions
+        .iter()
+        .all(|r| r.merged_at_unix == NOW && r.records > 0));
+
+    for s in [eu, us, global, single] {
+        s.stop().await;
+    }
+    assert_same_records(dirs[0].path(), dirs[3].path());
+}
+
+/// The global server loses its data (restored empty); anti-entropy finds
+/// every bucket differing and the region pushes everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_repairs_a_global_server_that_lost_its_data() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let global = common::start(dirs[0].path()).await;
+    let addr: SocketAddr = global.addr;
+    let eu = common::start_with(regional(dirs[1].path(), "eu", &global.url)).await;
+    let single = common::start(dirs[3].path()).await;
+    for seq in 0..4 {
+        send(&eu.client, 1, seq, 3_000, NOW).await;
+        send(&single.client, 1, seq, 3_000, NOW).await;
+    }
+    eu.client.sync().await.unwrap();
+    assert_eq!(observations(&global.client).await, 12_000);
+
+    // Replace the global server by an empty one on the same address.
+    global.stop().await;
+    let wiped = tempfile::tempdir().unwrap();
+    let global = common::start_on(common::config(wiped.path()), addr, NOW).await;
+    assert_eq!(
+        eu.client
+            .replication_status()
+            .await
+            .unwrap()
+            .pending_records,
+        0,
+        "nothing is pending: only digests can tell"
+    );
+    let synced = eu.client.sync().await.unwrap();
+    assert!(synced.records_pushed > 0);
+    assert_eq!(observations(&global.client).await, 12_000);
+    assert_eq!(
+        answers(&global.client, NOW).await,
+        answers(&single.client, NOW).await
+    );
+    // A further sync finds nothing to repair.
+    assert_eq!(eu.client.sync().await.unwrap().records_pushed, 0);
+    for s in [eu, global, single] {
+        s.stop().await;
+    }
+    assert_same_records(wiped.path(), dirs[3].path());
+}
+
+fn chunk(records: Vec<pb::ReplicatedRecord>, fingerprint: &str) -> pb::PushChunk {
+    pb::PushChunk {
+        region: "eu".into(),
+        revision: 7,
+        chunk: 0,
+        last: true,
+        namespace: NS.into(),
+        policy: Some(pb::NamespacePolicy {
+            precision: 14,
+            max_age_days: 0,
+            max_future_skew_seconds: 0,
+        }),
+        seed_fingerprint: fingerprint.into(),
+        records,
+    }
+}
+
+async fn push(client: &Client, c: pb::PushChunk) -> Result<Vec<pb::PushAck>, tonic::Status> {
+    let mut acks = client
+        .replication_client()
+        .push(tokio_stream::iter(vec![c]))
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(a) = acks.message().await? {
+        out.push(a);
+    }
+    Ok(out)
+}
+
+/// A peer hashing with another seed, or sending a bad record, is refused
+/// with a clear status and nothing of its chunk is merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pushes_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    send(&server.client, 1, 0, 1_000, NOW).await;
+    let before = answers(&server.client, NOW).await;
+    let ns = server
+        .client
+        .admin_client()
+        .get_namespace(pb::GetNamespaceRequest { name: NS.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let counter = |value: u64| pb::ReplicatedRecord {
+        key: {
+            let mut k = vec![b'c'];
+            k.extend_from_slice(&0u64.to_be_bytes());
+            k.extend_from_slice(&Day::from_unix_seconds(NOW - DAY).unwrap().0.to_be_bytes());
+            k
+        },
+        value: value.to_le_bytes().to_vec(),
+    };
+
+    let err = push(&server.client, chunk(vec![counter(5)], "0123456789abcdef"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("seed fingerprint"), "{err:?}");
+
+    let bad = pb::ReplicatedRecord {
+        key: b"s-garbage".to_vec(),
+        value: vec![1, 2, 3],
+    };
+    let err = push(
+        &server.client,
+        chunk(vec![counter(5), bad], &ns.seed_fingerprint),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("records[1].key"), "{err:?}");
+    assert_eq!(answers(&server.client, NOW).await, before);
+
+    // A good counter, pushed three times, counts once; a lower value later
+    // (a stale push) changes nothing.
+    for _ in 0..3 {
+        let acks = push(
+            &server.client,
+            chunk(vec![counter(5)], &ns.seed_fingerprint),
+        )
+        .await
+        .unwrap();
+        assert_eq!(acks.len(), 1);
+    }
+    push(
+        &server.client,
+        chunk(vec![counter(2)], &ns.seed_fingerprint),
+    )
+    .await
+    .unwrap();
+    assert_eq!(observations(&server.client).await, 1_000 + 5);
+    server.stop().await;
+}
+
+/// A child server, killed when dropped (also when a test fails).
+struct Regional(Child);
+
+impl Drop for Regional {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `sketchd serve` as a child process replicating to `upstream`.
+fn spawn_regional(dir: &Path, upstream: &str) -> (Regional, String) {
+    let config = dir.join("sketchd.toml");
+    std::fs::write(
+        &config,
+        "checkpoint_interval_ms = 50\n[replication]\nregion = \"eu\"\npush_interval_ms = 20\n\
+         upstream = \""
+            .to_owned()
+            + upstream
+            + "\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sketchd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(&config)
+        .env("SKETCHD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("sketchd listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (Regional(child), format!("http://{addr}"))
+}
+
+async fn connect(url: &str) -> Client {
+    for _ in 0..200 {
+        if let Ok(c) = Client::connect(url).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("cannot connect to {url}");
+}
+
+/// A regional server killed with SIGKILL while it pushes: after a restart,
+/// the global server converges to the single server and counts nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regional_server_killed_mid_push_converges_without_double_counting() {
+    // The child serves with the system clock: rows are stamped relative to it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let global: TestServer = common::start_on(common::config(dirs[0].path()), any, now).await;
+    let single = common::start_on(common::config(dirs[2].path()), any, now).await;
+    let (mut child, url) = spawn_regional(dirs[1].path(), &global.url);
+    let eu = connect(&url).await;
+
+    let mut sent = 0u64;
+    for seq in 0..40u64 {
+        send(&eu, 1 + seq % 3, seq, 4_000, now).await;
+        send(&single.client, 1 + seq % 3, seq, 4_000, now).await;
+        sent += 4_000;
+        // Kill it once the global server has merged part of its pushes.
+        if seq >= 20 {
+            let merged = global.client.replication_status().await.unwrap();
+            if merged.regions.first().is_some_and(|r| r.records > 0) {
+                child.0.kill().unwrap();
+                child.0.wait().unwrap();
+                let (c, u) = spawn_regional(dirs[1].path(), &global.url);
+                child = c;
+                let eu2 = connect(&u).await;
+                // Batches acknowledged before the kill are re-sent by their
+                // collectors in real life; here, re-send a few: duplicates.
+                for again in seq.saturating_sub(2)..=seq {
+                    let r = eu2
+                        .ingest(request(1 + again % 3, again, 4_000, now))
+                        .await
+                        .unwrap();
+                    assert!(
+                        r.duplicate,
+                        "batch {again} was acknowledged before the kill"
+                    );
+                }
+                return finish(eu2, child, global, single, sent, now, seq + 1, dirs).await;
+            }
+        }
+    }
+    panic!("the global server never merged anything before the kill point");
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    eu: Client,
+    child: Regional,
+    global: TestServer,
+    single: TestServer,
+    mut sent: u64,
+    now: i64,
+    from_seq: u64,
+    dirs: Vec<tempfile::TempDir>,
+) {
+    for seq in from_seq..from_seq + 5 {
+        send(&eu, 1 + seq % 3, seq, 4_000, now).await;
+        send(&single.client, 1 + seq % 3, seq, 4_000, now).await;
+        sent += 4_000;
+    }
+    eu.sync().await.expect("sync after restart");
+    assert_eq!(observations(&global.client).await, sent);
+    assert_eq!(
+        answers(&global.client, now).await,
+        answers(&single.client, now).await
+    );
+    drop(child);
+    global.stop().await;
+    single.stop().await;
+    assert_same_records(dirs[0].path(), dirs[2].path());
+}
