@@ -4,6 +4,7 @@
 //! line) say; [`RawConfig::validate`] turns it into a [`ServerConfig`] whose
 //! every field is in range, before anything starts.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,8 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::attribution::TableFiles;
+use crate::auth::{Grant, Namespaces, Role, Secret, TlsConfig, TokenTable};
 use crate::error::{Error, Result};
-use crate::sketch::{MAX_PRECISION, MIN_PRECISION};
+use crate::sketch::{HashSeed, MAX_PRECISION, MIN_PRECISION};
 
 /// The sketch and validation policy of a namespace, fixed at creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +73,55 @@ pub struct RawConfig {
     pub sketch_cache_bytes: Option<usize>,
     pub default_policy: Option<RawPolicy>,
     pub tables: Option<TableFiles>,
+    /// Listen on a non-loopback address although no authentication is
+    /// configured.
+    pub allow_insecure_remote: Option<bool>,
+    pub tls: Option<RawTls>,
+    pub auth: Option<RawAuth>,
+    /// The hash seed secret of every namespace without its own.
+    pub default_seed: Option<RawSeed>,
+    /// Per-namespace settings: `[namespaces.NAME]`.
+    pub namespaces: Option<BTreeMap<String, RawSeed>>,
+}
+
+/// `[tls]`: PEM files read at start.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+/// One `[[auth.tokens]]` entry: exactly one of `token_file`, `token_env`
+/// and `token` (discouraged: the secret then sits in the config file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub token: Option<Secret>,
+    pub role: Role,
+    pub namespaces: Vec<String>,
+    /// Shown in logs instead of the token.
+    pub name: Option<String>,
+}
+
+/// A hash seed secret: exactly one of `seed_file` and `seed_env`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSeed {
+    pub seed_file: Option<PathBuf>,
+    pub seed_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,7 +178,10 @@ impl RawConfig {
             ));
         }
         let tables = self.tables.unwrap_or_default();
-        Ok(ServerConfig {
+        let tls = self.tls.map(read_tls).transpose()?;
+        let tokens = read_tokens(self.auth.unwrap_or_default())?;
+        let seeds = read_seeds(self.default_seed, self.namespaces.unwrap_or_default())?;
+        let config = ServerConfig {
             listen,
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
             auto_create_namespaces: self
@@ -147,7 +201,150 @@ impl RawConfig {
                 .unwrap_or(defaults.sketch_cache_bytes),
             default_policy,
             tables,
-        })
+            tls,
+            tokens,
+            allow_insecure_remote: self.allow_insecure_remote.unwrap_or(false),
+            seeds,
+        };
+        config.check_exposure(config.listen)?;
+        Ok(config)
+    }
+}
+
+/// Reads a secret from a file or an environment variable; one trailing
+/// line break is not part of it. Errors name the file or the variable,
+/// never the value.
+fn read_secret(what: &str, file: Option<&Path>, env: Option<&str>) -> Result<Vec<u8>> {
+    let mut bytes = match (file, env) {
+        (Some(path), None) => std::fs::read(path)
+            .map_err(|e| Error::Config(format!("{what}: cannot read {}: {e}", path.display())))?,
+        (None, Some(var)) => std::env::var_os(var)
+            .ok_or_else(|| Error::Config(format!("{what}: environment variable {var} is not set")))?
+            .into_encoded_bytes(),
+        _ => {
+            return Err(Error::Config(format!(
+                "{what}: give exactly one of a file and an environment variable"
+            )))
+        }
+    };
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(Error::Config(format!("{what}: the secret is empty")));
+    }
+    Ok(bytes)
+}
+
+fn read_tls(raw: RawTls) -> Result<TlsConfig> {
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::Config(format!("tls: cannot read {}: {e}", path.display())))
+    };
+    let tls = TlsConfig {
+        cert_pem: read(&raw.cert)?,
+        key_pem: read(&raw.key)?,
+        client_ca_pem: raw.client_ca.as_deref().map(read).transpose()?,
+    };
+    // Builds the rustls configuration once now, so that a bad certificate
+    // or key stops the start with a clear message.
+    tonic::transport::Server::builder()
+        .tls_config(tls.server_config())
+        .map_err(|e| Error::Config(format!("tls: {e}")))?;
+    Ok(tls)
+}
+
+fn read_tokens(raw: RawAuth) -> Result<TokenTable> {
+    let mut table = TokenTable::new();
+    for (i, entry) in raw.tokens.into_iter().enumerate() {
+        let name = entry.name.unwrap_or_else(|| format!("token-{}", i + 1));
+        let what = format!("auth.tokens[{i}] ({name})");
+        let secret = match (&entry.token, &entry.token_file, &entry.token_env) {
+            (Some(token), None, None) => token.clone(),
+            (None, file, env) => {
+                let bytes = read_secret(&what, file.as_deref(), env.as_deref())?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Error::Config(format!("{what}: the token is not UTF-8")))?;
+                Secret::new(text.trim())
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "{what}: give exactly one of token_file, token_env and token"
+                )))
+            }
+        };
+        let namespaces = Namespaces::parse(&entry.namespaces)
+            .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+        let grant = Grant {
+            role: entry.role,
+            namespaces,
+        };
+        table
+            .add(&name, &secret, grant)
+            .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+    }
+    Ok(table)
+}
+
+/// Shortest hash seed secret accepted, in bytes.
+pub const MIN_SEED_SECRET_LEN: usize = 16;
+
+fn read_seed(what: &str, raw: &RawSeed) -> Result<HashSeed> {
+    let secret = read_secret(what, raw.seed_file.as_deref(), raw.seed_env.as_deref())?;
+    if secret.len() < MIN_SEED_SECRET_LEN {
+        return Err(Error::Config(format!(
+            "{what}: the seed secret is shorter than {MIN_SEED_SECRET_LEN} bytes"
+        )));
+    }
+    Ok(HashSeed::from_secret(&secret))
+}
+
+fn read_seeds(
+    default: Option<RawSeed>,
+    namespaces: BTreeMap<String, RawSeed>,
+) -> Result<NamespaceSeeds> {
+    let mut seeds = NamespaceSeeds::default();
+    if let Some(raw) = default {
+        seeds.default = read_seed("default_seed", &raw)?;
+    }
+    for (name, raw) in namespaces {
+        crate::catalog::validate_name("namespaces", &name)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let seed = read_seed(&format!("namespaces.{name}"), &raw)?;
+        seeds.by_namespace.insert(name, seed);
+    }
+    Ok(seeds)
+}
+
+/// The hash seed of each namespace: its own if configured, else the
+/// default. Only derived seeds are kept (their `Debug` shows fingerprints).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceSeeds {
+    pub default: HashSeed,
+    pub by_namespace: BTreeMap<String, HashSeed>,
+}
+
+impl NamespaceSeeds {
+    pub fn seed_for(&self, namespace: &str) -> HashSeed {
+        self.by_namespace
+            .get(namespace)
+            .copied()
+            .unwrap_or(self.default)
+    }
+
+    /// Where the seed of `namespace` comes from, for error messages.
+    pub fn source_of(&self, namespace: &str) -> String {
+        if self.by_namespace.contains_key(namespace) {
+            format!("[namespaces.{namespace}]")
+        } else if self.default != HashSeed::DEFAULT {
+            "[default_seed]".into()
+        } else {
+            "the built-in default seed (no [default_seed] or [namespaces.NAME] seed configured)"
+                .into()
+        }
     }
 }
 
@@ -198,6 +395,40 @@ pub struct ServerConfig {
     pub default_policy: NamespacePolicy,
     /// Attribution tables loaded at start.
     pub tables: TableFiles,
+    /// Serve TLS (and require client certificates when it has a client CA).
+    pub tls: Option<TlsConfig>,
+    /// Bearer tokens and their roles; empty: no token authentication.
+    pub tokens: TokenTable,
+    /// Allow a non-loopback listen address without authentication.
+    pub allow_insecure_remote: bool,
+    /// Hash seeds per namespace.
+    pub seeds: NamespaceSeeds,
+}
+
+impl ServerConfig {
+    /// Whether callers are authenticated: by bearer tokens or by client
+    /// certificates.
+    pub fn authenticates(&self) -> bool {
+        !self.tokens.is_empty()
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(TlsConfig::requires_client_certificates)
+    }
+
+    /// Refuses a non-loopback `listen` address when nothing authenticates
+    /// callers, unless `allow_insecure_remote` says otherwise.
+    pub fn check_exposure(&self, listen: SocketAddr) -> Result<()> {
+        if self.authenticates() || listen.ip().is_loopback() || self.allow_insecure_remote {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "listen address {listen} is not a loopback address and no authentication is \
+             configured ([[auth.tokens]] or tls.client_ca): refusing to start. Configure \
+             authentication, listen on 127.0.0.1, or set allow_insecure_remote = true \
+             (--allow-insecure-remote) to serve anyone who can reach it"
+        )))
+    }
 }
 
 impl Default for ServerConfig {
@@ -213,6 +444,10 @@ impl Default for ServerConfig {
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),
+            tls: None,
+            tokens: TokenTable::new(),
+            allow_insecure_remote: false,
+            seeds: NamespaceSeeds::default(),
         }
     }
 }
@@ -265,5 +500,120 @@ mod tests {
                 .and_then(RawConfig::validate);
             assert!(result.is_err(), "{text} was accepted");
         }
+    }
+
+    fn parse(text: &str) -> Result<ServerConfig> {
+        toml::from_str::<RawConfig>(text)
+            .map_err(|e| Error::Config(e.to_string()))
+            .and_then(RawConfig::validate)
+    }
+
+    #[test]
+    fn tokens_from_file_env_and_literal_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("collector.token");
+        std::fs::write(&file, "file-token-abcdefghijkl\n").unwrap();
+        // A variable only this test sets.
+        std::env::set_var("SKETCHD_TEST_TOKEN_CONFIG", "env-token-abcdefghijkl");
+        let text = format!(
+            r#"
+[[auth.tokens]]
+token_file = {file:?}
+role = "collector"
+namespaces = ["ips", "ips-test"]
+name = "collector-eu"
+[[auth.tokens]]
+token_env = "SKETCHD_TEST_TOKEN_CONFIG"
+role = "reader"
+namespaces = ["*"]
+[[auth.tokens]]
+token = "literal-token-abcdefghijkl"
+role = "admin"
+namespaces = ["*"]
+name = "root"
+"#
+        );
+        let raw: RawConfig = toml::from_str(&text).unwrap();
+        let raw_debug = format!("{raw:?}");
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.tokens.len(), 3);
+        let eu = cfg.tokens.resolve("file-token-abcdefghijkl").unwrap();
+        assert_eq!(eu.name, "collector-eu");
+        assert!(eu.may(Role::Collector, "ips-test"));
+        assert_eq!(
+            cfg.tokens.resolve("env-token-abcdefghijkl").unwrap().name,
+            "token-2"
+        );
+        assert!(cfg
+            .tokens
+            .resolve("literal-token-abcdefghijkl")
+            .unwrap()
+            .may_everywhere(Role::Admin));
+        let debug = format!("{raw_debug} {cfg:?}");
+        for secret in ["file-token", "env-token", "literal-token"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("collector-eu"));
+    }
+
+    #[test]
+    fn bad_token_entries_are_refused() {
+        for text in [
+            // no source
+            "[[auth.tokens]]\nrole = \"reader\"\nnamespaces = [\"*\"]",
+            // two sources
+            "[[auth.tokens]]\ntoken = \"abcdefghijklmnopq\"\ntoken_env = \"X\"\nrole = \"reader\"\nnamespaces = [\"*\"]",
+            // unknown role
+            "[[auth.tokens]]\ntoken = \"abcdefghijklmnopq\"\nrole = \"root\"\nnamespaces = [\"*\"]",
+            // no namespaces
+            "[[auth.tokens]]\ntoken = \"abcdefghijklmnopq\"\nrole = \"reader\"\nnamespaces = []",
+            // too short
+            "[[auth.tokens]]\ntoken = \"short\"\nrole = \"reader\"\nnamespaces = [\"*\"]",
+            // unset variable
+            "[[auth.tokens]]\ntoken_env = \"SKETCHD_TEST_UNSET_VARIABLE\"\nrole = \"reader\"\nnamespaces = [\"*\"]",
+            "[auth]\ntoken = \"x\"",
+        ] {
+            assert!(parse(text).is_err(), "{text} was accepted");
+        }
+    }
+
+    #[test]
+    fn remote_listen_needs_auth_or_the_override() {
+        let err = parse("listen = \"0.0.0.0:50051\"").unwrap_err().to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        assert!(err.contains("allow_insecure_remote"), "{err}");
+        parse("listen = \"0.0.0.0:50051\"\nallow_insecure_remote = true").unwrap();
+        parse("listen = \"[::1]:50051\"").unwrap();
+        parse(
+            "listen = \"0.0.0.0:50051\"\n[[auth.tokens]]\ntoken = \"abcdefghijklmnopq\"\nrole = \"reader\"\nnamespaces = [\"*\"]",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn seeds_come_from_files_and_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let ips = dir.path().join("ips.seed");
+        let default = dir.path().join("default.seed");
+        std::fs::write(&ips, "ips-seed-secret-0123456789\n").unwrap();
+        std::fs::write(&default, "default-seed-secret-0123456789").unwrap();
+        let text = format!(
+            "[default_seed]\nseed_file = {default:?}\n[namespaces.ips]\nseed_file = {ips:?}\n"
+        );
+        let cfg = parse(&text).unwrap();
+        let ips_seed = HashSeed::from_secret(b"ips-seed-secret-0123456789");
+        assert_eq!(cfg.seeds.seed_for("ips"), ips_seed);
+        assert_eq!(
+            cfg.seeds.seed_for("other"),
+            HashSeed::from_secret(b"default-seed-secret-0123456789")
+        );
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("seed-secret"), "{debug}");
+
+        std::fs::write(&ips, "short").unwrap();
+        assert!(parse(&text).is_err());
+        assert!(parse("[namespaces.ips]\nseed_env = \"SKETCHD_TEST_UNSET_SEED\"").is_err());
+        assert!(parse("[namespaces.\"bad name\"]\nseed_file = \"x\"").is_err());
+        assert!(parse("[namespaces.ips]\nprecision = 12").is_err());
     }
 }

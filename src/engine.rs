@@ -70,6 +70,7 @@ impl Engine {
             store.clone(),
             config.default_policy,
             config.auto_create_namespaces,
+            config.seeds.clone(),
         )?;
         let checkpoint_lsn = store.checkpoint_lsn()?;
         let (wal, records) = Wal::open(&store.wal_dir(), checkpoint_lsn)?;

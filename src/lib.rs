@@ -12,6 +12,7 @@
 //!
 //! ```text
 //! server, service        gRPC adapter, limits, status codes
+//! auth                   TLS, bearer tokens, roles per namespace
 //! engine                 shared state of a running server
 //! ingest, query          batch validation / group commit; counts
 //! catalog, store         namespaces; sled, write-ahead log, memtable
@@ -24,6 +25,7 @@
 //! `service`, `server` and `client`.
 
 pub mod attribution;
+pub mod auth;
 pub mod catalog;
 pub mod client;
 pub mod config;
