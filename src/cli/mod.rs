@@ -13,10 +13,69 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use sketchd::attribution::{Attributor, TableFiles};
+use sketchd::client::{Client, ClientOptions, ClientTls};
 use sketchd::config::{table_is_ipv6, RawConfig};
 use sketchd::engine::Engine;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// How a client subcommand authenticates to the server (flattened into
+/// each of them beside `--server`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConnectArgs {
+    /// File holding the bearer token [else the SKETCHD_TOKEN environment variable].
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate; enables TLS.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that require one; with --client-key.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Key (PEM) of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Name to check the server's certificate against [default: the URL's host].
+    #[arg(long)]
+    tls_domain: Option<String>,
+}
+
+impl ConnectArgs {
+    /// Connects to `server` with the token and TLS options given.
+    pub async fn connect(&self, server: &str) -> anyhow::Result<Client> {
+        Ok(Client::connect_with(server, self.options()?).await?)
+    }
+
+    fn options(&self) -> anyhow::Result<ClientOptions> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let token = match &self.token_file {
+            Some(path) => Some(
+                String::from_utf8(read(path)?)
+                    .with_context(|| format!("{}: the token is not UTF-8", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => std::env::var("SKETCHD_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+        };
+        let tls =
+            if self.ca_cert.is_some() || self.client_cert.is_some() || self.tls_domain.is_some() {
+                Some(ClientTls {
+                    ca_cert_pem: self.ca_cert.as_ref().map(read).transpose()?,
+                    client_cert_pem: self.client_cert.as_ref().map(read).transpose()?,
+                    client_key_pem: self.client_key.as_ref().map(read).transpose()?,
+                    domain: self.tls_domain.clone(),
+                })
+            } else {
+                None
+            };
+        Ok(ClientOptions { token, tls })
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +116,10 @@ struct ServeArgs {
     /// TOML configuration file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Allow a non-loopback --listen address although no authentication is
+    /// configured (anyone who can reach the server may then use it).
+    #[arg(long)]
+    allow_insecure_remote: bool,
     /// Serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -99,6 +162,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.data.is_some() {
         raw.data_dir = args.data.clone();
+    }
+    if args.allow_insecure_remote {
+        raw.allow_insecure_remote = Some(true);
     }
     let mut config = raw.validate()?;
     table_flags(&args, &mut config.tables)?;
