@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sketchd::attribution::Attributor;
-use sketchd::client::Client;
+use sketchd::client::{Client, ClientOptions};
 use sketchd::config::ServerConfig;
 use sketchd::engine::Engine;
 use sketchd::time::{Clock, ManualClock};
@@ -43,6 +43,12 @@ pub async fn start(data_dir: &Path) -> TestServer {
 
 /// Starts a server with `config`, loading the tables it names.
 pub async fn start_with(config: ServerConfig) -> TestServer {
+    start_with_client(config, ClientOptions::default()).await
+}
+
+/// Starts a server with `config`; its `client` connects with `options`
+/// (and its `url` is `https://` when the server speaks TLS).
+pub async fn start_with_client(config: ServerConfig, options: ClientOptions) -> TestServer {
     let engine = Arc::new(open_engine(&config).await);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -51,14 +57,18 @@ pub async fn start_with(config: ServerConfig) -> TestServer {
     tokio::spawn(sketchd::metrics::serve(metrics, Arc::downgrade(&engine)));
     let (tx, rx) = oneshot::channel::<()>();
     let data_dir = config.data_dir.clone();
+    let config_tls = config.tls.is_some();
     let handle = tokio::spawn(async move {
         sketchd::server::run(listener, engine, &config, async {
             let _ = rx.await;
         })
         .await
     });
-    let url = format!("http://{addr}");
-    let client = Client::connect(&url).await.expect("client connects");
+    let scheme = if config_tls { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
+    let client = Client::connect_with(&url, options)
+        .await
+        .expect("client connects");
     TestServer {
         addr,
         metrics_addr,
@@ -70,11 +80,18 @@ pub async fn start_with(config: ServerConfig) -> TestServer {
     }
 }
 
-/// Opens the engine with the tables its configuration names. sled
-/// releases the file lock of a database closed moments ago (a restart within
-/// one test) from its background threads, so a lock error is retried for a
-/// few seconds.
+/// Opens the engine with the tables its configuration names.
 async fn open_engine(config: &ServerConfig) -> Engine {
+    match try_open_engine(config).await {
+        Ok(engine) => engine,
+        Err(e) => panic!("engine opens: {e}"),
+    }
+}
+
+/// Opens the engine, returning its error. sled releases the file lock of a
+/// database closed moments ago (a restart within one test) from its
+/// background threads, so a lock error is retried for a few seconds.
+pub async fn try_open_engine(config: &ServerConfig) -> sketchd::error::Result<Engine> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let config = config.clone();
@@ -86,14 +103,13 @@ async fn open_engine(config: &ServerConfig) -> Engine {
         .await
         .unwrap();
         match opened {
-            Ok(engine) => return engine,
             Err(e)
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            Err(e) => panic!("engine opens: {e}"),
+            other => return other,
         }
     }
 }
