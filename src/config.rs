@@ -616,4 +616,33 @@ name = "root"
         assert!(parse("[namespaces.\"bad name\"]\nseed_file = \"x\"").is_err());
         assert!(parse("[namespaces.ips]\nprecision = 12").is_err());
     }
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("s.pem"), dir.path().join("s.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let text =
+            format!("[tls]\ncert = {cert_path:?}\nkey = {key_path:?}\nclient_ca = {cert_path:?}\n");
+        let cfg = parse(&text).unwrap();
+        let tls = cfg.tls.as_ref().unwrap();
+        assert!(tls.requires_client_certificates());
+        assert!(cfg.authenticates());
+        assert!(!format!("{cfg:?}").contains("PRIVATE KEY"));
+
+        std::fs::write(&key_path, "not a key").unwrap();
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("tls"), "{err}");
+        let missing = format!("[tls]\ncert = \"/nonexistent.pem\"\nkey = {key_path:?}\n");
+        assert!(parse(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent.pem"));
+    }
 }
