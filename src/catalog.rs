@@ -1,7 +1,10 @@
 //! The namespace catalog.
 //!
 //! A namespace is one stream of observations with a policy fixed at
-//! creation (precision, age and skew limits) and a hash seed. Namespaces get
+//! creation (precision, age and skew limits) and a hash seed: its own
+//! configured secret, the configured default, or `HashSeed::DEFAULT`. Only
+//! the seed's fingerprint is stored; opening a namespace with a seed of
+//! another fingerprint is refused. Namespaces get
 //! a small numeric id used in storage keys and log records; ids are never
 //! reused. The catalog is persisted (and flushed) before a namespace is first
 //! used, so a log record never names an unknown id.
@@ -12,7 +15,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::config::NamespacePolicy;
+use crate::config::{NamespacePolicy, NamespaceSeeds};
 use crate::error::{Error, Result};
 use crate::sketch::HashSeed;
 use crate::store::keys::NamespaceId;
@@ -42,6 +45,8 @@ pub struct Catalog {
     store: Store,
     default_policy: NamespacePolicy,
     auto_create: bool,
+    /// The configured seed of each namespace, for the ones created later.
+    seeds: NamespaceSeeds,
     /// Guards creation too, so two creators cannot take the same id.
     by_name: RwLock<HashMap<String, Arc<Namespace>>>,
 }
@@ -51,17 +56,21 @@ impl Catalog {
         store: Store,
         default_policy: NamespacePolicy,
         auto_create: bool,
+        seeds: NamespaceSeeds,
     ) -> Result<Catalog> {
         let mut by_name = HashMap::new();
         for (name, bytes) in store.namespace_records()? {
             let record: Record = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Corrupt(format!("namespace {name:?}: {e}")))?;
-            let seed = HashSeed::DEFAULT;
+            let seed = seeds.seed_for(&name);
             if record.seed_fingerprint != fingerprint_hex(seed) {
                 return Err(Error::Incompatible(format!(
-                    "namespace {name:?} was created with hash seed fingerprint {} but this server hashes with {}",
+                    "namespace {name:?} was created with hash seed fingerprint {} but this server \
+                     is configured to hash it with fingerprint {} (from {}); start with the seed \
+                     secret it was created with",
                     record.seed_fingerprint,
-                    fingerprint_hex(seed)
+                    fingerprint_hex(seed),
+                    seeds.source_of(&name)
                 )));
             }
             let policy = NamespacePolicy {
@@ -86,6 +95,7 @@ impl Catalog {
             store,
             default_policy,
             auto_create,
+            seeds,
             by_name: RwLock::new(by_name),
         })
     }
@@ -138,7 +148,7 @@ impl Catalog {
             };
         }
         let id = by_name.values().map(|ns| ns.id + 1).max().unwrap_or(1);
-        let seed = HashSeed::DEFAULT;
+        let seed = self.seeds.seed_for(name);
         let record = Record {
             id,
             precision: policy.precision,

@@ -2,12 +2,18 @@
 //!
 //! [`BatchBuilder`] turns row-shaped observations into the columnar,
 //! dictionary-coded `IngestRequest` (IPv4 rows first, then IPv6 rows).
-//! [`Client`] wraps the generated clients with typed calls.
+//! [`Client`] wraps the generated clients with typed calls; with
+//! [`ClientOptions`] it sends a bearer token and speaks TLS (optionally
+//! with a client certificate).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::IpAddr;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::pb;
 use crate::query::{CompareRow, GroupBy, GroupRow, Metric, Overlap, Retention, Scope};
@@ -130,37 +136,185 @@ pub struct CountReply {
     pub covered: DayWindow,
 }
 
+/// How to reach a server that authenticates its callers.
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    /// Sent as `authorization: Bearer <token>` with every call.
+    pub token: Option<String>,
+    /// Speak TLS (an `http://` URL is then dialled as `https://`).
+    pub tls: Option<ClientTls>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// TLS options of a client, as PEM bytes.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    /// The CA that signed the server's certificate.
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// A client certificate and its key, for servers that require one.
+    pub client_cert_pem: Option<Vec<u8>>,
+    pub client_key_pem: Option<Vec<u8>>,
+    /// The name to check the server's certificate against (default: the
+    /// URL's host).
+    pub domain: Option<String>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_cert", &self.ca_cert_pem.is_some())
+            .field("client_cert", &self.client_cert_pem.is_some())
+            .field(
+                "client_key",
+                &self.client_key_pem.as_ref().map(|_| "<redacted>"),
+            )
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    fn config(&self) -> Result<ClientTlsConfig, String> {
+        let mut config = ClientTlsConfig::new();
+        if let Some(ca) = &self.ca_cert_pem {
+            config = config.ca_certificate(Certificate::from_pem(ca));
+        }
+        match (&self.client_cert_pem, &self.client_key_pem) {
+            (Some(cert), Some(key)) => config = config.identity(Identity::from_pem(cert, key)),
+            (None, None) => {}
+            _ => {
+                return Err("a client certificate needs its key, and a key its certificate".into())
+            }
+        }
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        Ok(config)
+    }
+}
+
+/// Adds the bearer token (if any) to every call. `Debug` is redacted.
+#[derive(Clone, Default)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BearerToken(<redacted>)"
+        } else {
+            "BearerToken(None)"
+        })
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The channel the generated clients of a [`Client`] use.
+pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+
 /// A connection to one server.
 #[derive(Clone)]
 pub struct Client {
     channel: Channel,
+    token: BearerToken,
 }
 
 impl Client {
+    /// Connects in plain text without a token.
     pub async fn connect(url: &str) -> Result<Client, ClientError> {
+        Client::connect_with(url, ClientOptions::default()).await
+    }
+
+    /// Connects with a token and/or TLS.
+    pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let (endpoint, token) = Client::endpoint(url, &options)?;
+        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
+            url: url.to_owned(),
+            reason: format!("{e} ({e:?})"),
+        })?;
+        Ok(Client { channel, token })
+    }
+
+    /// A client that connects on first use and reconnects as needed (for
+    /// long-lived callers such as replication).
+    pub fn lazy_with(url: &str, options: &ClientOptions) -> Result<Client, ClientError> {
+        let (endpoint, token) = Client::endpoint(url, options)?;
+        Ok(Client {
+            channel: endpoint.connect_lazy(),
+            token,
+        })
+    }
+
+    fn endpoint(
+        url: &str,
+        options: &ClientOptions,
+    ) -> Result<(Endpoint, BearerToken), ClientError> {
         let err = |reason: String| ClientError::Connect {
             url: url.to_owned(),
             reason,
         };
-        let channel = Endpoint::from_shared(url.to_owned())
+        let token = match &options.token {
+            Some(token) => {
+                let mut value: MetadataValue<Ascii> = format!("Bearer {}", token.trim())
+                    .parse()
+                    .map_err(|_| err("the token is not valid in a header".into()))?;
+                value.set_sensitive(true);
+                BearerToken(Some(value))
+            }
+            None => BearerToken(None),
+        };
+        let mut endpoint_url = url.to_owned();
+        if options.tls.is_some() {
+            if let Some(rest) = url.strip_prefix("http://") {
+                endpoint_url = format!("https://{rest}");
+            }
+        }
+        let mut endpoint = Endpoint::from_shared(endpoint_url)
             .map_err(|e| err(e.to_string()))?
-            .connect()
-            .await
-            .map_err(|e| err(format!("{e} ({e:?})")))?;
-        Ok(Client { channel })
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .tcp_nodelay(true);
+        if let Some(tls) = &options.tls {
+            endpoint = endpoint
+                .tls_config(tls.config().map_err(err)?)
+                .map_err(|e| err(format!("tls: {e}")))?;
+        }
+        Ok((endpoint, token))
     }
 
-    pub fn ingest_client(&self) -> pb::ingest_client::IngestClient<Channel> {
-        pb::ingest_client::IngestClient::new(self.channel.clone())
-            .max_encoding_message_size(usize::MAX)
+    fn authed(&self) -> AuthChannel {
+        InterceptedService::new(self.channel.clone(), self.token.clone())
     }
 
-    pub fn query_client(&self) -> pb::query_client::QueryClient<Channel> {
-        pb::query_client::QueryClient::new(self.channel.clone())
+    pub fn ingest_client(&self) -> pb::ingest_client::IngestClient<AuthChannel> {
+        pb::ingest_client::IngestClient::new(self.authed()).max_encoding_message_size(usize::MAX)
     }
 
-    pub fn admin_client(&self) -> pb::admin_client::AdminClient<Channel> {
-        pb::admin_client::AdminClient::new(self.channel.clone())
+    pub fn query_client(&self) -> pb::query_client::QueryClient<AuthChannel> {
+        pb::query_client::QueryClient::new(self.authed())
+    }
+
+    pub fn admin_client(&self) -> pb::admin_client::AdminClient<AuthChannel> {
+        pb::admin_client::AdminClient::new(self.authed())
     }
 
     pub async fn ingest(
@@ -355,8 +509,10 @@ impl Client {
 
 /// Replication: a node's push state and the regions merged into it.
 impl Client {
-    pub fn replication_client(&self) -> pb::replication_client::ReplicationClient<Channel> {
-        pb::replication_client::ReplicationClient::new(self.channel.clone())
+    pub fn replication_client(&self) -> pb::replication_client::ReplicationClient<AuthChannel> {
+        pb::replication_client::ReplicationClient::new(self.authed())
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024)
     }
 
     pub async fn replication_status(&self) -> Result<pb::ReplicationStatus, ClientError> {

@@ -4,6 +4,7 @@
 //! line) say; [`RawConfig::validate`] turns it into a [`ServerConfig`] whose
 //! every field is in range, before anything starts.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,8 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::attribution::TableFiles;
+use crate::auth::{Grant, Namespaces, Role, Secret, TlsConfig, TokenTable};
 use crate::error::{Error, Result};
-use crate::sketch::{MAX_PRECISION, MIN_PRECISION};
+use crate::sketch::{HashSeed, MAX_PRECISION, MIN_PRECISION};
 
 /// The sketch and validation policy of a namespace, fixed at creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +74,15 @@ pub struct RawConfig {
     pub default_policy: Option<RawPolicy>,
     pub tables: Option<TableFiles>,
     pub replication: Option<RawReplication>,
+    /// Listen on a non-loopback address although no authentication is
+    /// configured.
+    pub allow_insecure_remote: Option<bool>,
+    pub tls: Option<RawTls>,
+    pub auth: Option<RawAuth>,
+    /// The hash seed secret of every namespace without its own.
+    pub default_seed: Option<RawSeed>,
+    /// Per-namespace settings: `[namespaces.NAME]`.
+    pub namespaces: Option<BTreeMap<String, RawSeed>>,
 }
 
 /// `[replication]`: push this server's state to an upstream.
@@ -82,6 +93,54 @@ pub struct RawReplication {
     pub upstream: Option<String>,
     pub push_interval_ms: Option<u64>,
     pub anti_entropy_interval_s: Option<u64>,
+    /// The bearer token (role `peer`) sent to the upstream.
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    /// TLS to the upstream: its CA, and a client certificate if it asks.
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub tls_domain: Option<String>,
+}
+
+/// `[tls]`: PEM files read at start.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+/// One `[[auth.tokens]]` entry: exactly one of `token_file`, `token_env`
+/// and `token` (discouraged: the secret then sits in the config file).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub token: Option<Secret>,
+    pub role: Role,
+    pub namespaces: Vec<String>,
+    /// Shown in logs instead of the token.
+    pub name: Option<String>,
+}
+
+/// A hash seed secret: exactly one of `seed_file` and `seed_env`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSeed {
+    pub seed_file: Option<PathBuf>,
+    pub seed_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,10 +212,44 @@ impl RawConfig {
                 if let Some(s) = raw.anti_entropy_interval_s {
                     r.anti_entropy_interval = Duration::from_secs(s.max(1));
                 }
+                if raw.token_file.is_some() || raw.token_env.is_some() {
+                    let token = read_secret(
+                        "replication token",
+                        raw.token_file.as_deref(),
+                        raw.token_env.as_deref(),
+                    )?;
+                    r.client.token = Some(
+                        String::from_utf8(token)
+                            .map_err(|_| Error::Config("replication token: not UTF-8".into()))?,
+                    );
+                }
+                if raw.ca_cert.is_some() || raw.client_cert.is_some() || raw.tls_domain.is_some() {
+                    let read = |path: &Option<PathBuf>| -> Result<Option<Vec<u8>>> {
+                        path.as_deref()
+                            .map(|p| {
+                                std::fs::read(p).map_err(|e| {
+                                    Error::Config(format!(
+                                        "replication: cannot read {}: {e}",
+                                        p.display()
+                                    ))
+                                })
+                            })
+                            .transpose()
+                    };
+                    r.client.tls = Some(crate::client::ClientTls {
+                        ca_cert_pem: read(&raw.ca_cert)?,
+                        client_cert_pem: read(&raw.client_cert)?,
+                        client_key_pem: read(&raw.client_key)?,
+                        domain: raw.tls_domain,
+                    });
+                }
                 Some(r)
             }
         };
-        Ok(ServerConfig {
+        let tls = self.tls.map(read_tls).transpose()?;
+        let tokens = read_tokens(self.auth.unwrap_or_default())?;
+        let seeds = read_seeds(self.default_seed, self.namespaces.unwrap_or_default())?;
+        let config = ServerConfig {
             replication,
             listen,
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
@@ -177,7 +270,150 @@ impl RawConfig {
                 .unwrap_or(defaults.sketch_cache_bytes),
             default_policy,
             tables,
-        })
+            tls,
+            tokens,
+            allow_insecure_remote: self.allow_insecure_remote.unwrap_or(false),
+            seeds,
+        };
+        config.check_exposure(config.listen)?;
+        Ok(config)
+    }
+}
+
+/// Reads a secret from a file or an environment variable; one trailing
+/// line break is not part of it. Errors name the file or the variable,
+/// never the value.
+fn read_secret(what: &str, file: Option<&Path>, env: Option<&str>) -> Result<Vec<u8>> {
+    let mut bytes = match (file, env) {
+        (Some(path), None) => std::fs::read(path)
+            .map_err(|e| Error::Config(format!("{what}: cannot read {}: {e}", path.display())))?,
+        (None, Some(var)) => std::env::var_os(var)
+            .ok_or_else(|| Error::Config(format!("{what}: environment variable {var} is not set")))?
+            .into_encoded_bytes(),
+        _ => {
+            return Err(Error::Config(format!(
+                "{what}: give exactly one of a file and an environment variable"
+            )))
+        }
+    };
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(Error::Config(format!("{what}: the secret is empty")));
+    }
+    Ok(bytes)
+}
+
+fn read_tls(raw: RawTls) -> Result<TlsConfig> {
+    let read = |path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::Config(format!("tls: cannot read {}: {e}", path.display())))
+    };
+    let tls = TlsConfig {
+        cert_pem: read(&raw.cert)?,
+        key_pem: read(&raw.key)?,
+        client_ca_pem: raw.client_ca.as_deref().map(read).transpose()?,
+    };
+    // Builds the rustls configuration once now, so that a bad certificate
+    // or key stops the start with a clear message.
+    tonic::transport::Server::builder()
+        .tls_config(tls.server_config())
+        .map_err(|e| Error::Config(format!("tls: {e}")))?;
+    Ok(tls)
+}
+
+fn read_tokens(raw: RawAuth) -> Result<TokenTable> {
+    let mut table = TokenTable::new();
+    for (i, entry) in raw.tokens.into_iter().enumerate() {
+        let name = entry.name.unwrap_or_else(|| format!("token-{}", i + 1));
+        let what = format!("auth.tokens[{i}] ({name})");
+        let secret = match (&entry.token, &entry.token_file, &entry.token_env) {
+            (Some(token), None, None) => token.clone(),
+            (None, file, env) => {
+                let bytes = read_secret(&what, file.as_deref(), env.as_deref())?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| Error::Config(format!("{what}: the token is not UTF-8")))?;
+                Secret::new(text.trim())
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "{what}: give exactly one of token_file, token_env and token"
+                )))
+            }
+        };
+        let namespaces = Namespaces::parse(&entry.namespaces)
+            .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+        let grant = Grant {
+            role: entry.role,
+            namespaces,
+        };
+        table
+            .add(&name, &secret, grant)
+            .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+    }
+    Ok(table)
+}
+
+/// Shortest hash seed secret accepted, in bytes.
+pub const MIN_SEED_SECRET_LEN: usize = 16;
+
+fn read_seed(what: &str, raw: &RawSeed) -> Result<HashSeed> {
+    let secret = read_secret(what, raw.seed_file.as_deref(), raw.seed_env.as_deref())?;
+    if secret.len() < MIN_SEED_SECRET_LEN {
+        return Err(Error::Config(format!(
+            "{what}: the seed secret is shorter than {MIN_SEED_SECRET_LEN} bytes"
+        )));
+    }
+    Ok(HashSeed::from_secret(&secret))
+}
+
+fn read_seeds(
+    default: Option<RawSeed>,
+    namespaces: BTreeMap<String, RawSeed>,
+) -> Result<NamespaceSeeds> {
+    let mut seeds = NamespaceSeeds::default();
+    if let Some(raw) = default {
+        seeds.default = read_seed("default_seed", &raw)?;
+    }
+    for (name, raw) in namespaces {
+        crate::catalog::validate_name("namespaces", &name)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let seed = read_seed(&format!("namespaces.{name}"), &raw)?;
+        seeds.by_namespace.insert(name, seed);
+    }
+    Ok(seeds)
+}
+
+/// The hash seed of each namespace: its own if configured, else the
+/// default. Only derived seeds are kept (their `Debug` shows fingerprints).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceSeeds {
+    pub default: HashSeed,
+    pub by_namespace: BTreeMap<String, HashSeed>,
+}
+
+impl NamespaceSeeds {
+    pub fn seed_for(&self, namespace: &str) -> HashSeed {
+        self.by_namespace
+            .get(namespace)
+            .copied()
+            .unwrap_or(self.default)
+    }
+
+    /// Where the seed of `namespace` comes from, for error messages.
+    pub fn source_of(&self, namespace: &str) -> String {
+        if self.by_namespace.contains_key(namespace) {
+            format!("[namespaces.{namespace}]")
+        } else if self.default != HashSeed::DEFAULT {
+            "[default_seed]".into()
+        } else {
+            "the built-in default seed (no [default_seed] or [namespaces.NAME] seed configured)"
+                .into()
+        }
     }
 }
 
@@ -230,10 +466,44 @@ pub struct ServerConfig {
     pub tables: TableFiles,
     /// Where to push this server's state, if anywhere.
     pub replication: Option<ReplicationConfig>,
+    /// Serve TLS (and require client certificates when it has a client CA).
+    pub tls: Option<TlsConfig>,
+    /// Bearer tokens and their roles; empty: no token authentication.
+    pub tokens: TokenTable,
+    /// Allow a non-loopback listen address without authentication.
+    pub allow_insecure_remote: bool,
+    /// Hash seeds per namespace.
+    pub seeds: NamespaceSeeds,
+}
+
+impl ServerConfig {
+    /// Whether callers are authenticated: by bearer tokens or by client
+    /// certificates.
+    pub fn authenticates(&self) -> bool {
+        !self.tokens.is_empty()
+            || self
+                .tls
+                .as_ref()
+                .is_some_and(TlsConfig::requires_client_certificates)
+    }
+
+    /// Refuses a non-loopback `listen` address when nothing authenticates
+    /// callers, unless `allow_insecure_remote` says otherwise.
+    pub fn check_exposure(&self, listen: SocketAddr) -> Result<()> {
+        if self.authenticates() || listen.ip().is_loopback() || self.allow_insecure_remote {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "listen address {listen} is not a loopback address and no authentication is \
+             configured ([[auth.tokens]] or tls.client_ca): refusing to start. Configure \
+             authentication, listen on 127.0.0.1, or set allow_insecure_remote = true \
+             (--allow-insecure-remote) to serve anyone who can reach it"
+        )))
+    }
 }
 
 /// A regional server's replication settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ReplicationConfig {
     /// This server's region name; the upstream accounts records by it.
     pub region: String,
@@ -243,6 +513,8 @@ pub struct ReplicationConfig {
     pub push_interval: Duration,
     /// How often digests are compared to repair lost pushes.
     pub anti_entropy_interval: Duration,
+    /// Token and TLS for the connection to the upstream.
+    pub client: crate::client::ClientOptions,
 }
 
 impl ReplicationConfig {
@@ -259,6 +531,7 @@ impl ReplicationConfig {
             upstream,
             push_interval: Duration::from_secs(1),
             anti_entropy_interval: Duration::from_secs(600),
+            client: crate::client::ClientOptions::default(),
         })
     }
 }
@@ -277,6 +550,10 @@ impl Default for ServerConfig {
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),
             replication: None,
+            tls: None,
+            tokens: TokenTable::new(),
+            allow_insecure_remote: false,
+            seeds: NamespaceSeeds::default(),
         }
     }
 }
@@ -329,5 +606,149 @@ mod tests {
                 .and_then(RawConfig::validate);
             assert!(result.is_err(), "{text} was accepted");
         }
+    }
+
+    fn parse(text: &str) -> Result<ServerConfig> {
+        toml::from_str::<RawConfig>(text)
+            .map_err(|e| Error::Config(e.to_string()))
+            .and_then(RawConfig::validate)
+    }
+
+    #[test]
+    fn tokens_from_file_env_and_literal_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("collector.token");
+        std::fs::write(&file, "file-token-abcdefghijkl\n").unwrap();
+        // A variable only this test sets.
+        std::env::set_var("SKETCHD_TEST_TOKEN_CONFIG", "env-token-abcdefghijkl");
+        let text = format!(
+            r#"
+[[auth.tokens]]
+token_file = {file:?}
+role = "collector"
+namespaces = ["ips", "ips-test"]
+name = "collector-eu"
+[[auth.tokens]]
+token_env = "SKETCHD_TEST_TOKEN_CONFIG"
+role = "reader"
+namespaces = ["*"]
+[[auth.tokens]]
+token = "literal-token-abcdefghijkl"
+role = "admin"
+namespaces = ["*"]
+name = "root"
+"#
+        );
+        let raw: RawConfig = toml::from_str(&text).unwrap();
+        let raw_debug = format!("{raw:?}");
+        let cfg = raw.validate().unwrap();
+        assert_eq!(cfg.tokens.len(), 3);
+        let eu = cfg.tokens.resolve("file-token-abcdefghijkl").unwrap();
+        assert_eq!(eu.name, "collector-eu");
+        assert!(eu.may(Role::Collector, "ips-test"));
+        assert_eq!(
+            cfg.tokens.resolve("env-token-abcdefghijkl").unwrap().name,
+            "token-2"
+        );
+        assert!(cfg
+            .tokens
+            .resolve("literal-token-abcdefghijkl")
+            .unwrap()
+            .may_everywhere(Role::Admin));
+        let debug = format!("{raw_debug} {cfg:?}");
+        for secret in ["file-token", "env-token", "literal-token"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("collector-eu"));
+    }
+
+    #[test]
+    fn bad_token_entries_are_refused() {
+        for text in [
+            // no source
+            "[[auth.tokens]]\nrole = \"reader\"\nnamespaces = [\"*\"]",
+            // two sources
+            "[[auth.tokens]]\ntoken = \"abcdefghijklmnopq\"\ntoken_env = \"X\"\nrole = \"reader\"\nnamespaces = [\"*\"]",
+            // unknown role
+            "[[auth.tokens]]\ntoken = \"abcdefghijklmnopq\"\nrole = \"root\"\nnamespaces = [\"*\"]",
+            // no namespaces
+            "[[auth.tokens]]\ntoken = \"abcdefghijklmnopq\"\nrole = \"reader\"\nnamespaces = []",
+            // too short
+            "[[auth.tokens]]\ntoken = \"short\"\nrole = \"reader\"\nnamespaces = [\"*\"]",
+            // unset variable
+            "[[auth.tokens]]\ntoken_env = \"SKETCHD_TEST_UNSET_VARIABLE\"\nrole = \"reader\"\nnamespaces = [\"*\"]",
+            "[auth]\ntoken = \"x\"",
+        ] {
+            assert!(parse(text).is_err(), "{text} was accepted");
+        }
+    }
+
+    #[test]
+    fn remote_listen_needs_auth_or_the_override() {
+        let err = parse("listen = \"0.0.0.0:50051\"").unwrap_err().to_string();
+        assert!(err.contains("not a loopback address"), "{err}");
+        assert!(err.contains("allow_insecure_remote"), "{err}");
+        parse("listen = \"0.0.0.0:50051\"\nallow_insecure_remote = true").unwrap();
+        parse("listen = \"[::1]:50051\"").unwrap();
+        parse(
+            "listen = \"0.0.0.0:50051\"\n[[auth.tokens]]\ntoken = \"abcdefghijklmnopq\"\nrole = \"reader\"\nnamespaces = [\"*\"]",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn seeds_come_from_files_and_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let ips = dir.path().join("ips.seed");
+        let default = dir.path().join("default.seed");
+        std::fs::write(&ips, "ips-seed-secret-0123456789\n").unwrap();
+        std::fs::write(&default, "default-seed-secret-0123456789").unwrap();
+        let text = format!(
+            "[default_seed]\nseed_file = {default:?}\n[namespaces.ips]\nseed_file = {ips:?}\n"
+        );
+        let cfg = parse(&text).unwrap();
+        let ips_seed = HashSeed::from_secret(b"ips-seed-secret-0123456789");
+        assert_eq!(cfg.seeds.seed_for("ips"), ips_seed);
+        assert_eq!(
+            cfg.seeds.seed_for("other"),
+            HashSeed::from_secret(b"default-seed-secret-0123456789")
+        );
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("seed-secret"), "{debug}");
+
+        std::fs::write(&ips, "short").unwrap();
+        assert!(parse(&text).is_err());
+        assert!(parse("[namespaces.ips]\nseed_env = \"SKETCHD_TEST_UNSET_SEED\"").is_err());
+        assert!(parse("[namespaces.\"bad name\"]\nseed_file = \"x\"").is_err());
+        assert!(parse("[namespaces.ips]\nprecision = 12").is_err());
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("s.pem"), dir.path().join("s.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let text =
+            format!("[tls]\ncert = {cert_path:?}\nkey = {key_path:?}\nclient_ca = {cert_path:?}\n");
+        let cfg = parse(&text).unwrap();
+        let tls = cfg.tls.as_ref().unwrap();
+        assert!(tls.requires_client_certificates());
+        assert!(cfg.authenticates());
+        assert!(!format!("{cfg:?}").contains("PRIVATE KEY"));
+
+        std::fs::write(&key_path, "not a key").unwrap();
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("tls"), "{err}");
+        let missing = format!("[tls]\ncert = \"/nonexistent.pem\"\nkey = {key_path:?}\n");
+        assert!(parse(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent.pem"));
     }
 }

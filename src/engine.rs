@@ -71,6 +71,7 @@ impl Engine {
             store.clone(),
             config.default_policy,
             config.auto_create_namespaces,
+            config.seeds.clone(),
         )?;
         if config.replication.is_some() {
             store.enable_changelog();

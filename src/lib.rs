@@ -12,6 +12,7 @@
 //!
 //! ```text
 //! server, service        gRPC adapter, limits, status codes
+//! auth                   TLS, bearer tokens, roles per namespace
 //! replication            pushes to an upstream; merges from regions
 //! engine                 shared state of a running server
 //! ingest, query          batch validation / group commit; counts
@@ -25,6 +26,7 @@
 //! `service`, `server` and `client`.
 
 pub mod attribution;
+pub mod auth;
 pub mod catalog;
 pub mod client;
 pub mod config;

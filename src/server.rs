@@ -3,6 +3,10 @@
 //! [`run`] takes a bound listener and any shutdown future, so tests drive
 //! the real server on `127.0.0.1:0`. On shutdown it stops accepting, lets
 //! in-flight requests finish, then checkpoints and flushes the engine.
+//!
+//! Ingest, Query and Admin are wrapped in the [`Authenticate`] interceptor
+//! (a new guarded service gets it the same way, with [`guarded`]); health
+//! and reflection stay open. TLS, when configured, covers all of them.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,8 +14,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
+use crate::auth::Authenticate;
 use crate::config::ServerConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -55,23 +61,44 @@ pub async fn run(
         .build_v1()
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
-    let ingest = pb::ingest_server::IngestServer::new(IngestService::new(engine.clone()))
-        .max_decoding_message_size(max);
-    let query = pb::query_server::QueryServer::new(QueryService::new(engine.clone()))
-        .max_decoding_message_size(max);
-    let admin = pb::admin_server::AdminServer::new(AdminService::new(engine.clone()))
-        .max_decoding_message_size(max);
-    let replication = pb::replication_server::ReplicationServer::new(ReplicationService::new(
-        engine.clone(),
-        pusher,
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let auth = Authenticate::new(config.tokens.clone());
+    let ingest = guarded(
+        pb::ingest_server::IngestServer::new(IngestService::new(engine.clone()))
+            .max_decoding_message_size(max),
+        &auth,
+    );
+    let query = guarded(
+        pb::query_server::QueryServer::new(QueryService::new(engine.clone()))
+            .max_decoding_message_size(max),
+        &auth,
+    );
+    let admin = guarded(
+        pb::admin_server::AdminServer::new(AdminService::new(engine.clone()))
+            .max_decoding_message_size(max),
+        &auth,
+    );
+    let replication = guarded(
+        pb::replication_server::ReplicationServer::new(ReplicationService::new(
+            engine.clone(),
+            pusher,
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
+        &auth,
+    );
 
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("listener", e))?;
-    tracing::info!(%addr, "serving gRPC");
+    config.check_exposure(addr)?;
+    log_access(config, addr);
+    let mut server = Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server
+            .tls_config(tls.server_config())
+            .map_err(|e| Error::Config(format!("tls: {e}")))?;
+    }
+    tracing::info!(%addr, tls = config.tls.is_some(), "serving gRPC");
     // Streamed answers (GroupBy, Compare) would otherwise wait for the
     // client's delayed ACK, about 40 ms, between frames.
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -80,7 +107,7 @@ pub async fn run(
         }
         conn
     });
-    let served = Server::builder()
+    let served = server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ingest)
@@ -108,6 +135,47 @@ pub async fn run(
     }
     drop(engine);
     served.map_err(|e| Error::Unavailable(format!("transport: {e}")))
+}
+
+/// Wraps a generated gRPC server in the authentication interceptor; its
+/// handlers must then call `auth::authorize` (they fail closed otherwise).
+pub fn guarded<S>(service: S, auth: &Authenticate) -> InterceptedService<S, Authenticate> {
+    InterceptedService::new(service, auth.clone())
+}
+
+/// Says at start who may call the server.
+fn log_access(config: &ServerConfig, addr: std::net::SocketAddr) {
+    let mtls = config
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.requires_client_certificates());
+    if !config.authenticates() {
+        if addr.ip().is_loopback() {
+            tracing::info!(%addr, "no authentication configured: listening on loopback only");
+        } else {
+            tracing::warn!(
+                %addr,
+                "no authentication configured and listening on a non-loopback address \
+                 (allow_insecure_remote): anyone who can reach it may ingest, query and administer"
+            );
+        }
+        return;
+    }
+    tracing::info!(
+        tokens = config.tokens.len(),
+        tls = config.tls.is_some(),
+        client_certificates = mtls,
+        "authentication enabled"
+    );
+    if !config.tokens.is_empty() && config.tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "bearer tokens are configured without [tls]: they cross the network in clear text"
+        );
+    }
+    if config.tokens.is_empty() {
+        tracing::info!("client certificates only: every authenticated client may do everything");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -164,7 +164,8 @@ const fn dense_payload_len(precision: u8) -> usize {
 ///
 /// `Debug` prints the fingerprint, never the seed, so a secret seed cannot
 /// leak into logs.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// The default is [`HashSeed::DEFAULT`].
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct HashSeed(u64);
 
 impl HashSeed {

@@ -578,3 +578,91 @@ async fn finish(
     single.stop().await;
     assert_same_records(dirs[0].path(), dirs[2].path());
 }
+
+/// With tokens on the global server, only a token with the peer role on the
+/// namespace may push, and only a region hashing with the same seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_need_the_peer_role_and_the_same_hash_seed() {
+    use sketchd::auth::{Grant, Namespaces, Role, Secret, TokenTable};
+    use sketchd::client::ClientOptions;
+    use sketchd::sketch::HashSeed;
+
+    const PEER: &str = "peer-token-0123456789";
+    const COLLECTOR: &str = "collector-token-0123456789";
+    const ADMIN: &str = "admin-token-0123456789";
+    let mut tokens = TokenTable::new();
+    for (name, token, role) in [
+        ("eu-replica", PEER, Role::Peer),
+        ("eu-collector", COLLECTOR, Role::Collector),
+        ("root", ADMIN, Role::Admin),
+    ] {
+        let namespaces =
+            Namespaces::parse(&[if role == Role::Admin { "*" } else { NS }.to_owned()]).unwrap();
+        tokens
+            .add(name, &Secret::new(token), Grant { role, namespaces })
+            .unwrap();
+    }
+    let secret = HashSeed::from_secret(b"study-namespace-secret");
+    let keyed = |mut config: ServerConfig| {
+        config.seeds.by_namespace.insert(NS.into(), secret);
+        config
+    };
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut global_config = keyed(common::config(dirs[0].path()));
+    global_config.tokens = tokens;
+    let global = common::start_with_client(
+        global_config,
+        ClientOptions {
+            token: Some(ADMIN.into()),
+            tls: None,
+        },
+    )
+    .await;
+    let with_token = |mut config: ServerConfig, token: Option<&str>| {
+        if let Some(r) = config.replication.as_mut() {
+            r.client.token = token.map(str::to_owned);
+        }
+        config
+    };
+    let peer = common::start_with(with_token(
+        keyed(regional(dirs[1].path(), "eu", &global.url)),
+        Some(PEER),
+    ))
+    .await;
+    let collector = common::start_with(with_token(
+        keyed(regional(dirs[2].path(), "eu2", &global.url)),
+        Some(COLLECTOR),
+    ))
+    .await;
+    let anonymous = common::start_with(keyed(regional(dirs[3].path(), "eu3", &global.url))).await;
+    let other_seed = common::start_with(with_token(
+        regional(dirs[4].path(), "eu4", &global.url),
+        Some(PEER),
+    ))
+    .await;
+    for (i, r) in [&peer, &collector, &anonymous, &other_seed]
+        .into_iter()
+        .enumerate()
+    {
+        send(&r.client, i as u64 + 1, 0, 1_000, NOW).await;
+    }
+    peer.client.sync().await.expect("a peer token may push");
+    for (r, expected) in [
+        (&collector, "needs role peer"),
+        (&anonymous, "authorization"),
+        (&other_seed, "seed fingerprint"),
+    ] {
+        let err = r.client.sync().await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{err}");
+        let status = r.client.replication_status().await.unwrap();
+        assert!(status.last_error.contains(expected), "{status:?}");
+        assert!(status.pending_records > 0, "nothing was acknowledged");
+    }
+    assert_eq!(observations(&global.client).await, 1_000);
+    let regions = global.client.replication_status().await.unwrap().regions;
+    assert_eq!(regions.len(), 1);
+    assert_eq!(regions[0].region, "eu");
+    for s in [peer, collector, anonymous, other_seed, global] {
+        s.stop().await;
+    }
+}

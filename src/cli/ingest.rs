@@ -19,13 +19,15 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use sketchd::client::{BatchBuilder, Client, Observation};
 
-use super::DEFAULT_SERVER;
+use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct IngestArgs {
     /// Server URL.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Namespace to count into.
     #[arg(long)]
     namespace: String,
@@ -57,7 +59,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     if args.batch_rows == 0 {
         bail!("--batch-rows must be at least 1");
     }
-    let client = Client::connect(&args.server).await?;
+    let client = args.connect.connect(&args.server).await?;
     let mut totals = Totals::default();
     let mut next_sequence = args.first_sequence;
     for path in &args.files {

@@ -41,13 +41,15 @@ use sketchd::pb;
 use sketchd::query::{GroupBy, Metric, Scope};
 use sketchd::time::DayWindow;
 
-use super::DEFAULT_SERVER;
+use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct LoadgenArgs {
     /// Server URL.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// World file of the peers harness (`observations.bin`, PEEROBS1).
     #[arg(long)]
     world: PathBuf,
@@ -126,7 +128,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let client = Client::connect(&args.server).await?;
+    let client = args.connect.connect(&args.server).await?;
     prepare_namespace(&client, &args).await?;
 
     let server_before = args.server_pid.map(proc_sample).transpose()?;
@@ -471,7 +473,7 @@ async fn ingest(args: &LoadgenArgs, world: &Arc<World>) -> anyhow::Result<Ingest
     });
     let mut clients = Vec::with_capacity(args.collectors);
     for _ in 0..args.collectors {
-        clients.push(Client::connect(&args.server).await?);
+        clients.push(args.connect.connect(&args.server).await?);
     }
     eprintln!(
         "loadgen: {} observations in {} batches of {} rows, {} collectors",

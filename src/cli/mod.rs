@@ -14,10 +14,69 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use sketchd::attribution::{Attributor, TableFiles};
+use sketchd::client::{Client, ClientOptions, ClientTls};
 use sketchd::config::{table_is_ipv6, RawConfig};
 use sketchd::engine::Engine;
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
+
+/// How a client subcommand authenticates to the server (flattened into
+/// each of them beside `--server`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ConnectArgs {
+    /// File holding the bearer token [else the SKETCHD_TOKEN environment variable].
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the server's certificate; enables TLS.
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that require one; with --client-key.
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Key (PEM) of --client-cert.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Name to check the server's certificate against [default: the URL's host].
+    #[arg(long)]
+    tls_domain: Option<String>,
+}
+
+impl ConnectArgs {
+    /// Connects to `server` with the token and TLS options given.
+    pub async fn connect(&self, server: &str) -> anyhow::Result<Client> {
+        Ok(Client::connect_with(server, self.options()?).await?)
+    }
+
+    fn options(&self) -> anyhow::Result<ClientOptions> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let token = match &self.token_file {
+            Some(path) => Some(
+                String::from_utf8(read(path)?)
+                    .with_context(|| format!("{}: the token is not UTF-8", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => std::env::var("SKETCHD_TOKEN")
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty()),
+        };
+        let tls =
+            if self.ca_cert.is_some() || self.client_cert.is_some() || self.tls_domain.is_some() {
+                Some(ClientTls {
+                    ca_cert_pem: self.ca_cert.as_ref().map(read).transpose()?,
+                    client_cert_pem: self.client_cert.as_ref().map(read).transpose()?,
+                    client_key_pem: self.client_key.as_ref().map(read).transpose()?,
+                    domain: self.tls_domain.clone(),
+                })
+            } else {
+                None
+            };
+        Ok(ClientOptions { token, tls })
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +121,10 @@ struct ServeArgs {
     /// TOML configuration file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Allow a non-loopback --listen address although no authentication is
+    /// configured (anyone who can reach the server may then use it).
+    #[arg(long)]
+    allow_insecure_remote: bool,
     /// Serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -88,6 +151,9 @@ struct ServeArgs {
     /// server (e.g. http://global.example:50051).
     #[arg(long, requires = "region")]
     upstream: Option<String>,
+    /// File holding the bearer token (role peer) sent to the upstream.
+    #[arg(long)]
+    upstream_token_file: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -114,16 +180,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.data.is_some() {
         raw.data_dir = args.data.clone();
     }
+    if args.allow_insecure_remote {
+        raw.allow_insecure_remote = Some(true);
+    }
     let mut config = raw.validate()?;
     table_flags(&args, &mut config.tables)?;
     if let (Some(region), Some(upstream)) = (&args.region, &args.upstream) {
         let mut replication =
             sketchd::config::ReplicationConfig::new(region.clone(), upstream.clone())?;
-        if let Some(from_file) = &config.replication {
+        if let Some(from_file) = config.replication.take() {
             replication.push_interval = from_file.push_interval;
             replication.anti_entropy_interval = from_file.anti_entropy_interval;
+            replication.client = from_file.client;
         }
         config.replication = Some(replication);
+    }
+    if let Some(path) = &args.upstream_token_file {
+        let Some(replication) = config.replication.as_mut() else {
+            anyhow::bail!("--upstream-token-file needs --region and --upstream (or [replication])");
+        };
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        replication.client.token = Some(token.trim_end().to_owned());
     }
     let tables = Attributor::load(&config.tables).context("loading attribution tables")?;
     let stats = tables.stats();

@@ -10,7 +10,7 @@ use sketchd::query::{GroupBy, Metric, Scope};
 use sketchd::sketch::Estimate;
 use sketchd::time::DayWindow;
 
-use super::DEFAULT_SERVER;
+use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Subcommand)]
 pub enum QueryCommand {
@@ -35,6 +35,8 @@ pub struct Conn {
     /// Server URL.
     #[arg(long, default_value = DEFAULT_SERVER)]
     pub server: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Namespace to ask.
     #[arg(long)]
     pub namespace: String,
@@ -45,7 +47,7 @@ pub struct Conn {
 
 impl Conn {
     pub async fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(&self.server).await?)
+        self.connect.connect(&self.server).await
     }
 }
 

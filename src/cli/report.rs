@@ -15,12 +15,14 @@ use sketchd::sketch::Estimate;
 use sketchd::time::DayWindow;
 
 use super::query::{show, show_pct, TwoWindows};
-use super::DEFAULT_SERVER;
+use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[arg(long)]
     namespace: String,
     #[command(flatten)]
@@ -35,7 +37,7 @@ pub struct ReportArgs {
 
 pub async fn run(a: ReportArgs) -> anyhow::Result<()> {
     let (wa, wb) = a.windows.parse()?;
-    let client = Client::connect(&a.server).await?;
+    let client = a.connect.connect(&a.server).await?;
     print!("{}", report(&client, &a.namespace, wa, wb, a.top).await?);
     if let Some(path) = a.chart {
         write_chart(&client, &a.namespace, wa, wb, &path).await?;

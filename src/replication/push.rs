@@ -12,15 +12,15 @@
 //! idempotent, so nothing is counted twice.
 
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 
 use super::{bucket_of, digests, record_hash};
 use crate::catalog::fingerprint_hex;
+use crate::client::{AuthChannel, Client};
 use crate::config::ReplicationConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -46,7 +46,7 @@ pub struct PushState {
 /// Pushes one server's state to its upstream.
 pub struct Pusher {
     config: ReplicationConfig,
-    channel: Channel,
+    upstream: Client,
     state: Mutex<PushState>,
     /// One push (or sync) at a time.
     running: tokio::sync::Mutex<()>,
@@ -61,14 +61,11 @@ pub struct Pushed {
 
 impl Pusher {
     pub fn new(config: ReplicationConfig) -> Result<Pusher> {
-        let channel = Endpoint::from_shared(config.upstream.clone())
-            .map_err(|e| Error::Config(format!("upstream {:?}: {e}", config.upstream)))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let upstream = Client::lazy_with(&config.upstream, &config.client)
+            .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Pusher {
             config,
-            channel,
+            upstream,
             state: Mutex::new(PushState::default()),
             running: tokio::sync::Mutex::new(()),
         })
@@ -82,10 +79,8 @@ impl Pusher {
         self.state.lock().clone()
     }
 
-    fn client(&self) -> ReplicationClient<Channel> {
-        ReplicationClient::new(self.channel.clone())
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024)
+    fn client(&self) -> ReplicationClient<AuthChannel> {
+        self.upstream.replication_client()
     }
 
     /// Pushes until shutdown: every push interval, and anti-entropy at the

@@ -1,6 +1,7 @@
 //! The gRPC layer: an adapter between `pb` types and the domain.
 //!
-//! Each RPC converts and validates its request (errors name the field),
+//! Each RPC first checks that its caller may do it (`auth::authorize`),
+//! then converts and validates its request (errors name the field),
 //! calls domain code, and converts the answer. Domain errors become a
 //! `Status` in one exhaustive match ([`status`]). Generated types do not
 //! leave this module.
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status};
 pub use replication::ReplicationService;
 
 use crate::attribution::Attributor;
+use crate::auth::{authorize, authorize_everywhere, authorize_somewhere, Role};
 use crate::catalog::{fingerprint_hex, Namespace};
 use crate::config::NamespacePolicy;
 use crate::engine::Engine;
@@ -189,6 +191,7 @@ impl pb::ingest_server::Ingest for IngestService {
         &self,
         request: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
+        authorize(&request, &request.get_ref().namespace, Role::Collector)?;
         let r = request.into_inner();
         let batch = ObservationBatch {
             namespace: r.namespace,
@@ -229,6 +232,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::CountRequest>,
     ) -> Result<Response<pb::CountResponse>, Status> {
+        authorize(&request, &request.get_ref().namespace, Role::Reader)?;
         let r = request.into_inner();
         let metric = metric(r.metric).map_err(status)?;
         let scope = scope(r.scope).map_err(status)?;
@@ -250,6 +254,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::ObservationsRequest>,
     ) -> Result<Response<pb::ObservationsResponse>, Status> {
+        authorize(&request, &request.get_ref().namespace, Role::Reader)?;
         let r = request.into_inner();
         let scope = scope(r.scope).map_err(status)?;
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
@@ -267,6 +272,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::GroupByRequest>,
     ) -> Result<Response<Self::GroupByStream>, Status> {
+        authorize(&request, &request.get_ref().namespace, Role::Reader)?;
         let r = request.into_inner();
         let spec = group_spec(r.metric, r.by, r.within, r.confidence, r.limit)?;
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
@@ -287,6 +293,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::CompareRequest>,
     ) -> Result<Response<Self::CompareStream>, Status> {
+        authorize(&request, &request.get_ref().namespace, Role::Reader)?;
         let r = request.into_inner();
         let spec = group_spec(r.metric, r.by, r.within, r.confidence, r.limit)?;
         let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
@@ -307,6 +314,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::RetentionRequest>,
     ) -> Result<Response<pb::RetentionResponse>, Status> {
+        authorize(&request, &request.get_ref().namespace, Role::Reader)?;
         let r = request.into_inner();
         let scope = scope(r.scope).map_err(status)?;
         let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
@@ -327,6 +335,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::OverlapRequest>,
     ) -> Result<Response<pb::OverlapResponse>, Status> {
+        authorize(&request, &request.get_ref().namespace, Role::Reader)?;
         let r = request.into_inner();
         let scope = scope(r.scope).map_err(status)?;
         let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
@@ -348,6 +357,7 @@ impl pb::query_server::Query for QueryService {
         &self,
         request: Request<pb::SeriesRequest>,
     ) -> Result<Response<pb::SeriesResponse>, Status> {
+        authorize(&request, &request.get_ref().namespace, Role::Reader)?;
         let r = request.into_inner();
         let metric = metric(r.metric).map_err(status)?;
         let scope = scope(r.scope).map_err(status)?;
@@ -438,6 +448,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::CreateNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
+        authorize(&request, &request.get_ref().name, Role::Admin)?;
         let r = request.into_inner();
         let defaults = self.engine.catalog().default_policy();
         let p = r.policy.unwrap_or_default();
@@ -475,6 +486,7 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetNamespaceRequest>,
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
+        authorize(&request, &request.get_ref().name, Role::Reader)?;
         let name = request.into_inner().name;
         let info = blocking(&self.engine, "get_namespace", move |e| {
             let ns = e.catalog().require("name", &name)?;
@@ -486,12 +498,14 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn list_namespaces(
         &self,
-        _request: Request<pb::ListNamespacesRequest>,
+        request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
-        let namespaces = blocking(&self.engine, "list_namespaces", |e| {
+        let caller = authorize_somewhere(&request, Role::Reader)?;
+        let namespaces = blocking(&self.engine, "list_namespaces", move |e| {
             e.catalog()
                 .list()
                 .iter()
+                .filter(|ns| caller.may(Role::Reader, &ns.name))
                 .map(|ns| namespace_info(e, ns))
                 .collect()
         })
@@ -501,16 +515,18 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn reload_tables(
         &self,
-        _request: Request<pb::ReloadTablesRequest>,
+        request: Request<pb::ReloadTablesRequest>,
     ) -> Result<Response<pb::TablesInfo>, Status> {
+        authorize_everywhere(&request, Role::Admin)?;
         let tables = blocking(&self.engine, "reload_tables", |e| e.reload_tables()).await?;
         Ok(Response::new(tables_info(&tables)))
     }
 
     async fn get_tables(
         &self,
-        _request: Request<pb::GetTablesRequest>,
+        request: Request<pb::GetTablesRequest>,
     ) -> Result<Response<pb::TablesInfo>, Status> {
+        authorize_everywhere(&request, Role::Admin)?;
         Ok(Response::new(tables_info(&self.engine.tables())))
     }
 }

@@ -8,6 +8,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status;
+use crate::auth::{self, authorize, authorize_everywhere, authorize_somewhere, Role};
 use crate::catalog::{fingerprint_hex, Namespace};
 use crate::config::NamespacePolicy;
 use crate::engine::Engine;
@@ -101,6 +102,7 @@ impl pb::replication_server::Replication for ReplicationService {
         &self,
         request: Request<Streaming<pb::PushChunk>>,
     ) -> Result<Response<Self::PushStream>, Status> {
+        let caller = authorize_somewhere(&request, Role::Peer)?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let engine = self.engine.clone();
@@ -114,7 +116,16 @@ impl pb::replication_server::Replication for ReplicationService {
                         break;
                     }
                 };
-                let result = merge_chunk(&engine, chunk).await.map_err(status);
+                let result = if caller.may(Role::Peer, &chunk.namespace) {
+                    merge_chunk(&engine, chunk).await.map_err(status)
+                } else {
+                    tracing::warn!(caller = caller.name(), namespace = %chunk.namespace, "push refused");
+                    Err(Status::permission_denied(format!(
+                        "{:?} may not push into namespace {:?} (needs role peer)",
+                        caller.name(),
+                        chunk.namespace
+                    )))
+                };
                 let failed = result.is_err();
                 if tx.send(result).await.is_err() || failed {
                     break;
@@ -128,6 +139,7 @@ impl pb::replication_server::Replication for ReplicationService {
         &self,
         request: Request<pb::DigestRequest>,
     ) -> Result<Response<pb::DigestResponse>, Status> {
+        authorize(&request, &request.get_ref().namespace, Role::Peer)?;
         let r = request.into_inner();
         replication::validate_region("region", &r.region).map_err(status)?;
         if !r.buckets.is_power_of_two() || r.buckets > 65_536 {
@@ -158,8 +170,13 @@ impl pb::replication_server::Replication for ReplicationService {
 
     async fn status(
         &self,
-        _request: Request<pb::ReplicationStatusRequest>,
+        request: Request<pb::ReplicationStatusRequest>,
     ) -> Result<Response<pb::ReplicationStatus>, Status> {
+        // Readers and peers may see where data came from.
+        let caller = auth::caller(&request)?;
+        if !(caller.may_somewhere(Role::Reader) || caller.may_somewhere(Role::Peer)) {
+            authorize_somewhere(&request, Role::Reader)?;
+        }
         let engine = self.engine.clone();
         let (revision, (acked, acked_at), pending) =
             tokio::task::spawn_blocking(move || -> Result<_, Error> {
@@ -202,8 +219,9 @@ impl pb::replication_server::Replication for ReplicationService {
 
     async fn sync(
         &self,
-        _request: Request<pb::SyncRequest>,
+        request: Request<pb::SyncRequest>,
     ) -> Result<Response<pb::SyncResponse>, Status> {
+        authorize_everywhere(&request, Role::Admin)?;
         let Some(pusher) = &self.pusher else {
             return Err(Status::failed_precondition(
                 "this server has no upstream (serve --region NAME --upstream URL)",

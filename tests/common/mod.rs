@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sketchd::attribution::Attributor;
-use sketchd::client::Client;
+use sketchd::client::{Client, ClientOptions};
 use sketchd::config::ServerConfig;
 use sketchd::engine::Engine;
 use sketchd::time::{Clock, ManualClock};
@@ -49,6 +49,21 @@ pub async fn start_with(config: ServerConfig) -> TestServer {
 /// Starts a server with `config` on `addr` (port 0: any), with its clock
 /// at `now`.
 pub async fn start_on(config: ServerConfig, addr: SocketAddr, now: i64) -> TestServer {
+    start_full(config, ClientOptions::default(), addr, now).await
+}
+
+/// Starts a server with `config`; its `client` connects with `options`
+/// (and its `url` is `https://` when the server speaks TLS).
+pub async fn start_with_client(config: ServerConfig, options: ClientOptions) -> TestServer {
+    start_full(config, options, "127.0.0.1:0".parse().unwrap(), NOW).await
+}
+
+async fn start_full(
+    config: ServerConfig,
+    options: ClientOptions,
+    addr: SocketAddr,
+    now: i64,
+) -> TestServer {
     let engine = Arc::new(open_engine(&config, now).await);
     let listener = bind(addr).await;
     let addr = listener.local_addr().unwrap();
@@ -57,14 +72,18 @@ pub async fn start_on(config: ServerConfig, addr: SocketAddr, now: i64) -> TestS
     tokio::spawn(sketchd::metrics::serve(metrics, Arc::downgrade(&engine)));
     let (tx, rx) = oneshot::channel::<()>();
     let data_dir = config.data_dir.clone();
+    let config_tls = config.tls.is_some();
     let handle = tokio::spawn(async move {
         sketchd::server::run(listener, engine, &config, async {
             let _ = rx.await;
         })
         .await
     });
-    let url = format!("http://{addr}");
-    let client = Client::connect(&url).await.expect("client connects");
+    let scheme = if config_tls { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}");
+    let client = Client::connect_with(&url, options)
+        .await
+        .expect("client connects");
     TestServer {
         addr,
         metrics_addr,
@@ -76,10 +95,6 @@ pub async fn start_on(config: ServerConfig, addr: SocketAddr, now: i64) -> TestS
     }
 }
 
-/// Opens the engine with the tables its configuration names. sled
-/// releases the file lock of a database closed moments ago (a restart within
-/// one test) from its background threads, so a lock error is retried for a
-/// few seconds.
 /// Binds `addr`, retrying a moment if a server just left it.
 async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -95,7 +110,22 @@ async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
     }
 }
 
+/// Opens the engine with the tables its configuration names.
 async fn open_engine(config: &ServerConfig, now: i64) -> Engine {
+    match try_open_engine_at(config, now).await {
+        Ok(engine) => engine,
+        Err(e) => panic!("engine opens: {e}"),
+    }
+}
+
+/// Opens the engine, returning its error. sled releases the file lock of a
+/// database closed moments ago (a restart within one test) from its
+/// background threads, so a lock error is retried for a few seconds.
+pub async fn try_open_engine(config: &ServerConfig) -> sketchd::error::Result<Engine> {
+    try_open_engine_at(config, NOW).await
+}
+
+async fn try_open_engine_at(config: &ServerConfig, now: i64) -> sketchd::error::Result<Engine> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let config = config.clone();
@@ -107,14 +137,13 @@ async fn open_engine(config: &ServerConfig, now: i64) -> Engine {
         .await
         .unwrap();
         match opened {
-            Ok(engine) => return engine,
             Err(e)
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            Err(e) => panic!("engine opens: {e}"),
+            other => return other,
         }
     }
 }
