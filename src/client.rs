@@ -3,6 +3,13 @@
 //! [`BatchBuilder`] turns row-shaped observations into the columnar,
 //! dictionary-coded `IngestRequest` (IPv4 rows first, then IPv6 rows).
 //! [`Client`] wraps the generated clients with typed calls.
+//! [`Collector`] sends observations with batching, retries and exactly-once
+//! sequence numbers; [`formats`] reads CSV, NDJSON and PEEROBS1 inputs.
+
+pub mod collector;
+pub mod formats;
+
+pub use collector::{Collector, CollectorError, CollectorOptions, RetryPolicy, Sequences, Summary};
 
 use std::collections::HashMap;
 use std::net::IpAddr;
