@@ -609,3 +609,148 @@ impl<R: Read> Iterator for PeerobsReader<R> {
         (0, Some(left))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(format: Option<Format>, bytes: Vec<u8>) -> Result<Vec<Observation>, FormatError> {
+        let input = from_reader("t".into(), Box::new(io::Cursor::new(bytes)), format)?;
+        input.observations.collect()
+    }
+
+    fn obs(ip: &str, t: i64, org: Option<&str>, cc: Option<&str>) -> Observation {
+        Observation {
+            ip: ip.parse().unwrap(),
+            unix_seconds: t,
+            org: org.map(str::to_owned),
+            country: cc.map(str::to_owned),
+        }
+    }
+
+    const T: i64 = 1_775_001_600; // 2026-04-01T00:00:00Z
+
+    fn expected() -> Vec<Observation> {
+        vec![
+            obs("1.2.3.4", T, Some("7"), Some("DE")),
+            obs("10.0.0.1", T + 60, None, None),
+            obs("2001:db8::1", T + 120, Some("AS1"), Some("US")),
+        ]
+    }
+
+    #[test]
+    fn csv_and_ndjson_give_the_same_observations() {
+        let csv = "Country,IP,time,org\nde,1.2.3.4,1775001600,7\n,10.0.0.1,2026-04-01T00:01:00Z,\nUS,2001:db8::1,2026-04-01T02:02:00+02:00,AS1\n";
+        let ndjson = r#"{"ip":"1.2.3.4","time":1775001600,"org":7,"country":"de"}
+
+{"ip":"10.0.0.1","time":"2026-04-01T00:01:00Z","org":null,"extra":[1]}
+{"ip":"2001:db8::1","time":"1775001720","org":"AS1","country":"US"}
+"#;
+        assert_eq!(read(None, csv.into()).unwrap(), expected());
+        assert_eq!(read(None, ndjson.into()).unwrap(), expected());
+        assert_eq!(read(Some(Format::Csv), csv.into()).unwrap(), expected());
+    }
+
+    #[test]
+    fn peerobs_records_decode() {
+        let mut bytes = PeerobsHeader {
+            records: 2,
+            t0: T as u32,
+            days: 1,
+        }
+        .encode()
+        .to_vec();
+        bytes.extend(peerobs_record(
+            T as u32,
+            Ipv4Addr::new(1, 2, 3, 4),
+            7,
+            *b"DE",
+        ));
+        bytes.extend(peerobs_record(
+            T as u32 + 60,
+            Ipv4Addr::new(10, 0, 0, 1),
+            0,
+            [0, 0],
+        ));
+        let want = &expected()[..2];
+        assert_eq!(read(None, bytes.clone()).unwrap(), want);
+        // Truncated: the header promises a third record.
+        bytes[16] = 3;
+        let err = read(None, bytes).unwrap_err();
+        assert_eq!(err.location, Location::Record(3));
+        assert!(
+            err.to_string().starts_with("t: record 3: truncated"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_field() {
+        let csv = "time,ip\n1775001600,1.2.3.4\n1775001600,1.2.3.999\n";
+        let err = read(None, csv.into()).unwrap_err();
+        assert_eq!(err.location, Location::Line(3));
+        assert_eq!(err.field.as_deref(), Some("ip"));
+        assert!(err.to_string().starts_with("t:3: field ip: "), "{err}");
+
+        let err = read(None, "time,ip,country\nyesterday,1.2.3.4,DE\n".into()).unwrap_err();
+        assert_eq!(
+            (err.location, err.field.as_deref()),
+            (Location::Line(2), Some("time"))
+        );
+        let err = read(None, "time,ip,country\n1,1.2.3.4,DEU\n".into()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("country"));
+        let err = read(None, "ip,when\n1.2.3.4,1\n".into()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("time"));
+
+        let nd = "{\"ip\":\"1.2.3.4\",\"time\":1}\n\n{\"ip\":\"1.2.3.4\"}\n";
+        let err = read(None, nd.into()).unwrap_err();
+        assert_eq!(
+            (err.location, err.field.as_deref()),
+            (Location::Line(3), Some("time"))
+        );
+        let err = read(Some(Format::Ndjson), "{\"ip\":4,\"time\":1}\n".into()).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("ip"));
+        let err = read(Some(Format::Ndjson), "{\"ip\":\n".into()).unwrap_err();
+        assert_eq!(
+            (err.location, err.field.as_deref()),
+            (Location::Line(1), None)
+        );
+
+        let err = read(Some(Format::Peerobs), b"PEEROBS2".to_vec()).unwrap_err();
+        assert_eq!(err.location, Location::Start);
+    }
+
+    #[test]
+    fn detects_formats() {
+        assert_eq!(
+            Format::from_extension(Path::new("a.CSV")),
+            Some(Format::Csv)
+        );
+        assert_eq!(
+            Format::from_extension(Path::new("a.jsonl")),
+            Some(Format::Ndjson)
+        );
+        assert_eq!(
+            Format::from_extension(Path::new("observations.bin")),
+            Some(Format::Peerobs)
+        );
+        assert_eq!(Format::from_extension(Path::new("a.txt")), None);
+        assert_eq!(Format::sniff(b"PEEROBS1"), Format::Peerobs);
+        assert_eq!(Format::sniff(b"  {\"ip"), Format::Ndjson);
+        assert_eq!(Format::sniff(b"time,ip"), Format::Csv);
+        assert_eq!(Format::sniff(b""), Format::Csv);
+        assert_eq!("PeerObs".parse::<Format>(), Ok(Format::Peerobs));
+        assert!("xml".parse::<Format>().is_err());
+    }
+
+    #[test]
+    fn parses_times() {
+        assert_eq!(parse_time("1775001600").unwrap(), 1_775_001_600);
+        assert_eq!(parse_time("2026-04-01T00:00:00Z").unwrap(), 1_775_001_600);
+        assert_eq!(
+            parse_time("2026-04-01T02:00:00+02:00").unwrap(),
+            1_775_001_600
+        );
+        assert!(parse_time("yesterday").is_err());
+    }
+}
