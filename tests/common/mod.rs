@@ -43,8 +43,14 @@ pub async fn start(data_dir: &Path) -> TestServer {
 
 /// Starts a server with `config`, loading the tables it names.
 pub async fn start_with(config: ServerConfig) -> TestServer {
+    start_at(config, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts a server with `config` listening on `addr` (a restart on the
+/// same port).
+pub async fn start_at(config: ServerConfig, addr: SocketAddr) -> TestServer {
     let engine = Arc::new(open_engine(&config).await);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics.local_addr().unwrap();
