@@ -6,7 +6,9 @@
 //! at the end of an input) the batch is numbered and queued for a sender
 //! task, which keeps one batch in flight while the caller builds the next.
 //! [`Collector::finish`] waits for the last acknowledgement and returns a
-//! [`Summary`].
+//! [`Summary`]; a collector dropped without it abandons its partial batch
+//! (a re-run of the input sends everything again; only what never landed
+//! counts).
 //!
 //! # Exactly once
 //!
