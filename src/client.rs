@@ -5,6 +5,13 @@
 //! [`Client`] wraps the generated clients with typed calls; with
 //! [`ClientOptions`] it sends a bearer token and speaks TLS (optionally
 //! with a client certificate).
+//! [`Collector`] sends observations with batching, retries and exactly-once
+//! sequence numbers; [`formats`] reads CSV, NDJSON and PEEROBS1 inputs.
+
+pub mod collector;
+pub mod formats;
+
+pub use collector::{Collector, CollectorError, CollectorOptions, RetryPolicy, Sequences, Summary};
 
 use std::collections::HashMap;
 use std::fmt;

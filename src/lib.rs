@@ -20,6 +20,9 @@
 //! attribution            prefix tables and the org registry
 //! sketch, time           HLL sketches and envelopes; days and windows
 //! config, error          validated configuration; the one error type
+//!
+//! client                 typed gRPC client, the collector (batching,
+//!                        exactly-once sequences, retries), input readers
 //! ```
 //!
 //! `pb` holds the generated protobuf types; they are used only by

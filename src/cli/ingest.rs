@@ -1,23 +1,23 @@
-//! `sketchd ingest`: CSV files to a server, in batches.
+//! `sketchd ingest`: observation files or standard input to a server.
 //!
-//! CSV with a header naming `time` and `ip`, and optionally `org` and
-//! `country` (any order, case-insensitive). `time` is unix seconds or
-//! RFC 3339. Each batch's sequence number is a hash of its content unless
-//! `--first-sequence` is given, so re-running the same files never counts a
-//! batch twice, and different files never collide.
+//! A thin shell over the library: [`sketchd::client::formats`] reads CSV,
+//! NDJSON or PEEROBS1 (by `--format`, else by extension, else by the first
+//! bytes), and [`sketchd::client::Collector`] batches, numbers, sends and
+//! retries (see its module doc for the exactly-once scheme: re-running the
+//! same input never counts a row twice). This file adds the progress line
+//! (stderr, terminals only) and the final summary (stdout).
 
-use std::fs::File;
-use std::io::{self, Read};
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
-use prost::Message;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
-use xxhash_rust::xxh3::xxh3_64;
+use anyhow::{bail, Context};
 
-use sketchd::client::{BatchBuilder, Client, Observation};
+use sketchd::client::collector::Progress;
+use sketchd::client::formats::{self, Format};
+use sketchd::client::{Collector, CollectorOptions, RetryPolicy, Sequences, Summary};
 
 use super::{ConnectArgs, DEFAULT_SERVER};
 
@@ -34,146 +34,159 @@ pub struct IngestArgs {
     /// Collector id sent with every batch.
     #[arg(long, default_value = "cli")]
     collector: String,
+    /// Input format: csv, ndjson, peerobs, or auto (by extension, else by
+    /// the first bytes: the PEEROBS1 magic, `{`, else CSV).
+    #[arg(long, default_value = "auto")]
+    format: String,
     /// Rows per batch.
     #[arg(long, default_value_t = 50_000)]
     batch_rows: usize,
-    /// Number batches from here instead of hashing their content.
+    /// Send a partial batch once its first row has waited this long (for
+    /// slow streams on standard input).
+    #[arg(long)]
+    max_batch_delay_ms: Option<u64>,
+    /// Give up on a batch that has been failing this long (e.g. 90s, 10m).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    max_retry_time: Duration,
+    /// One attempt without an answer for this long is retried (e.g. 60s).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    attempt_timeout: Duration,
+    /// Number batches from here instead of hashing their content and position.
     #[arg(long)]
     first_sequence: Option<u64>,
-    /// CSV files (`-` for standard input).
+    /// No summary line (errors still go to stderr).
+    #[arg(long, conflicts_with = "json")]
+    quiet: bool,
+    /// Print the summary as one JSON document.
+    #[arg(long)]
+    json: bool,
+    /// Input files (`-` for standard input).
     #[arg(required = true)]
     files: Vec<PathBuf>,
 }
 
-#[derive(Default)]
-struct Totals {
-    sent: u64,
-    accepted: u64,
-    batches: u64,
-    duplicates: u64,
-    attributed: u64,
-    unattributed: u64,
-}
-
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
+    let format = match args.format.as_str() {
+        "auto" => None,
+        other => Some(
+            other
+                .parse::<Format>()
+                .map_err(|e| anyhow::anyhow!("--format: {e} or auto"))?,
+        ),
+    };
     if args.batch_rows == 0 {
         bail!("--batch-rows must be at least 1");
     }
-    let client = args.connect.connect(&args.server).await?;
-    let mut totals = Totals::default();
-    let mut next_sequence = args.first_sequence;
-    for path in &args.files {
-        let reader: Box<dyn Read> = if path == Path::new("-") {
-            Box::new(io::stdin())
-        } else {
-            Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
-        };
-        let mut batch = BatchBuilder::new();
-        for obs in read_csv(path, reader)? {
-            batch.push(&obs?);
-            if batch.len() >= args.batch_rows {
-                send(&client, &args, &mut batch, &mut next_sequence, &mut totals).await?;
+    if args.max_batch_delay_ms == Some(0) {
+        bail!("--max-batch-delay-ms must be at least 1");
+    }
+    let options = CollectorOptions {
+        batch_rows: args.batch_rows,
+        max_batch_delay: args.max_batch_delay_ms.map(Duration::from_millis),
+        sequences: args
+            .first_sequence
+            .map_or(Sequences::ContentHash, Sequences::From),
+        retry: RetryPolicy {
+            max_elapsed: args.max_retry_time,
+            ..RetryPolicy::default()
+        },
+        attempt_timeout: args.attempt_timeout,
+        ..CollectorOptions::new(&args.namespace, &args.collector)
+    };
+    let mut collector = Collector::connecting_with(&args.server, args.connect.options()?, options)?;
+    let bar = ProgressLine::start(collector.progress());
+    let result = async {
+        for path in &args.files {
+            let input = formats::open(path, format)?;
+            collector.send_input(input).await?;
+        }
+        collector.finish().await
+    }
+    .await;
+    bar.stop().await;
+    let summary = result.with_context(|| format!("ingest into {}", args.server))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else if !args.quiet {
+        println!("{}", summary_line(&summary));
+    }
+    Ok(())
+}
+
+fn summary_line(s: &Summary) -> String {
+    format!("ingested {s}")
+}
+
+/// `90s`, `10m`, `2h`, `500ms`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 10m or 500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A one-line progress display on stderr, redrawn every 250 ms, only when
+/// stderr is a terminal.
+struct ProgressLine {
+    task: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::oneshot::Sender<()>,
+    )>,
+}
+
+impl ProgressLine {
+    fn start(progress: Arc<Progress>) -> ProgressLine {
+        if !std::io::stderr().is_terminal() {
+            return ProgressLine { task: None };
+        }
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stopped => break,
+                }
+                let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                let sent = get(&progress.rows_sent);
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                let mut err = std::io::stderr().lock();
+                let _ = write!(
+                    err,
+                    "\r\x1b[2K{sent} rows sent ({} read), {:.0} rows/s, {} batches, {} retries",
+                    get(&progress.rows_read),
+                    sent as f64 / secs,
+                    get(&progress.batches),
+                    get(&progress.retries),
+                );
+                let _ = err.flush();
             }
-        }
-        if !batch.is_empty() {
-            send(&client, &args, &mut batch, &mut next_sequence, &mut totals).await?;
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        });
+        ProgressLine {
+            task: Some((task, stop)),
         }
     }
-    println!(
-        "rows sent {}, acknowledged {} in {} batches ({} duplicate batches), attributed {}, unattributed {}",
-        totals.sent, totals.accepted, totals.batches, totals.duplicates, totals.attributed, totals.unattributed
-    );
-    Ok(())
-}
 
-async fn send(
-    client: &Client,
-    args: &IngestArgs,
-    batch: &mut BatchBuilder,
-    next_sequence: &mut Option<u64>,
-    totals: &mut Totals,
-) -> anyhow::Result<()> {
-    let sequence = match next_sequence {
-        Some(n) => {
-            *n += 1;
-            *n - 1
+    async fn stop(self) {
+        if let Some((task, stop)) = self.task {
+            let _ = stop.send(());
+            let _ = task.await;
         }
-        None => xxh3_64(
-            &batch
-                .build(&args.namespace, &args.collector, 0)
-                .encode_to_vec(),
-        ),
-    };
-    let request = batch.build(&args.namespace, &args.collector, sequence);
-    let rows = batch.len() as u64;
-    let reply = client.ingest(request).await.with_context(|| {
-        format!(
-            "batch {} (sequence {sequence}) was refused",
-            totals.batches + 1
-        )
-    })?;
-    totals.sent += rows;
-    totals.accepted += if reply.duplicate {
-        0
-    } else {
-        reply.rows_accepted
-    };
-    totals.batches += 1;
-    totals.duplicates += u64::from(reply.duplicate);
-    totals.attributed += reply.rows_attributed;
-    totals.unattributed += reply.rows_unattributed;
-    *batch = BatchBuilder::new();
-    Ok(())
-}
-
-/// Reads observations from CSV with a header; errors name the file and line.
-fn read_csv(
-    path: &Path,
-    reader: Box<dyn Read>,
-) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Observation>>> {
-    let name = path.display().to_string();
-    let mut csv = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .trim(csv::Trim::All)
-        .from_reader(reader);
-    let headers = csv
-        .headers()
-        .with_context(|| format!("{name}: cannot read the header"))?
-        .clone();
-    let find = |col: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(col));
-    let time_col =
-        find("time").ok_or_else(|| anyhow!("{name}: the header has no `time` column"))?;
-    let ip_col = find("ip").ok_or_else(|| anyhow!("{name}: the header has no `ip` column"))?;
-    let org_col = find("org");
-    let country_col = find("country");
-    Ok(csv.into_records().map(move |record| {
-        let record = record.with_context(|| format!("{name}: bad CSV"))?;
-        let line = record.position().map(|p| p.line()).unwrap_or(0);
-        let field = |i: usize| record.get(i).unwrap_or("");
-        let ip: IpAddr = field(ip_col)
-            .parse()
-            .map_err(|e| anyhow!("{name}:{line}: column ip: {:?}: {e}", field(ip_col)))?;
-        let unix_seconds =
-            parse_time(field(time_col)).map_err(|e| anyhow!("{name}:{line}: column time: {e}"))?;
-        let optional =
-            |col: Option<usize>| col.map(field).filter(|s| !s.is_empty()).map(str::to_owned);
-        Ok(Observation {
-            ip,
-            unix_seconds,
-            org: optional(org_col),
-            country: optional(country_col),
-        })
-    }))
-}
-
-/// Unix seconds, or an RFC 3339 timestamp.
-fn parse_time(text: &str) -> anyhow::Result<i64> {
-    if let Ok(seconds) = text.parse::<i64>() {
-        return Ok(seconds);
     }
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map(|t| t.unix_timestamp())
-        .map_err(|e| anyhow!("{text:?} is neither unix seconds nor RFC 3339 ({e})"))
 }
 
 #[cfg(test)]
@@ -181,13 +194,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_times() {
-        assert_eq!(parse_time("1775001600").unwrap(), 1_775_001_600);
-        assert_eq!(parse_time("2026-04-01T00:00:00Z").unwrap(), 1_775_001_600);
-        assert_eq!(
-            parse_time("2026-04-01T02:00:00+02:00").unwrap(),
-            1_775_001_600
-        );
-        assert!(parse_time("yesterday").is_err());
+    fn parses_durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3d").is_err());
     }
 }

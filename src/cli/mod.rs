@@ -93,7 +93,7 @@ pub struct Args {
 enum Command {
     /// Run the server (embedded sled under --data).
     Serve(ServeArgs),
-    /// Send observations from CSV files to a server.
+    /// Send observations (CSV, NDJSON, PEEROBS1; files or stdin) to a server, with retries.
     Ingest(ingest::IngestArgs),
     /// Ask a server.
     #[command(subcommand)]

@@ -46,6 +46,12 @@ pub async fn start_with(config: ServerConfig) -> TestServer {
     start_on(config, "127.0.0.1:0".parse().unwrap(), NOW).await
 }
 
+/// Starts a server with `config` listening on `addr` (a restart on the
+/// same port).
+pub async fn start_at(config: ServerConfig, addr: SocketAddr) -> TestServer {
+    start_on(config, addr, NOW).await
+}
+
 /// Starts a server with `config` on `addr` (port 0: any), with its clock
 /// at `now`.
 pub async fn start_on(config: ServerConfig, addr: SocketAddr, now: i64) -> TestServer {
