@@ -70,6 +70,9 @@ pub struct RawConfig {
     pub max_message_bytes: Option<usize>,
     pub checkpoint_interval_ms: Option<u64>,
     pub checkpoint_max_dirty_sketches: Option<usize>,
+    /// Batches waiting for the write-ahead log at most; beyond, ingest
+    /// answers RESOURCE_EXHAUSTED with a retry-after hint.
+    pub ingest_queue_depth: Option<usize>,
     pub sketch_cache_bytes: Option<usize>,
     pub default_policy: Option<RawPolicy>,
     pub tables: Option<TableFiles>,
@@ -265,6 +268,10 @@ impl RawConfig {
             checkpoint_max_dirty_sketches: self
                 .checkpoint_max_dirty_sketches
                 .unwrap_or(defaults.checkpoint_max_dirty_sketches),
+            ingest_queue_depth: self
+                .ingest_queue_depth
+                .unwrap_or(defaults.ingest_queue_depth)
+                .max(1),
             sketch_cache_bytes: self
                 .sketch_cache_bytes
                 .unwrap_or(defaults.sketch_cache_bytes),
@@ -459,6 +466,8 @@ pub struct ServerConfig {
     pub checkpoint_interval: Duration,
     /// Checkpoint early once this many sketches are dirty.
     pub checkpoint_max_dirty_sketches: usize,
+    /// Batches waiting for the write-ahead log at most (backpressure).
+    pub ingest_queue_depth: usize,
     /// Bound of the cache of decoded rollup sketches (0: none).
     pub sketch_cache_bytes: usize,
     pub default_policy: NamespacePolicy,
@@ -546,6 +555,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(2),
             checkpoint_max_dirty_sketches: 100_000,
+            ingest_queue_depth: crate::ingest::commit::DEFAULT_QUEUE_DEPTH,
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),

@@ -127,6 +127,7 @@ impl Engine {
                 max_dirty_sketches: config.checkpoint_max_dirty_sketches,
             },
             clock.clone(),
+            config.ingest_queue_depth,
         )?;
         Ok(Engine {
             store,

@@ -477,3 +477,63 @@ async fn slow_stdin_streams_are_flushed_by_the_batch_delay() {
     assert_eq!(observation_count(&server.client, "tail").await, 3);
     server.stop().await;
 }
+
+/// A server whose ingest queue holds one batch: concurrent collectors get
+/// RESOURCE_EXHAUSTED with a retry-after hint, back off, retry the same
+/// batches, and every row lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ingest_queue_pushes_back_and_nothing_is_lost_or_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sketchd::config::ServerConfig {
+        ingest_queue_depth: 1,
+        ..common::config(dir.path())
+    };
+    let server = common::start_with(config).await;
+    let mut tasks = Vec::new();
+    for c in 0..8u64 {
+        let client = server.client.clone();
+        tasks.push(tokio::spawn(async move {
+            let options = CollectorOptions {
+                batch_rows: 250,
+                ..CollectorOptions::new("pushback", &format!("collector-{c}"))
+            };
+            let mut collector = Collector::new(client, options).unwrap();
+            for obs in observations(5_000, 100 + c) {
+                collector.push(&obs).await.unwrap();
+            }
+            collector.finish().await.unwrap()
+        }));
+    }
+    let mut retries = 0;
+    let mut rows = 0;
+    for t in tasks {
+        let s: Summary = t.await.unwrap();
+        assert_eq!(s.duplicate_batches, 0, "{s}");
+        retries += s.retries;
+        rows += s.rows_new;
+    }
+    assert_eq!(rows, 40_000);
+    assert!(retries > 0, "the queue of one batch never filled");
+    assert_eq!(observation_count(&server.client, "pushback").await, 40_000);
+    // The server counted the attempts it turned away.
+    let metrics = scrape(server.metrics_addr).await;
+    let rejected: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sketchd_rejected_batches_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rejected-batches counter in {metrics}"));
+    assert_eq!(rejected, retries, "every retry followed one refusal");
+    server.stop().await;
+}
+
+/// The Prometheus text of a test server.
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}

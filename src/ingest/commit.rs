@@ -33,8 +33,9 @@ use crate::store::wal::Wal;
 use crate::store::Store;
 use crate::time::Clock;
 
-/// Batches waiting for the log at most; beyond, callers get `Overloaded`.
-const QUEUE_DEPTH: usize = 1024;
+/// Batches waiting for the log at most, by default; beyond, callers get
+/// `Overloaded` (RESOURCE_EXHAUSTED with a retry-after hint).
+pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 /// Batches logged under one sync at most.
 const GROUP_MAX: usize = 256;
 
@@ -99,6 +100,7 @@ pub struct Shared {
 /// Handle to the commit thread. Dropping it checkpoints and stops the thread.
 pub struct GroupCommit {
     tx: Mutex<Option<SyncSender<Msg>>>,
+    queue_depth: usize,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -111,8 +113,10 @@ impl GroupCommit {
         applied: HashSet<DedupeKey>,
         policy: CheckpointPolicy,
         clock: Arc<dyn Clock>,
+        queue_depth: usize,
     ) -> Result<GroupCommit> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let queue_depth = queue_depth.max(1);
+        let (tx, rx) = mpsc::sync_channel(queue_depth);
         let Shared {
             store,
             mem,
@@ -138,6 +142,7 @@ impl GroupCommit {
             .map_err(|e| Error::io("commit thread", e))?;
         Ok(GroupCommit {
             tx: Mutex::new(Some(tx)),
+            queue_depth,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -149,7 +154,8 @@ impl GroupCommit {
             .ok_or_else(|| Error::Unavailable("the server is shutting down".into()))?;
         tx.try_send(msg).map_err(|e| match e {
             TrySendError::Full(_) => Error::Overloaded(format!(
-                "{QUEUE_DEPTH} batches are waiting to be logged; retry shortly"
+                "{} batches are waiting to be logged; retry shortly",
+                self.queue_depth
             )),
             TrySendError::Disconnected(_) => Error::Unavailable("the commit thread stopped".into()),
         })
