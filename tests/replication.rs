@@ -301,6 +301,21 @@ async fn regions_converge_to_the_single_server_byte_for_byte() {
         .regions
         .iter()
         .all(|r| r.merged_at_unix == NOW && r.records > 0));
+    // The same, from the command line.
+    let url = global.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_sketchd"))
+            .args(["status", "--json", "--server", &url])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["regions"][0]["region"], "eu", "{doc}");
+    assert_eq!(doc["regions"][0]["revision"], eu_rev, "{doc}");
+    assert_eq!(doc["regions"][1]["region"], "us", "{doc}");
 
     for s in [eu, us, global, single] {
         s.stop().await;

@@ -2,15 +2,15 @@
 
 use time::OffsetDateTime;
 
-use sketchd::client::Client;
-
-use super::DEFAULT_SERVER;
+use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
     /// Server URL.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Print one JSON document.
     #[arg(long)]
     json: bool,
@@ -21,6 +21,8 @@ pub struct SyncArgs {
     /// URL of the regional server to sync.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 fn when(unix: i64) -> String {
@@ -37,7 +39,7 @@ fn when(unix: i64) -> String {
 }
 
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server).await?;
+    let client = args.connect.connect(&args.server).await?;
     let s = client.replication_status().await?;
     if args.json {
         let regions: Vec<_> = s
@@ -102,7 +104,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.server).await?;
+    let client = args.connect.connect(&args.server).await?;
     let r = client.sync().await?;
     println!(
         "pushed {} records; the upstream acknowledged revision {}",
