@@ -3,10 +3,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,28 +22,7 @@ const ROWS_PER_BATCH: usize = 3_000;
 
 /// Starts `sketchd serve` on an ephemeral port; returns it and its URL.
 fn spawn_server(dir: &Path) -> (Child, String) {
-    let config = dir.join("sketchd.toml");
-    std::fs::write(&config, "checkpoint_interval_ms = 40\n").unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sketchd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(&config)
-        .env("SKETCHD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("server starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("sketchd listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, format!("http://{addr}"))
+    common::spawn_server(dir, "checkpoint_interval_ms = 40\n")
 }
 
 /// The batch `sequence` of `collector`: deterministic, distinct IPs mostly.

@@ -8,10 +8,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::{Rng, TestServer, DAY, NOW};
@@ -475,36 +474,12 @@ impl Drop for Regional {
 
 /// Starts `sketchd serve` as a child process replicating to `upstream`.
 fn spawn_regional(dir: &Path, upstream: &str) -> (Regional, String) {
-    let config = dir.join("sketchd.toml");
-    std::fs::write(
-        &config,
-        "checkpoint_interval_ms = 50\n[replication]\nregion = \"eu\"\npush_interval_ms = 20\n\
-         upstream = \""
-            .to_owned()
-            + upstream
-            + "\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sketchd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(&config)
-        .env("SKETCHD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("server starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("sketchd listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (Regional(child), format!("http://{addr}"))
+    let toml = format!(
+        "checkpoint_interval_ms = 50\n[replication]\nregion = \"eu\"\n\
+         push_interval_ms = 20\nupstream = \"{upstream}\"\n"
+    );
+    let (child, url) = common::spawn_server(dir, &toml);
+    (Regional(child), url)
 }
 
 async fn connect(url: &str) -> Client {
