@@ -74,6 +74,8 @@ pub struct RawConfig {
     /// answers RESOURCE_EXHAUSTED with a retry-after hint.
     pub ingest_queue_depth: Option<usize>,
     pub sketch_cache_bytes: Option<usize>,
+    pub sled_cache_bytes: Option<usize>,
+    pub memtable_max_bytes: Option<usize>,
     pub default_policy: Option<RawPolicy>,
     pub tables: Option<TableFiles>,
     pub replication: Option<RawReplication>,
@@ -275,6 +277,11 @@ impl RawConfig {
             sketch_cache_bytes: self
                 .sketch_cache_bytes
                 .unwrap_or(defaults.sketch_cache_bytes),
+            sled_cache_bytes: self.sled_cache_bytes.unwrap_or(defaults.sled_cache_bytes),
+            memtable_max_bytes: self
+                .memtable_max_bytes
+                .unwrap_or(defaults.memtable_max_bytes)
+                .max(1024 * 1024),
             default_policy,
             tables,
             tls,
@@ -470,6 +477,11 @@ pub struct ServerConfig {
     pub ingest_queue_depth: usize,
     /// Bound of the cache of decoded rollup sketches (0: none).
     pub sketch_cache_bytes: usize,
+    /// sled's page cache.
+    pub sled_cache_bytes: usize,
+    /// Checkpoint early once the memtable's sketches hold this many bytes
+    /// (the frozen memtable being checkpointed can hold as much again).
+    pub memtable_max_bytes: usize,
     pub default_policy: NamespacePolicy,
     /// Attribution tables loaded at start.
     pub tables: TableFiles,
@@ -557,6 +569,8 @@ impl Default for ServerConfig {
             checkpoint_max_dirty_sketches: 100_000,
             ingest_queue_depth: crate::ingest::commit::DEFAULT_QUEUE_DEPTH,
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            sled_cache_bytes: crate::store::DEFAULT_SLED_CACHE_BYTES,
+            memtable_max_bytes: 128 * 1024 * 1024,
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),
             replication: None,

@@ -66,7 +66,11 @@ impl Engine {
         tables: Attributor,
         clock: Arc<dyn Clock>,
     ) -> Result<Engine> {
-        let store = Store::open_with_cache(&config.data_dir, config.sketch_cache_bytes)?;
+        let store = Store::open_with_cache(
+            &config.data_dir,
+            config.sketch_cache_bytes,
+            config.sled_cache_bytes,
+        )?;
         let catalog = Catalog::open(
             store.clone(),
             config.default_policy,
@@ -125,6 +129,7 @@ impl Engine {
             CheckpointPolicy {
                 interval: config.checkpoint_interval,
                 max_dirty_sketches: config.checkpoint_max_dirty_sketches,
+                max_memtable_bytes: config.memtable_max_bytes,
             },
             clock.clone(),
             config.ingest_queue_depth,
@@ -213,11 +218,7 @@ impl Engine {
         let (memtable_sketches, memtable_bytes, memtable_rows) = {
             let mem = self.mem.read();
             mem.tables().fold((0, 0, 0), |(n, b, r), t| {
-                (
-                    n + t.sketches.len(),
-                    b + t.sketches.values().map(|s| s.heap_bytes()).sum::<usize>(),
-                    r + t.rows,
-                )
+                (n + t.sketches.len(), b + t.sketch_bytes, r + t.rows)
             })
         };
         let (cache_entries, cache_bytes) = self.store.cache_usage();

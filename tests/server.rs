@@ -891,3 +891,59 @@ async fn prometheus_metrics_count_what_happened() {
     assert!(text.contains("# TYPE sketchd_batch_ack_seconds histogram"));
     server.stop().await;
 }
+
+/// The memtable stays within its byte budget: a full memtable is
+/// checkpointed early, long before the checkpoint interval, and nothing is
+/// lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memtable_keeps_to_its_byte_budget() {
+    const BUDGET: usize = 4 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let config = sketchd::config::ServerConfig {
+        memtable_max_bytes: BUDGET,
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        ..common::config(dir.path())
+    };
+    let server = common::start_with(config).await;
+    let mut sent = 0;
+    let mut peak = 0.0f64;
+    let mut first_batch = 0.0f64;
+    for seq in 0..12 {
+        // Dense global and country sketches on 30 days: ~1.5 MiB per batch.
+        let rows = world(1_000 + seq, 40_000, 30, 500_000);
+        send(&server, &rows, "budget", seq).await;
+        sent += rows.len() as u64;
+        let bytes = metric(&scrape(&server).await, "sketchd_memtable_bytes");
+        if seq == 0 {
+            first_batch = bytes;
+        }
+        peak = peak.max(bytes);
+    }
+    // Active and frozen memtable, each at most the budget plus one batch;
+    // without the budget, all 12 batches would sit in memory.
+    let bound = 2.0 * (BUDGET as f64 + 1.5 * first_batch);
+    assert!(
+        peak <= bound && peak < 10.0 * first_batch,
+        "memtable peaked at {peak} bytes (bound {bound}, one batch {first_batch})"
+    );
+    // Full memtables were checkpointed early (the interval is an hour).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric(&scrape(&server).await, "sketchd_checkpoint_seconds_count") < 2.0 {
+        assert!(std::time::Instant::now() < deadline, "no early checkpoints");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let whole = DayWindow::new(
+        Day::from_unix_seconds(APRIL_1 - 40 * DAY).unwrap(),
+        Day::from_unix_seconds(NOW + DAY).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        server
+            .client
+            .observations(NS, &Scope::Global, whole)
+            .await
+            .unwrap(),
+        sent
+    );
+    server.stop().await;
+}

@@ -53,6 +53,8 @@ pub struct Applied {
 pub struct CheckpointPolicy {
     pub interval: Duration,
     pub max_dirty_sketches: usize,
+    /// Checkpoint once the memtable's sketches hold this many bytes.
+    pub max_memtable_bytes: usize,
 }
 
 /// What a log record carries.
@@ -378,8 +380,12 @@ impl Writer {
     /// memtable waits for a running checkpoint first: that pause of the
     /// acknowledgements is the backpressure that bounds memory.
     fn checkpoint_if_due(&mut self, force: bool) {
-        let dirty = self.mem.read().active.sketches.len();
-        let full = dirty >= self.policy.max_dirty_sketches;
+        let (dirty, bytes) = {
+            let mem = self.mem.read();
+            (mem.active.sketches.len(), mem.active.sketch_bytes)
+        };
+        let full =
+            dirty >= self.policy.max_dirty_sketches || bytes >= self.policy.max_memtable_bytes;
         if force || full || self.last_checkpoint.elapsed() >= self.policy.interval {
             if let Err(e) = self.checkpoint_with(full, false) {
                 tracing::error!(error = %e, "checkpoint failed; refusing further batches");

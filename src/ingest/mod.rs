@@ -420,9 +420,11 @@ pub fn apply(
                 e.insert(Sketch::new(ns.policy.precision, ns.seed)?)
             }
         };
+        let before = sketch.heap_bytes();
         for h in hashes {
             sketch.insert_hash(h);
         }
+        mem.sketch_bytes = (mem.sketch_bytes + sketch.heap_bytes()).saturating_sub(before);
     }
     for ((dim, day), n) in counters {
         *mem.counters

@@ -221,17 +221,22 @@ pub fn apply_merge(
             keys::KIND_SKETCH => {
                 let sk = SketchKey::decode(&full).ok_or_else(|| corrupt("sketch key"))?;
                 let incoming = Sketch::decode(value)?;
-                match mem.sketches.entry(sk) {
-                    Entry::Occupied(mut e) => e.get_mut().merge(&incoming)?,
+                let (before, after) = match mem.sketches.entry(sk) {
+                    Entry::Occupied(mut e) => {
+                        let before = e.get().heap_bytes();
+                        e.get_mut().merge(&incoming)?;
+                        (before, e.get().heap_bytes())
+                    }
                     Entry::Vacant(e) => {
                         index
                             .dims
                             .entry((ns.id, sk.family))
                             .or_default()
                             .insert(sk.dim);
-                        e.insert(incoming);
+                        (0, e.insert(incoming).heap_bytes())
                     }
-                }
+                };
+                mem.sketch_bytes = (mem.sketch_bytes + after).saturating_sub(before);
                 let day = sk.block.start;
                 mem.widen_extent(ns.id, day, Day(day.0 + 1));
             }

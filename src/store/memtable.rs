@@ -31,6 +31,9 @@ pub struct Memtable {
     pub presence: FxHashMap<(NamespaceId, OrgCountry), DayBits>,
     /// Rows applied since the checkpoint (for metrics and checkpoint pacing).
     pub rows: u64,
+    /// Approximate heap bytes of `sketches` (checkpoint pacing, the memory
+    /// budget).
+    pub sketch_bytes: usize,
     /// Records merged from regions since the checkpoint: (namespace,
     /// region, record key) -> what the upstream now holds from it.
     pub origins: FxHashMap<(NamespaceId, String, Vec<u8>), OriginRecord>,

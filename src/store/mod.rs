@@ -42,7 +42,10 @@ use memtable::{Memtable, OriginRecord, RegionMark};
 pub const MAX_LEVEL: u8 = 9;
 
 /// Default bound of the decoded-sketch cache.
-pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default size of sled's page cache.
+pub const DEFAULT_SLED_CACHE_BYTES: usize = 96 * 1024 * 1024;
 
 /// The sled database of one server.
 #[derive(Clone)]
@@ -66,16 +69,20 @@ pub struct Checkpoint {
 impl Store {
     /// Opens (or creates) the store under `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        Store::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+        Store::open_with_cache(dir, DEFAULT_CACHE_BYTES, DEFAULT_SLED_CACHE_BYTES)
     }
 
     /// Opens the store with a cache of decoded sketches of at most
-    /// `cache_bytes` (0: no cache).
-    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Store> {
+    /// `cache_bytes` (0: no cache) and sled's page cache of `sled_cache_bytes`.
+    pub fn open_with_cache(
+        dir: &Path,
+        cache_bytes: usize,
+        sled_cache_bytes: usize,
+    ) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let db = sled::Config::new()
             .path(dir.join("sled"))
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(sled_cache_bytes as u64)
             .flush_every_ms(None)
             .open()?;
         let data = db.open_tree("data")?;
