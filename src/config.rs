@@ -68,6 +68,8 @@ pub struct RawConfig {
     pub max_message_bytes: Option<usize>,
     pub checkpoint_interval_ms: Option<u64>,
     pub checkpoint_max_dirty_sketches: Option<usize>,
+    pub rollup_interval_ms: Option<u64>,
+    pub rollup_max_stale_blocks: Option<usize>,
     pub sketch_cache_bytes: Option<usize>,
     pub default_policy: Option<RawPolicy>,
     pub tables: Option<TableFiles>,
@@ -172,6 +174,13 @@ impl RawConfig {
             checkpoint_max_dirty_sketches: self
                 .checkpoint_max_dirty_sketches
                 .unwrap_or(defaults.checkpoint_max_dirty_sketches),
+            rollup_interval: self
+                .rollup_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.rollup_interval),
+            rollup_max_stale_blocks: self
+                .rollup_max_stale_blocks
+                .unwrap_or(defaults.rollup_max_stale_blocks),
             sketch_cache_bytes: self
                 .sketch_cache_bytes
                 .unwrap_or(defaults.sketch_cache_bytes),
@@ -223,6 +232,12 @@ pub struct ServerConfig {
     pub checkpoint_interval: Duration,
     /// Checkpoint early once this many sketches are dirty.
     pub checkpoint_max_dirty_sketches: usize,
+    /// How often, at most, stale rollup blocks are rebuilt while batches
+    /// keep coming (they are also rebuilt when the server is idle and at
+    /// shutdown).
+    pub rollup_interval: Duration,
+    /// Rebuild stale rollup blocks early once this many are stale.
+    pub rollup_max_stale_blocks: usize,
     /// Bound of the cache of decoded rollup sketches (0: none).
     pub sketch_cache_bytes: usize,
     pub default_policy: NamespacePolicy,
@@ -273,6 +288,8 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(2),
             checkpoint_max_dirty_sketches: 100_000,
+            rollup_interval: Duration::from_secs(20),
+            rollup_max_stale_blocks: 500_000,
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),

@@ -124,6 +124,8 @@ impl Engine {
             CheckpointPolicy {
                 interval: config.checkpoint_interval,
                 max_dirty_sketches: config.checkpoint_max_dirty_sketches,
+                rollup_interval: config.rollup_interval,
+                rollup_max_stale_blocks: config.rollup_max_stale_blocks,
             },
             clock.clone(),
         )?;

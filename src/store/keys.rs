@@ -19,6 +19,7 @@
 //! | `r` | ns u32, record key (see `replication`) | revision (u64 LE) of the last change not yet pushed upstream |
 //! | `x` | ns u32, region len u8, region, record key | from that region: xxh3 of the record (u64 LE) [, counter value u64 LE] |
 //! | `g` | region | last merged revision u64, unix time i64, records merged u64 (LE) |
+//! | `u` | as `s`, level >= 1 | empty: the rollup block is stale (a day below it changed since it was built) |
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -39,6 +40,7 @@ pub const KIND_TABLES: u8 = b'v';
 pub const KIND_CHANGE: u8 = b'r';
 pub const KIND_ORIGIN: u8 = b'x';
 pub const KIND_REGION: u8 = b'g';
+pub const KIND_STALE_ROLLUP: u8 = b'u';
 
 /// The metadata key holding the last WAL position included in sled.
 pub const META_CHECKPOINT_LSN: &[u8] = b"mcheckpoint_lsn";
@@ -176,6 +178,38 @@ impl SketchKey {
                 start: Day(u32::from_be_bytes(bytes[15..19].try_into().ok()?)),
             },
         })
+    }
+
+    /// The marker saying that this rollup block is stale: the sketch key
+    /// under the kind `u`.
+    pub fn stale_marker(&self) -> [u8; Self::LEN] {
+        let mut key = self.encode();
+        key[0] = KIND_STALE_ROLLUP;
+        key
+    }
+
+    /// The block a stale marker names.
+    pub fn from_stale_marker(bytes: &[u8]) -> Option<SketchKey> {
+        if bytes.len() != Self::LEN || bytes[0] != KIND_STALE_ROLLUP {
+            return None;
+        }
+        let mut key = [0u8; Self::LEN];
+        key.copy_from_slice(bytes);
+        key[0] = KIND_SKETCH;
+        SketchKey::decode(&key)
+    }
+
+    /// The two halves of a block of level >= 1.
+    pub fn children(&self) -> [SketchKey; 2] {
+        let level = self.block.level.saturating_sub(1);
+        let half = |start: Day| SketchKey {
+            block: Block { level, start },
+            ..*self
+        };
+        [
+            half(self.block.start),
+            half(Day(self.block.start.0 + (1 << level))),
+        ]
     }
 
     /// The prefix shared by all days of one (namespace, family, dim).
@@ -358,6 +392,14 @@ mod tests {
         assert!(a
             .encode()
             .starts_with(&SketchKey::series_prefix(7, Family::IpsCountry, a.dim)));
+        assert_eq!(
+            SketchKey::from_stale_marker(&block.stale_marker()),
+            Some(block)
+        );
+        assert_eq!(SketchKey::from_stale_marker(&block.encode()), None);
+        let [left, right] = block.children();
+        assert_eq!((left.block.level, left.block.start), (2, Day(20_000)));
+        assert_eq!((right.block.level, right.block.start), (2, Day(20_004)));
     }
 
     #[test]
