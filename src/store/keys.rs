@@ -19,7 +19,7 @@
 //! | `r` | ns u32, record key (see `replication`) | revision (u64 LE) of the last change not yet pushed upstream |
 //! | `x` | ns u32, region len u8, region, record key | from that region: xxh3 of the record (u64 LE) [, counter value u64 LE] |
 //! | `g` | region | last merged revision u64, unix time i64, records merged u64 (LE) |
-//! | `u` | as `s`, level >= 1 | empty: the rollup block is stale (a day below it changed since it was built) |
+//! | `u` | ns u32, family u8, dim u64 | days (`index::DayBits`) changed since the rollup blocks above them were built |
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -180,25 +180,6 @@ impl SketchKey {
         })
     }
 
-    /// The marker saying that this rollup block is stale: the sketch key
-    /// under the kind `u`.
-    pub fn stale_marker(&self) -> [u8; Self::LEN] {
-        let mut key = self.encode();
-        key[0] = KIND_STALE_ROLLUP;
-        key
-    }
-
-    /// The block a stale marker names.
-    pub fn from_stale_marker(bytes: &[u8]) -> Option<SketchKey> {
-        if bytes.len() != Self::LEN || bytes[0] != KIND_STALE_ROLLUP {
-            return None;
-        }
-        let mut key = [0u8; Self::LEN];
-        key.copy_from_slice(bytes);
-        key[0] = KIND_SKETCH;
-        SketchKey::decode(&key)
-    }
-
     /// The two halves of a block of level >= 1.
     pub fn children(&self) -> [SketchKey; 2] {
         let level = self.block.level.saturating_sub(1);
@@ -299,6 +280,25 @@ pub fn org_name_key(ns: NamespaceId, dim: u64) -> [u8; 13] {
     key
 }
 
+/// The key of a series' stale days (see `store::Store::rebuild_rollups`).
+pub fn stale_days_key(ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
+    let mut key = SketchKey::series_prefix(ns, family, dim);
+    key[0] = KIND_STALE_ROLLUP;
+    key
+}
+
+/// The series a stale-days key names.
+pub fn decode_stale_days_key(bytes: &[u8]) -> Option<(NamespaceId, Family, u64)> {
+    if bytes.len() != 14 || bytes[0] != KIND_STALE_ROLLUP {
+        return None;
+    }
+    Some((
+        u32::from_be_bytes(bytes[1..5].try_into().ok()?),
+        Family::from_u8(bytes[5])?,
+        u64::from_be_bytes(bytes[6..14].try_into().ok()?),
+    ))
+}
+
 pub fn dim_key(ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
     let mut key = SketchKey::series_prefix(ns, family, dim);
     key[0] = KIND_DIM;
@@ -392,11 +392,15 @@ mod tests {
         assert!(a
             .encode()
             .starts_with(&SketchKey::series_prefix(7, Family::IpsCountry, a.dim)));
+        let stale = stale_days_key(7, Family::IpsCountry, a.dim);
         assert_eq!(
-            SketchKey::from_stale_marker(&block.stale_marker()),
-            Some(block)
+            decode_stale_days_key(&stale),
+            Some((7, Family::IpsCountry, a.dim))
         );
-        assert_eq!(SketchKey::from_stale_marker(&block.encode()), None);
+        assert_eq!(
+            decode_stale_days_key(&dim_key(7, Family::IpsCountry, a.dim)),
+            None
+        );
         let [left, right] = block.children();
         assert_eq!((left.block.level, left.block.start), (2, Day(20_000)));
         assert_eq!((right.block.level, right.block.start), (2, Day(20_004)));

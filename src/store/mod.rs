@@ -11,14 +11,15 @@
 //! log holds the rest.
 //!
 //! Rollups are coalesced: a checkpoint writes day sketches only, and in the
-//! same sled batch a stale marker (`u`) for every rollup block above a
-//! changed day. [`Store::rebuild_rollups`] rebuilds stale blocks bottom-up
-//! (each the union of its two halves) and clears their markers in the same
-//! batch. Invariant: a block without a marker equals the union of its days
-//! in sled. Readers never use a stale block: [`Store::merge_window`] reads
-//! its halves instead (down to days), using an in-memory copy of the
-//! markers that is added to before the markers are written and removed from
-//! only after the rebuilt block is written.
+//! same sled batch, per series, the set of days changed since the series'
+//! rollup blocks were built (`u` records); every block above such a day is
+//! stale. [`Store::rebuild_rollups`] rebuilds stale blocks bottom-up (each
+//! the union of its two halves) and deletes the series' record in the same
+//! batch. Invariant: a block above no stale day equals the union of its
+//! days in sled. Readers never use a stale block: [`Store::merge_window`]
+//! reads its halves instead (down to days), using an in-memory copy of the
+//! stale days and blocks that grows before the records are written and
+//! shrinks only after the rebuilt blocks are written.
 //!
 //! sled calls block: callers run them off the async runtime.
 
@@ -47,6 +48,7 @@ use keys::{
     SketchKey, KIND_DEDUPE, KIND_DIM, KIND_ORG_NAME, KIND_PRESENCE, META_CHECKPOINT_LSN,
 };
 use memtable::{Memtable, OriginRecord, RegionMark};
+use rustc_hash::FxHashMap;
 
 /// Rollup depth: sled keeps each series per day and per aligned block of
 /// 2, 4, ..., 2^MAX_LEVEL days, so a window of n days reads about
@@ -67,10 +69,41 @@ pub struct Store {
     cache: Arc<SketchCache>,
     /// Whether checkpoints record what changed for an upstream (`r` keys).
     changelog: Arc<AtomicBool>,
-    /// The rollup blocks marked stale in sled (`u` keys), and possibly some
-    /// whose markers are being written. Only the checkpoint thread changes
-    /// it; readers hold the lock only to plan which blocks to read.
-    stale: Arc<RwLock<FxHashSet<SketchKey>>>,
+    /// What sled's `u` records say is stale (and possibly what a running
+    /// checkpoint is adding). Only the checkpoint thread changes it; readers
+    /// hold the lock only to plan which blocks to read.
+    stale: Arc<RwLock<StaleRollups>>,
+}
+
+/// One series: (namespace, family, dimension).
+type Series = (NamespaceId, Family, u64);
+
+/// Rollup blocks that are out of date, as the days below them that changed.
+#[derive(Default)]
+struct StaleRollups {
+    /// Per series, the days changed since its blocks were built.
+    days: FxHashMap<Series, DayBits>,
+    /// Every block of level >= 1 above those days.
+    blocks: FxHashSet<SketchKey>,
+}
+
+impl StaleRollups {
+    /// Adds the blocks above `day` of `series`; returns the new ones to
+    /// `fresh` unless already known.
+    fn blocks_above(&self, series: Series, day: Day, fresh: &mut FxHashSet<SketchKey>) {
+        let (ns, family, dim) = series;
+        for level in 1..=MAX_LEVEL {
+            let key = SketchKey {
+                ns,
+                family,
+                dim,
+                block: Block::containing(day, level),
+            };
+            if !self.blocks.contains(&key) {
+                fresh.insert(key);
+            }
+        }
+    }
 }
 
 /// The final, atomic part of a checkpoint: counters, presence, names,
@@ -96,12 +129,18 @@ impl Store {
             .open()?;
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
-        let mut stale = FxHashSet::default();
+        let mut stale = StaleRollups::default();
         for item in data.scan_prefix([keys::KIND_STALE_ROLLUP]) {
-            let (k, _) = item?;
-            let key = SketchKey::from_stale_marker(&k)
-                .ok_or_else(|| Error::Corrupt("stale rollup marker".into()))?;
-            stale.insert(key);
+            let (k, v) = item?;
+            let corrupt = || Error::Corrupt("stale rollup days".into());
+            let series = keys::decode_stale_days_key(&k).ok_or_else(corrupt)?;
+            let days = DayBits::decode(&v).ok_or_else(corrupt)?;
+            let mut blocks = FxHashSet::default();
+            for day in days.iter() {
+                stale.blocks_above(series, day, &mut blocks);
+            }
+            stale.blocks.extend(blocks);
+            stale.days.insert(series, days);
         }
         Ok(Store {
             db,
@@ -299,7 +338,7 @@ impl Store {
                 dim,
                 block,
             });
-        let stale = self.stale.read();
+        let stale = &self.stale.read().blocks;
         if stale.is_empty() {
             return cover.collect();
         }
@@ -319,7 +358,7 @@ impl Store {
 
     /// Number of rollup blocks waiting for [`Store::rebuild_rollups`].
     pub fn stale_rollups(&self) -> usize {
-        self.stale.read().len()
+        self.stale.read().blocks.len()
     }
 
     /// The sum of stored observation counters of one series within a window.
@@ -436,22 +475,29 @@ impl Store {
         keys.sort_unstable();
         for chunk in keys.chunks(CHUNK) {
             let mut batch = sled::Batch::default();
+            // The series whose stale days grow, with their new sets.
+            let mut marked: FxHashMap<Series, DayBits> = FxHashMap::default();
             let mut newly_stale = FxHashSet::default();
             {
                 let stale = self.stale.read();
                 for key in chunk {
-                    for level in 1..=MAX_LEVEL {
-                        let block_key = SketchKey {
-                            block: Block::containing(key.block.start, level),
-                            ..**key
-                        };
-                        if !stale.contains(&block_key) && newly_stale.insert(block_key) {
-                            batch.insert(&block_key.stale_marker()[..], &[][..]);
-                        }
+                    let series = (key.ns, key.family, key.dim);
+                    let day = key.block.start;
+                    let known = marked.get(&series).or_else(|| stale.days.get(&series));
+                    if known.is_some_and(|days| days.contains(day)) {
+                        continue;
                     }
+                    marked
+                        .entry(series)
+                        .or_insert_with(|| stale.days.get(&series).cloned().unwrap_or_default())
+                        .insert(day);
+                    stale.blocks_above(series, day, &mut newly_stale);
                 }
             }
-            for key in chunk {
+            for (&(ns, family, dim), days) in &marked {
+                batch.insert(&keys::stale_days_key(ns, family, dim)[..], days.encode());
+            }
+            for (i, key) in chunk.iter().enumerate() {
                 let delta = &mem.sketches[*key];
                 let sketch = match self.block_sketch(key)? {
                     Some(stored) => {
@@ -462,11 +508,19 @@ impl Store {
                     None => delta.clone(),
                 };
                 batch.insert(&key.encode()[..], sketch.encode());
-                batch.insert(&dim_key(key.ns, key.family, key.dim)[..], &[][..]);
+                // Once per series (the keys are sorted).
+                let series = (key.ns, key.family, key.dim);
+                if i == 0 || (chunk[i - 1].ns, chunk[i - 1].family, chunk[i - 1].dim) != series {
+                    batch.insert(&dim_key(key.ns, key.family, key.dim)[..], &[][..]);
+                }
             }
             // Readers must stop using these blocks before the days under
             // them change in sled.
-            self.stale.write().extend(newly_stale);
+            {
+                let mut stale = self.stale.write();
+                stale.blocks.extend(newly_stale);
+                stale.days.extend(marked);
+            }
             self.data.apply_batch(batch)?;
             self.cache.invalidate(chunk.iter().copied());
         }
@@ -474,14 +528,14 @@ impl Store {
     }
 
     /// Rebuilds every stale rollup block, bottom-up (a block is the union of
-    /// its two halves, rebuilt first when stale themselves), writing each
-    /// with its marker's removal in one sled batch. Returns the number of
-    /// blocks rebuilt. Runs on the checkpoint thread, never beside a
-    /// checkpoint. Does not flush.
+    /// its two halves, rebuilt first when stale themselves), writing the
+    /// blocks of whole series with the deletion of their stale days in one
+    /// sled batch. Returns the number of blocks rebuilt. Runs on the
+    /// checkpoint thread, never beside a checkpoint. Does not flush.
     pub fn rebuild_rollups(&self) -> Result<usize> {
         /// Blocks rebuilt per sled batch, at least (whole series).
         const CHUNK: usize = 2_048;
-        let mut todo: Vec<SketchKey> = self.stale.read().iter().copied().collect();
+        let mut todo: Vec<SketchKey> = self.stale.read().blocks.iter().copied().collect();
         // Series by series, and within a series by level: halves come first.
         todo.sort_unstable();
         let same_series =
@@ -520,14 +574,20 @@ impl Store {
                     Some(sketch) => batch.insert(&key.encode()[..], sketch.encode()),
                     None => batch.remove(&key.encode()[..]),
                 }
-                batch.remove(&key.stale_marker()[..]);
                 built.insert(*key, union);
+            }
+            let series: FxHashSet<Series> = chunk.iter().map(|k| (k.ns, k.family, k.dim)).collect();
+            for &(ns, family, dim) in &series {
+                batch.remove(&keys::stale_days_key(ns, family, dim)[..]);
             }
             self.data.apply_batch(batch)?;
             self.cache.invalidate(chunk);
             let mut stale = self.stale.write();
             for key in chunk {
-                stale.remove(key);
+                stale.blocks.remove(key);
+            }
+            for one in &series {
+                stale.days.remove(one);
             }
             start = end;
         }
