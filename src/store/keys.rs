@@ -131,8 +131,8 @@ pub fn country_sector_dim(country: [u8; 2], sector: &str) -> u64 {
 }
 
 /// The key of a sketch of one series over one dyadic block of days (level
-/// 0: one day). Memtables hold level 0 only; checkpoints maintain the
-/// higher levels in sled.
+/// 0: one day). Memtables hold level 0 only; rollup passes after
+/// checkpoints maintain the higher levels in sled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SketchKey {
     pub ns: NamespaceId,
