@@ -289,7 +289,7 @@ impl Default for ServerConfig {
             checkpoint_interval: Duration::from_secs(2),
             checkpoint_max_dirty_sketches: 100_000,
             rollup_interval: Duration::from_secs(20),
-            rollup_max_stale_blocks: 500_000,
+            rollup_max_stale_blocks: 150_000,
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),
