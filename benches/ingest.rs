@@ -182,6 +182,7 @@ fn bench_query(c: &mut Criterion) {
     store
         .apply_checkpoint(store.prepare_checkpoint(&mem, 1).unwrap())
         .unwrap();
+    store.rebuild_rollups().unwrap();
     let window = DayWindow::new(Day(19_905), Day(19_935)).unwrap();
     let mut g = c.benchmark_group("query");
     g.bench_function("merge_window/rollups_30d", |b| {

@@ -73,6 +73,8 @@ pub struct RawConfig {
     /// Batches waiting for the write-ahead log at most; beyond, ingest
     /// answers RESOURCE_EXHAUSTED with a retry-after hint.
     pub ingest_queue_depth: Option<usize>,
+    pub rollup_interval_ms: Option<u64>,
+    pub rollup_max_stale_blocks: Option<usize>,
     pub sketch_cache_bytes: Option<usize>,
     pub sled_cache_bytes: Option<usize>,
     pub memtable_max_bytes: Option<usize>,
@@ -274,6 +276,13 @@ impl RawConfig {
                 .ingest_queue_depth
                 .unwrap_or(defaults.ingest_queue_depth)
                 .max(1),
+            rollup_interval: self
+                .rollup_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.rollup_interval),
+            rollup_max_stale_blocks: self
+                .rollup_max_stale_blocks
+                .unwrap_or(defaults.rollup_max_stale_blocks),
             sketch_cache_bytes: self
                 .sketch_cache_bytes
                 .unwrap_or(defaults.sketch_cache_bytes),
@@ -475,6 +484,12 @@ pub struct ServerConfig {
     pub checkpoint_max_dirty_sketches: usize,
     /// Batches waiting for the write-ahead log at most (backpressure).
     pub ingest_queue_depth: usize,
+    /// How often, at most, stale rollup blocks are rebuilt while batches
+    /// keep coming (they are also rebuilt when the server is idle and at
+    /// shutdown).
+    pub rollup_interval: Duration,
+    /// Rebuild stale rollup blocks early once this many are stale.
+    pub rollup_max_stale_blocks: usize,
     /// Bound of the cache of decoded rollup sketches (0: none).
     pub sketch_cache_bytes: usize,
     /// sled's page cache.
@@ -568,6 +583,8 @@ impl Default for ServerConfig {
             checkpoint_interval: Duration::from_secs(2),
             checkpoint_max_dirty_sketches: 100_000,
             ingest_queue_depth: crate::ingest::commit::DEFAULT_QUEUE_DEPTH,
+            rollup_interval: Duration::from_secs(20),
+            rollup_max_stale_blocks: 150_000,
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             sled_cache_bytes: crate::store::DEFAULT_SLED_CACHE_BYTES,
             memtable_max_bytes: 128 * 1024 * 1024,

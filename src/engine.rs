@@ -130,6 +130,8 @@ impl Engine {
                 interval: config.checkpoint_interval,
                 max_dirty_sketches: config.checkpoint_max_dirty_sketches,
                 max_memtable_bytes: config.memtable_max_bytes,
+                rollup_interval: config.rollup_interval,
+                rollup_max_stale_blocks: config.rollup_max_stale_blocks,
             },
             clock.clone(),
             config.ingest_queue_depth,

@@ -11,6 +11,12 @@
 //! memtable at the last log position and hands it to a checkpoint thread,
 //! which merges it into sled, makes it visible atomically, flushes, and
 //! deletes the sealed segments. One checkpoint runs at a time.
+//!
+//! Checkpoints write day sketches and mark the rollup blocks above them
+//! stale; the checkpoint thread rebuilds stale blocks after a checkpoint at
+//! most every `rollup_interval` — sooner when `rollup_max_stale_blocks` are
+//! stale or when no batch arrived since the last checkpoint — and always at
+//! shutdown, so that after a clean stop every rollup block is up to date.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -55,6 +61,11 @@ pub struct CheckpointPolicy {
     pub max_dirty_sketches: usize,
     /// Checkpoint once the memtable's sketches hold this many bytes.
     pub max_memtable_bytes: usize,
+    /// Stale rollup blocks are rebuilt at most this often while batches
+    /// keep coming...
+    pub rollup_interval: Duration,
+    /// ...unless this many are stale.
+    pub rollup_max_stale_blocks: usize,
 }
 
 /// What a log record carries.
@@ -135,6 +146,7 @@ impl GroupCommit {
             policy,
             clock,
             last_checkpoint: Instant::now(),
+            last_rollup: Instant::now(),
             in_flight: None,
             failed: None,
         };
@@ -219,6 +231,7 @@ struct Writer {
     policy: CheckpointPolicy,
     clock: Arc<dyn Clock>,
     last_checkpoint: Instant,
+    last_rollup: Instant,
     in_flight: Option<JoinHandle<Result<()>>>,
     /// Set when the log failed: nothing more is acknowledged.
     failed: Option<String>,
@@ -277,7 +290,7 @@ impl Writer {
                 }
             }
         }
-        if let Err(e) = self.checkpoint(true) {
+        if let Err(e) = self.checkpoint_with(true, true, true) {
             tracing::error!(error = %e, "final checkpoint failed; the log still holds the data");
         }
     }
@@ -387,7 +400,7 @@ impl Writer {
         let full =
             dirty >= self.policy.max_dirty_sketches || bytes >= self.policy.max_memtable_bytes;
         if force || full || self.last_checkpoint.elapsed() >= self.policy.interval {
-            if let Err(e) = self.checkpoint_with(full, false) {
+            if let Err(e) = self.checkpoint_with(full, false, false) {
                 tracing::error!(error = %e, "checkpoint failed; refusing further batches");
             }
         }
@@ -397,14 +410,20 @@ impl Writer {
     /// for it (and any earlier one) to finish; without, skips when one is
     /// still running.
     fn checkpoint(&mut self, wait: bool) -> Result<()> {
-        self.checkpoint_with(wait, wait)
+        self.checkpoint_with(wait, wait, false)
     }
 
-    fn checkpoint_with(&mut self, wait_previous: bool, wait_new: bool) -> Result<()> {
+    /// With `all_rollups`, also rebuilds every stale rollup block.
+    fn checkpoint_with(
+        &mut self,
+        wait_previous: bool,
+        wait_new: bool,
+        all_rollups: bool,
+    ) -> Result<()> {
         if let Some(why) = &self.failed {
             return Err(Error::Unavailable(why.clone()));
         }
-        let result = self.try_checkpoint(wait_previous, wait_new);
+        let result = self.try_checkpoint(wait_previous, wait_new, all_rollups);
         if let Err(e) = &result {
             // A later checkpoint would record a log position past the
             // records this one failed to store: stop acknowledging instead.
@@ -414,7 +433,12 @@ impl Writer {
         result
     }
 
-    fn try_checkpoint(&mut self, wait_previous: bool, wait_new: bool) -> Result<()> {
+    fn try_checkpoint(
+        &mut self,
+        wait_previous: bool,
+        wait_new: bool,
+        all_rollups: bool,
+    ) -> Result<()> {
         self.last_checkpoint = Instant::now();
         if let Some(handle) = self.in_flight.take() {
             if wait_previous || handle.is_finished() {
@@ -424,28 +448,46 @@ impl Writer {
                 return Ok(());
             }
         }
-        if self.mem.read().active.is_empty() {
+        let idle = self.mem.read().active.is_empty();
+        let stale = self.store.stale_rollups();
+        let rollups = all_rollups
+            || (stale > 0
+                && (idle
+                    || stale >= self.policy.rollup_max_stale_blocks
+                    || self.last_rollup.elapsed() >= self.policy.rollup_interval));
+        if idle && (!rollups || stale == 0) {
             return Ok(());
         }
+        if rollups {
+            self.last_rollup = Instant::now();
+        }
         let started_at = Instant::now();
-        let sealed = self.wal.rotate()?;
-        let lsn = self.wal.last_lsn();
-        let frozen = {
-            let mut mem = self.mem.write();
-            let frozen = Arc::new(std::mem::take(&mut mem.active));
-            mem.frozen = Some(frozen.clone());
-            frozen
-        };
         let store = self.store.clone();
         let mem = self.mem.clone();
         let gate = self.gate.clone();
         let metrics = self.metrics.clone();
+        let frozen = if idle {
+            None
+        } else {
+            let sealed = self.wal.rotate()?;
+            let lsn = self.wal.last_lsn();
+            let mut mem = self.mem.write();
+            let frozen = Arc::new(std::mem::take(&mut mem.active));
+            mem.frozen = Some(frozen.clone());
+            Some((frozen, lsn, sealed))
+        };
         let handle = std::thread::Builder::new()
             .name("sketchd-checkpoint".into())
             .spawn(move || {
-                let result = run_checkpoint(&store, &mem, &gate, &frozen, lsn, sealed);
-                metrics.checkpoint.observe(started_at.elapsed());
-                result
+                if let Some((frozen, lsn, sealed)) = frozen {
+                    let result = run_checkpoint(&store, &mem, &gate, &frozen, lsn, sealed);
+                    metrics.checkpoint.observe(started_at.elapsed());
+                    result?;
+                }
+                if rollups {
+                    run_rollups(&store)?;
+                }
+                Ok(())
             })
             .map_err(|e| Error::io("checkpoint thread", e))?;
         if wait_new {
@@ -461,6 +503,19 @@ fn join_checkpoint(handle: JoinHandle<Result<()>>) -> Result<()> {
     handle
         .join()
         .map_err(|_| Error::Unavailable("the checkpoint thread panicked".into()))?
+}
+
+/// Rebuilds every stale rollup block and flushes.
+fn run_rollups(store: &Store) -> Result<()> {
+    let started = Instant::now();
+    let blocks = store.rebuild_rollups()?;
+    store.flush()?;
+    tracing::debug!(
+        blocks,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rollups rebuilt"
+    );
+    Ok(())
 }
 
 fn run_checkpoint(

@@ -19,6 +19,7 @@
 //! | `r` | ns u32, record key (see `replication`) | revision (u64 LE) of the last change not yet pushed upstream |
 //! | `x` | ns u32, region len u8, region, record key | from that region: xxh3 of the record (u64 LE) [, counter value u64 LE] |
 //! | `g` | region | last merged revision u64, unix time i64, records merged u64 (LE) |
+//! | `u` | ns u32, family u8, dim u64 | days (`index::DayBits`) changed since the rollup blocks above them were built |
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -39,6 +40,7 @@ pub const KIND_TABLES: u8 = b'v';
 pub const KIND_CHANGE: u8 = b'r';
 pub const KIND_ORIGIN: u8 = b'x';
 pub const KIND_REGION: u8 = b'g';
+pub const KIND_STALE_ROLLUP: u8 = b'u';
 
 /// The metadata key holding the last WAL position included in sled.
 pub const META_CHECKPOINT_LSN: &[u8] = b"mcheckpoint_lsn";
@@ -129,8 +131,8 @@ pub fn country_sector_dim(country: [u8; 2], sector: &str) -> u64 {
 }
 
 /// The key of a sketch of one series over one dyadic block of days (level
-/// 0: one day). Memtables hold level 0 only; checkpoints maintain the
-/// higher levels in sled.
+/// 0: one day). Memtables hold level 0 only; rollup passes after
+/// checkpoints maintain the higher levels in sled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SketchKey {
     pub ns: NamespaceId,
@@ -176,6 +178,19 @@ impl SketchKey {
                 start: Day(u32::from_be_bytes(bytes[15..19].try_into().ok()?)),
             },
         })
+    }
+
+    /// The two halves of a block of level >= 1.
+    pub fn children(&self) -> [SketchKey; 2] {
+        let level = self.block.level.saturating_sub(1);
+        let half = |start: Day| SketchKey {
+            block: Block { level, start },
+            ..*self
+        };
+        [
+            half(self.block.start),
+            half(Day(self.block.start.0 + (1 << level))),
+        ]
     }
 
     /// The prefix shared by all days of one (namespace, family, dim).
@@ -263,6 +278,25 @@ pub fn org_name_key(ns: NamespaceId, dim: u64) -> [u8; 13] {
     key[1..5].copy_from_slice(&ns.to_be_bytes());
     key[5..].copy_from_slice(&dim.to_be_bytes());
     key
+}
+
+/// The key of a series' stale days (see `store::Store::rebuild_rollups`).
+pub fn stale_days_key(ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
+    let mut key = SketchKey::series_prefix(ns, family, dim);
+    key[0] = KIND_STALE_ROLLUP;
+    key
+}
+
+/// The series a stale-days key names.
+pub fn decode_stale_days_key(bytes: &[u8]) -> Option<(NamespaceId, Family, u64)> {
+    if bytes.len() != 14 || bytes[0] != KIND_STALE_ROLLUP {
+        return None;
+    }
+    Some((
+        u32::from_be_bytes(bytes[1..5].try_into().ok()?),
+        Family::from_u8(bytes[5])?,
+        u64::from_be_bytes(bytes[6..14].try_into().ok()?),
+    ))
 }
 
 pub fn dim_key(ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
@@ -358,6 +392,18 @@ mod tests {
         assert!(a
             .encode()
             .starts_with(&SketchKey::series_prefix(7, Family::IpsCountry, a.dim)));
+        let stale = stale_days_key(7, Family::IpsCountry, a.dim);
+        assert_eq!(
+            decode_stale_days_key(&stale),
+            Some((7, Family::IpsCountry, a.dim))
+        );
+        assert_eq!(
+            decode_stale_days_key(&dim_key(7, Family::IpsCountry, a.dim)),
+            None
+        );
+        let [left, right] = block.children();
+        assert_eq!((left.block.level, left.block.start), (2, Day(20_000)));
+        assert_eq!((right.block.level, right.block.start), (2, Day(20_004)));
     }
 
     #[test]

@@ -10,6 +10,17 @@
 //! holds exactly the effects of the records up to its log position, and the
 //! log holds the rest.
 //!
+//! Rollups are coalesced: a checkpoint writes day sketches only, and in the
+//! same sled batch, per series, the set of days changed since the series'
+//! rollup blocks were built (`u` records); every block above such a day is
+//! stale. [`Store::rebuild_rollups`] rebuilds stale blocks bottom-up (each
+//! the union of its two halves) and deletes the series' record in the same
+//! batch. Invariant: a block above no stale day equals the union of its
+//! days in sled. Readers never use a stale block: [`Store::merge_window`]
+//! reads its halves instead (down to days), using an in-memory copy of the
+//! stale days and blocks that grows before the records are written and
+//! shrinks only after the rebuilt blocks are written.
+//!
 //! sled calls block: callers run them off the async runtime.
 
 pub mod cache;
@@ -18,11 +29,13 @@ pub mod keys;
 pub mod memtable;
 pub mod wal;
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rustc_hash::FxHashSet;
 
 use crate::error::{Error, Result};
 use crate::sketch::Sketch;
@@ -35,6 +48,7 @@ use keys::{
     SketchKey, KIND_DEDUPE, KIND_DIM, KIND_ORG_NAME, KIND_PRESENCE, META_CHECKPOINT_LSN,
 };
 use memtable::{Memtable, OriginRecord, RegionMark};
+use rustc_hash::FxHashMap;
 
 /// Rollup depth: sled keeps each series per day and per aligned block of
 /// 2, 4, ..., 2^MAX_LEVEL days, so a window of n days reads about
@@ -58,6 +72,41 @@ pub struct Store {
     cache: Arc<SketchCache>,
     /// Whether checkpoints record what changed for an upstream (`r` keys).
     changelog: Arc<AtomicBool>,
+    /// What sled's `u` records say is stale (and possibly what a running
+    /// checkpoint is adding). Only the checkpoint thread changes it; readers
+    /// hold the lock only to plan which blocks to read.
+    stale: Arc<RwLock<StaleRollups>>,
+}
+
+/// One series: (namespace, family, dimension).
+type Series = (NamespaceId, Family, u64);
+
+/// Rollup blocks that are out of date, as the days below them that changed.
+#[derive(Default)]
+struct StaleRollups {
+    /// Per series, the days changed since its blocks were built.
+    days: FxHashMap<Series, DayBits>,
+    /// Every block of level >= 1 above those days.
+    blocks: FxHashSet<SketchKey>,
+}
+
+impl StaleRollups {
+    /// Adds the blocks above `day` of `series`; returns the new ones to
+    /// `fresh` unless already known.
+    fn blocks_above(&self, series: Series, day: Day, fresh: &mut FxHashSet<SketchKey>) {
+        let (ns, family, dim) = series;
+        for level in 1..=MAX_LEVEL {
+            let key = SketchKey {
+                ns,
+                family,
+                dim,
+                block: Block::containing(day, level),
+            };
+            if !self.blocks.contains(&key) {
+                fresh.insert(key);
+            }
+        }
+    }
 }
 
 /// The final, atomic part of a checkpoint: counters, presence, names,
@@ -87,6 +136,19 @@ impl Store {
             .open()?;
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
+        let mut stale = StaleRollups::default();
+        for item in data.scan_prefix([keys::KIND_STALE_ROLLUP]) {
+            let (k, v) = item?;
+            let corrupt = || Error::Corrupt("stale rollup days".into());
+            let series = keys::decode_stale_days_key(&k).ok_or_else(corrupt)?;
+            let days = DayBits::decode(&v).ok_or_else(corrupt)?;
+            let mut blocks = FxHashSet::default();
+            for day in days.iter() {
+                stale.blocks_above(series, day, &mut blocks);
+            }
+            stale.blocks.extend(blocks);
+            stale.days.insert(series, days);
+        }
         Ok(Store {
             db,
             data,
@@ -94,6 +156,7 @@ impl Store {
             dir: dir.to_owned(),
             cache: Arc::new(SketchCache::new(cache_bytes)),
             changelog: Arc::new(AtomicBool::new(false)),
+            stale: Arc::new(RwLock::new(stale)),
         })
     }
 
@@ -246,7 +309,8 @@ impl Store {
     }
 
     /// Merges into `acc` the stored sketches of one series over `window`,
-    /// reading the fewest rollup blocks that tile it.
+    /// reading the fewest up-to-date rollup blocks that tile it: a stale
+    /// block is replaced by its halves, down to days if need be.
     pub fn merge_window(
         &self,
         acc: &mut Sketch,
@@ -255,18 +319,53 @@ impl Store {
         dim: u64,
         window: DayWindow,
     ) -> Result<()> {
-        for block in window.dyadic_cover(MAX_LEVEL) {
-            let key = SketchKey {
-                ns,
-                family,
-                dim,
-                block,
-            };
+        for key in self.window_blocks(ns, family, dim, window) {
             if let Some(stored) = self.block_sketch(&key)? {
                 acc.merge(&stored)?;
             }
         }
         Ok(())
+    }
+
+    /// The blocks [`Store::merge_window`] reads: the window's dyadic cover
+    /// with every stale block replaced by its halves.
+    fn window_blocks(
+        &self,
+        ns: NamespaceId,
+        family: Family,
+        dim: u64,
+        window: DayWindow,
+    ) -> Vec<SketchKey> {
+        let cover = window
+            .dyadic_cover(MAX_LEVEL)
+            .into_iter()
+            .map(|block| SketchKey {
+                ns,
+                family,
+                dim,
+                block,
+            });
+        let stale = &self.stale.read().blocks;
+        if stale.is_empty() {
+            return cover.collect();
+        }
+        let mut planned = Vec::new();
+        let mut todo: Vec<SketchKey> = cover.rev().collect();
+        while let Some(key) = todo.pop() {
+            if key.block.level > 0 && stale.contains(&key) {
+                let [left, right] = key.children();
+                todo.push(right);
+                todo.push(left);
+            } else {
+                planned.push(key);
+            }
+        }
+        planned
+    }
+
+    /// Number of rollup blocks waiting for [`Store::rebuild_rollups`].
+    pub fn stale_rollups(&self) -> usize {
+        self.stale.read().blocks.len()
     }
 
     /// The sum of stored observation counters of one series within a window.
@@ -368,60 +467,138 @@ impl Store {
         Ok(Checkpoint { batch })
     }
 
-    /// Merges a frozen memtable's day deltas into the stored days and every
-    /// rollup block above them, in chunks of whole series so that memory
-    /// stays bounded. This runs before [`Store::prepare_checkpoint`]'s
-    /// batch: union is idempotent, so if the process dies in between, the
-    /// log replays into sketches that already hold part of it, with the same
-    /// result. (Counters, which are not idempotent, go in the final batch.)
+    /// Merges a frozen memtable's day deltas into the stored days and marks
+    /// every rollup block above them stale, in the same sled batch, in
+    /// chunks so that memory stays bounded. This runs before
+    /// [`Store::prepare_checkpoint`]'s batch: union is idempotent, so if the
+    /// process dies in between, the log replays into sketches that already
+    /// hold part of it, with the same result. (Counters, which are not
+    /// idempotent, go in the final batch.) The blocks are rebuilt later by
+    /// [`Store::rebuild_rollups`].
     pub fn write_checkpoint_sketches(&self, mem: &Memtable) -> Result<()> {
-        /// Day sketches merged per sled batch, at least (whole series).
+        /// Day sketches merged per sled batch.
         const CHUNK: usize = 4_096;
         let mut keys: Vec<&SketchKey> = mem.sketches.keys().collect();
         keys.sort_unstable();
+        for chunk in keys.chunks(CHUNK) {
+            let mut batch = sled::Batch::default();
+            // The series whose stale days grow, with their new sets.
+            let mut marked: FxHashMap<Series, DayBits> = FxHashMap::default();
+            let mut newly_stale = FxHashSet::default();
+            {
+                let stale = self.stale.read();
+                for key in chunk {
+                    let series = (key.ns, key.family, key.dim);
+                    let day = key.block.start;
+                    let known = marked.get(&series).or_else(|| stale.days.get(&series));
+                    if known.is_some_and(|days| days.contains(day)) {
+                        continue;
+                    }
+                    marked
+                        .entry(series)
+                        .or_insert_with(|| stale.days.get(&series).cloned().unwrap_or_default())
+                        .insert(day);
+                    stale.blocks_above(series, day, &mut newly_stale);
+                }
+            }
+            for (&(ns, family, dim), days) in &marked {
+                batch.insert(&keys::stale_days_key(ns, family, dim)[..], days.encode());
+            }
+            for (i, key) in chunk.iter().enumerate() {
+                let delta = &mem.sketches[*key];
+                let sketch = match self.block_sketch(key)? {
+                    Some(stored) => {
+                        let mut stored = Sketch::clone(&stored);
+                        stored.merge(delta)?;
+                        stored
+                    }
+                    None => delta.clone(),
+                };
+                batch.insert(&key.encode()[..], sketch.encode());
+                // Once per series (the keys are sorted).
+                let series = (key.ns, key.family, key.dim);
+                if i == 0 || (chunk[i - 1].ns, chunk[i - 1].family, chunk[i - 1].dim) != series {
+                    batch.insert(&dim_key(key.ns, key.family, key.dim)[..], &[][..]);
+                }
+            }
+            // Readers must stop using these blocks before the days under
+            // them change in sled.
+            {
+                let mut stale = self.stale.write();
+                stale.blocks.extend(newly_stale);
+                stale.days.extend(marked);
+            }
+            self.data.apply_batch(batch)?;
+            self.cache.invalidate(chunk.iter().copied());
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every stale rollup block, bottom-up (a block is the union of
+    /// its two halves, rebuilt first when stale themselves), writing the
+    /// blocks of whole series with the deletion of their stale days in one
+    /// sled batch. Returns the number of blocks rebuilt. Runs on the
+    /// checkpoint thread, never beside a checkpoint. Does not flush.
+    pub fn rebuild_rollups(&self) -> Result<usize> {
+        /// Blocks rebuilt per sled batch, at least (whole series).
+        const CHUNK: usize = 2_048;
+        let mut todo: Vec<SketchKey> = self.stale.read().blocks.iter().copied().collect();
+        // Series by series, and within a series by level: halves come first.
+        todo.sort_unstable();
         let same_series =
             |a: &SketchKey, b: &SketchKey| (a.ns, a.family, a.dim) == (b.ns, b.family, b.dim);
         let mut start = 0;
-        while start < keys.len() {
-            let mut end = (start + CHUNK).min(keys.len());
-            while end < keys.len() && same_series(keys[end - 1], keys[end]) {
+        while start < todo.len() {
+            let mut end = (start + CHUNK).min(todo.len());
+            while end < todo.len() && same_series(&todo[end - 1], &todo[end]) {
                 end += 1;
             }
-            // Several days of a series share blocks: merge in memory first.
-            let mut merged: HashMap<SketchKey, Sketch> = HashMap::new();
+            let chunk = &todo[start..end];
+            // What this chunk rebuilt (`None`: no day below holds data).
+            let mut built: HashMap<SketchKey, Option<Sketch>> = HashMap::new();
             let mut batch = sled::Batch::default();
-            for key in &keys[start..end] {
-                let delta = &mem.sketches[*key];
-                for level in 0..=MAX_LEVEL {
-                    let block_key = SketchKey {
-                        block: Block::containing(key.block.start, level),
-                        ..**key
+            for key in chunk {
+                let mut union: Option<Sketch> = None;
+                for half in key.children() {
+                    let stored;
+                    let sketch = match built.get(&half) {
+                        Some(Some(sketch)) => sketch,
+                        Some(None) => continue,
+                        None => match self.block_sketch(&half)? {
+                            Some(s) => {
+                                stored = s;
+                                &*stored
+                            }
+                            None => continue,
+                        },
                     };
-                    match merged.entry(block_key) {
-                        Entry::Occupied(mut e) => e.get_mut().merge(delta)?,
-                        Entry::Vacant(e) => {
-                            let sketch = match self.block_sketch(&block_key)? {
-                                Some(stored) => {
-                                    let mut stored = Sketch::clone(&stored);
-                                    stored.merge(delta)?;
-                                    stored
-                                }
-                                None => delta.clone(),
-                            };
-                            e.insert(sketch);
-                        }
+                    match &mut union {
+                        Some(u) => u.merge(sketch)?,
+                        None => union = Some(sketch.clone()),
                     }
                 }
-                batch.insert(&dim_key(key.ns, key.family, key.dim)[..], &[][..]);
+                match &union {
+                    Some(sketch) => batch.insert(&key.encode()[..], sketch.encode()),
+                    None => batch.remove(&key.encode()[..]),
+                }
+                built.insert(*key, union);
             }
-            for (key, sketch) in &merged {
-                batch.insert(&key.encode()[..], sketch.encode());
+            let series: FxHashSet<Series> = chunk.iter().map(|k| (k.ns, k.family, k.dim)).collect();
+            for &(ns, family, dim) in &series {
+                batch.remove(&keys::stale_days_key(ns, family, dim)[..]);
             }
             self.data.apply_batch(batch)?;
-            self.cache.invalidate(merged.keys());
+            self.cache.invalidate(chunk);
+            let mut stale = self.stale.write();
+            for key in chunk {
+                stale.blocks.remove(key);
+            }
+            for one in &series {
+                stale.days.remove(one);
+            }
             start = end;
         }
-        Ok(())
+        Ok(todo.len())
     }
 
     /// Applies the final part of a checkpoint atomically. Does not flush.
@@ -619,20 +796,29 @@ mod tests {
         mem
     }
 
-    #[test]
-    fn rollups_give_byte_identical_unions_including_late_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let mut rng = 0x1234_5678u64;
-        // Three checkpoints; the later ones bring late data for early days.
-        for (lsn, rows) in [(1, 40_000), (2, 10_000), (3, 5_000)] {
-            let mem = random_memtable(&mut rng, 700, rows);
-            store.write_checkpoint_sketches(&mem).unwrap();
-            store
-                .apply_checkpoint(store.prepare_checkpoint(&mem, lsn).unwrap())
-                .unwrap();
+    fn checkpoint(store: &Store, mem: &Memtable, lsn: u64) {
+        store.write_checkpoint_sketches(mem).unwrap();
+        store
+            .apply_checkpoint(store.prepare_checkpoint(mem, lsn).unwrap())
+            .unwrap();
+    }
+
+    /// The union of the stored day sketches of one series over `window`.
+    fn union_of_days(store: &Store, dim: u64, window: DayWindow) -> Sketch {
+        let mut by_day = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+        for day in window.days() {
+            if let Some(s) = store
+                .block_sketch(&SketchKey::day(1, Family::IpsCountry, dim, day))
+                .unwrap()
+            {
+                by_day.merge(&s).unwrap();
+            }
         }
-        assert_eq!(store.checkpoint_lsn().unwrap(), 3);
+        by_day
+    }
+
+    /// Random windows read through the rollups equal the union of their days.
+    fn assert_windows_equal_unions_of_days(store: &Store) {
         for i in 0..300u32 {
             let from = 19_990 + (i * 7919) % 720;
             let len = (i * 104_729) % 400;
@@ -642,17 +828,77 @@ mod tests {
                 store
                     .merge_window(&mut rolled, 1, Family::IpsCountry, dim, window)
                     .unwrap();
-                let mut by_day = Sketch::new(12, HashSeed::DEFAULT).unwrap();
-                for day in window.days() {
-                    if let Some(s) = store
-                        .block_sketch(&SketchKey::day(1, Family::IpsCountry, dim, day))
-                        .unwrap()
-                    {
-                        by_day.merge(&s).unwrap();
-                    }
-                }
+                let by_day = union_of_days(store, dim, window);
                 assert_eq!(rolled.encode(), by_day.encode(), "{window:?} dim {dim}");
             }
         }
+    }
+
+    #[test]
+    fn rollups_give_byte_identical_unions_including_late_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut rng = 0x1234_5678u64;
+        // Three checkpoints; the later ones bring late data for early days.
+        for (lsn, rows) in [(1, 40_000), (2, 10_000), (3, 5_000)] {
+            let mem = random_memtable(&mut rng, 700, rows);
+            checkpoint(&store, &mem, lsn);
+            assert!(store.rebuild_rollups().unwrap() > 0);
+        }
+        assert_eq!(store.checkpoint_lsn().unwrap(), 3);
+        assert_eq!(store.stale_rollups(), 0);
+        assert_windows_equal_unions_of_days(&store);
+    }
+
+    #[test]
+    fn stale_rollups_are_read_through_until_rebuilt_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = 0x9abc_def0u64;
+        let stale = {
+            let store = Store::open(dir.path()).unwrap();
+            checkpoint(&store, &random_memtable(&mut rng, 700, 40_000), 1);
+            store.rebuild_rollups().unwrap();
+            // Fill the cache with the blocks about to go stale.
+            assert_windows_equal_unions_of_days(&store);
+            // Late data for every day, between a checkpoint and the pass.
+            checkpoint(&store, &random_memtable(&mut rng, 700, 10_000), 2);
+            let stale = store.stale_rollups();
+            assert!(stale > 0);
+            assert_windows_equal_unions_of_days(&store);
+            store.flush().unwrap();
+            stale
+        };
+        // The markers are durable: a restart (or crash) still skips them.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.stale_rollups(), stale);
+        assert_windows_equal_unions_of_days(&store);
+        assert_eq!(store.rebuild_rollups().unwrap(), stale);
+        assert_eq!(store.stale_rollups(), 0);
+        assert_eq!(
+            store.data.scan_prefix([keys::KIND_STALE_ROLLUP]).count(),
+            0,
+            "markers left in sled"
+        );
+        // Every stored block is the union of its days, byte for byte.
+        for level in 1..=MAX_LEVEL {
+            let mut block = Block::containing(Day(20_000), level);
+            while block.start.0 < 20_700 {
+                let window =
+                    DayWindow::new(block.start, Day(block.start.0 + block.days())).unwrap();
+                for dim in 0..3 {
+                    let key = SketchKey {
+                        ns: 1,
+                        family: Family::IpsCountry,
+                        dim,
+                        block,
+                    };
+                    let stored = store.block_sketch(&key).unwrap().expect("block stored");
+                    let by_day = union_of_days(&store, dim, window);
+                    assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+                }
+                block.start = Day(block.start.0 + block.days());
+            }
+        }
+        assert_windows_equal_unions_of_days(&store);
     }
 }
