@@ -26,6 +26,7 @@
 #   SKIP_BUILD=1           use the existing target/release/sketchd (SKETCHD_BIN: another binary)
 #   SKETCHD_MAX_RSS_MB=16384   the sketchd server is killed if its RSS passes this
 #   PERF=1                 also record `perf record -g` of the server during the sketchd run
+#   SKETCHD_CONFIG=<file>  a TOML configuration for the sketchd server (e.g. memory settings)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,8 +51,10 @@ project() {
   trap project_cleanup EXIT
   trap 'log "interrupted"; exit 130' INT TERM
   mkdir -p "$RESULTS_DIR"
+  local config_args=()
+  [ -n "${SKETCHD_CONFIG:-}" ] && config_args=(--config "$SKETCHD_CONFIG")
   SKETCHD_LOG=${SKETCHD_LOG:-info} "$bin" serve --listen "127.0.0.1:$port" --data "$TMP/data" \
-    >"$TMP/server.out" 2>"$RESULTS_DIR/sketchd-server.log" &
+    "${config_args[@]}" >"$TMP/server.out" 2>"$RESULTS_DIR/sketchd-server.log" &
   SERVER_PID=$!
   local ready=0
   for _ in $(seq 1 300); do
