@@ -508,51 +508,37 @@ async fn a_regional_server_killed_mid_push_converges_without_double_counting() {
     let (mut child, url) = spawn_regional(dirs[1].path(), &global.url);
     let eu = connect(&url).await;
 
+    // Send until the global server has merged part of the pushes, then
+    // kill the regional server (it pushes every 20 ms, so mid-push or near).
     let mut sent = 0u64;
-    for seq in 0..40u64 {
+    let mut seq = 0u64;
+    loop {
         send(&eu, 1 + seq % 3, seq, 4_000, now).await;
         send(&single.client, 1 + seq % 3, seq, 4_000, now).await;
         sent += 4_000;
-        // Kill it once the global server has merged part of its pushes.
-        if seq >= 20 {
-            let merged = global.client.replication_status().await.unwrap();
-            if merged.regions.first().is_some_and(|r| r.records > 0) {
-                child.0.kill().unwrap();
-                child.0.wait().unwrap();
-                let (c, u) = spawn_regional(dirs[1].path(), &global.url);
-                child = c;
-                let eu2 = connect(&u).await;
-                // Batches acknowledged before the kill are re-sent by their
-                // collectors in real life; here, re-send a few: duplicates.
-                for again in seq.saturating_sub(2)..=seq {
-                    let r = eu2
-                        .ingest(request(1 + again % 3, again, 4_000, now))
-                        .await
-                        .unwrap();
-                    assert!(
-                        r.duplicate,
-                        "batch {again} was acknowledged before the kill"
-                    );
-                }
-                return finish(eu2, child, global, single, sent, now, seq + 1, dirs).await;
-            }
+        seq += 1;
+        let merged = global.client.replication_status().await.unwrap();
+        if seq > 20 && merged.regions.first().is_some_and(|r| r.records > 0) {
+            break;
         }
+        assert!(seq < 40, "the global server never merged anything");
     }
-    panic!("the global server never merged anything before the kill point");
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    eu: Client,
-    child: Regional,
-    global: TestServer,
-    single: TestServer,
-    mut sent: u64,
-    now: i64,
-    from_seq: u64,
-    dirs: Vec<tempfile::TempDir>,
-) {
-    for seq in from_seq..from_seq + 5 {
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let (child, url) = spawn_regional(dirs[1].path(), &global.url);
+    let eu = connect(&url).await;
+    // Collectors re-send batches acknowledged before the kill: duplicates.
+    for again in seq - 3..seq {
+        let r = eu
+            .ingest(request(1 + again % 3, again, 4_000, now))
+            .await
+            .unwrap();
+        assert!(
+            r.duplicate,
+            "batch {again} was acknowledged before the kill"
+        );
+    }
+    for seq in seq..seq + 5 {
         send(&eu, 1 + seq % 3, seq, 4_000, now).await;
         send(&single.client, 1 + seq % 3, seq, 4_000, now).await;
         sent += 4_000;

@@ -50,7 +50,7 @@ use crate::catalog::Namespace;
 use crate::error::{Error, Result};
 use crate::sketch::Sketch;
 use crate::store::index::{DayBits, OrgCountry};
-use crate::store::keys::{self, CounterKey, Family, NamespaceId, SketchKey};
+use crate::store::keys::{self, CounterKey, NamespaceId, SketchKey};
 use crate::store::memtable::{MemState, OriginRecord};
 use crate::store::Store;
 use crate::time::Day;
@@ -398,14 +398,14 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Families a record key may name (for tests and tools).
-pub fn sketch_record(family: Family, dim: u64, day: Day) -> Vec<u8> {
-    keys::record_of(&SketchKey::day(0, family, dim, day).encode())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::keys::Family;
+
+    fn sketch_record(family: Family, dim: u64, day: Day) -> Vec<u8> {
+        keys::record_of(&SketchKey::day(0, family, dim, day).encode())
+    }
 
     #[test]
     fn log_payload_round_trips_and_never_panics_when_cut() {

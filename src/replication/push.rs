@@ -38,9 +38,7 @@ pub const DIGEST_BUCKETS: u32 = 256;
 #[derive(Clone, Debug, Default)]
 pub struct PushState {
     pub last_error: String,
-    pub last_push: Option<Instant>,
     pub last_anti_entropy: Option<Instant>,
-    pub records_pushed: u64,
 }
 
 /// Pushes one server's state to its upstream.
@@ -139,16 +137,7 @@ impl Pusher {
             })
         }
         .await;
-        self.pushed(&result);
         self.note(result)
-    }
-
-    fn pushed(&self, result: &Result<Pushed>) {
-        if let Ok(p) = result {
-            let mut state = self.state.lock();
-            state.last_push = Some(Instant::now());
-            state.records_pushed += p.records;
-        }
     }
 
     fn note<T>(&self, result: Result<T>) -> Result<T> {
@@ -164,7 +153,6 @@ impl Pusher {
     pub async fn push(&self, engine: &Arc<Engine>) -> Result<Pushed> {
         let _one = self.running.lock().await;
         let result = self.push_locked(engine).await;
-        self.pushed(&result);
         self.note(result)
     }
 
