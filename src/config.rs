@@ -494,8 +494,9 @@ pub struct ServerConfig {
     pub sketch_cache_bytes: usize,
     /// sled's page cache.
     pub sled_cache_bytes: usize,
-    /// Checkpoint early once the memtable's sketches hold this many bytes
-    /// (the frozen memtable being checkpointed can hold as much again).
+    /// Bound of the sketches held by the active memtable and the one being
+    /// checkpointed, together: a checkpoint starts early at half of it, and
+    /// ingest waits for a running checkpoint when both reach it.
     pub memtable_max_bytes: usize,
     pub default_policy: NamespacePolicy,
     /// Attribution tables loaded at start.

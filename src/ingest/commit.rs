@@ -389,17 +389,22 @@ impl Writer {
         }
     }
 
-    /// Checkpoints when the interval passed or the memtable is full. A full
-    /// memtable waits for a running checkpoint first: that pause of the
-    /// acknowledgements is the backpressure that bounds memory.
+    /// Checkpoints when the interval passed or the memtables are full.
+    /// `max_memtable_bytes` bounds the active and the frozen memtable
+    /// together: at half the budget the active one is frozen if no
+    /// checkpoint is running; when both together reach it, ingest waits for
+    /// the running checkpoint. That pause of the acknowledgements is the
+    /// backpressure that bounds memory.
     fn checkpoint_if_due(&mut self, force: bool) {
-        let (dirty, bytes) = {
+        let (dirty, bytes, frozen_bytes) = {
             let mem = self.mem.read();
-            (mem.active.sketches.len(), mem.active.sketch_bytes)
+            let frozen = mem.frozen.as_ref().map_or(0, |f| f.sketch_bytes);
+            (mem.active.sketches.len(), mem.active.sketch_bytes, frozen)
         };
-        let full =
-            dirty >= self.policy.max_dirty_sketches || bytes >= self.policy.max_memtable_bytes;
-        if force || full || self.last_checkpoint.elapsed() >= self.policy.interval {
+        let budget = self.policy.max_memtable_bytes;
+        let full = dirty >= self.policy.max_dirty_sketches || bytes + frozen_bytes >= budget;
+        let half = bytes >= budget / 2;
+        if force || full || half || self.last_checkpoint.elapsed() >= self.policy.interval {
             if let Err(e) = self.checkpoint_with(full, false, false) {
                 tracing::error!(error = %e, "checkpoint failed; refusing further batches");
             }

@@ -476,8 +476,9 @@ impl Store {
     /// idempotent, go in the final batch.) The blocks are rebuilt later by
     /// [`Store::rebuild_rollups`].
     pub fn write_checkpoint_sketches(&self, mem: &Memtable) -> Result<()> {
-        /// Day sketches merged per sled batch.
-        const CHUNK: usize = 4_096;
+        /// Day sketches merged per sled batch (a batch holds their encoded
+        /// values: up to 12 KiB each, ~50 MiB at 4,096).
+        const CHUNK: usize = 1_024;
         let mut keys: Vec<&SketchKey> = mem.sketches.keys().collect();
         keys.sort_unstable();
         for chunk in keys.chunks(CHUNK) {
