@@ -11,7 +11,7 @@ use crate::catalog::Namespace;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::sketch::{Estimate, Sketch};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::attribution::Attributor;
 use crate::store::keys::{
@@ -293,11 +293,9 @@ fn group_dims(
                 index
                     .presence
                     .get(&ns.id)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(oc, days)| oc.country == cc && days.any_in(window))
-                    .map(|(oc, _)| oc.org)
-                    .collect()
+                    .and_then(|p| p.country(cc))
+                    .map(|orgs| orgs.orgs_in(window).collect())
+                    .unwrap_or_default()
             });
             let sector = match within {
                 Scope::Sector(s) | Scope::CountrySector(_, s) => Some(s.as_str()),
@@ -497,27 +495,27 @@ pub fn retention(
     let tables = engine.tables();
     let mem = engine.mem.read();
     let index = &mem.index;
-    let mut seen: HashMap<u64, (bool, bool)> = HashMap::new();
-    for (oc, days) in index.presence.get(&ns.id).into_iter().flatten() {
-        if country.is_some_and(|cc| cc != oc.country) {
-            continue;
-        }
-        if let Some(s) = sector {
-            if !index
-                .name(ns.id, oc.org)
+    let presence = index.presence.get(&ns.id);
+    // An org's days in the country, or in any country.
+    let orgs = match country {
+        Some(cc) => presence.and_then(|p| p.country(cc)),
+        None => presence.map(|p| p.anywhere()),
+    };
+    let Some(orgs) = orgs else {
+        return Ok(Retention {
+            in_a: 0,
+            in_both: 0,
+        });
+    };
+    let (in_a, in_both) = match sector {
+        None => orgs.retention(a, b, |_| true),
+        Some(s) => orgs.retention(a, b, |org| {
+            index
+                .name(ns.id, org)
                 .is_some_and(|name| org_in_sector(&tables, name, s))
-            {
-                continue;
-            }
-        }
-        let e = seen.entry(oc.org).or_default();
-        e.0 |= days.any_in(a);
-        e.1 |= days.any_in(b);
-    }
-    Ok(Retention {
-        in_a: seen.values().filter(|(x, _)| *x).count() as u64,
-        in_both: seen.values().filter(|(x, y)| *x && *y).count() as u64,
-    })
+        }),
+    };
+    Ok(Retention { in_a, in_both })
 }
 
 /// Distinct IPs of one scope in A, in B, in both and in either.
