@@ -42,7 +42,7 @@ const DAY: i64 = 86_400;
 const NOW: i64 = T0 + (DAYS as i64 + 1) * DAY;
 const BATCH_ROWS: usize = 100_000;
 
-/// 200 assigned ISO 3166-1 codes.
+/// Assigned ISO 3166-1 codes, the first 200 of which are used.
 const COUNTRIES: &str = "US DE GB FR NL JP BR IN RU CA AU IT ES PL SE CH KR CN ID MX AR TR UA \
     ZA SG HK TW BE AT CZ DK FI NO IE PT RO HU GR BG RS HR SK SI LT LV EE IL AE SA EG NG KE MA \
     TN DZ GH CI SN CM UG TZ ET ZM ZW MZ AO NA BW MU MG RW BI MW LS SZ GA CG CD CF TD NE ML BF \
@@ -143,7 +143,7 @@ fn open(config: &ServerConfig) -> Engine {
 }
 
 fn bench_orgs(c: &mut Criterion) {
-    let countries: Vec<&str> = COUNTRIES.split_whitespace().collect();
+    let countries: Vec<&str> = COUNTRIES.split_whitespace().take(200).collect();
     assert_eq!(countries.len(), 200);
     let dir = tempfile::tempdir().unwrap();
     let config = ServerConfig {
