@@ -6,14 +6,21 @@
 //! harmless. Exact observation counters are not idempotent: they are summed
 //! under the engine's checkpoint gate, which a checkpoint holds while it
 //! moves frozen counters into sled.
+//!
+//! Organisations are counted exactly from the presence index (per country
+//! the days each org was seen) wherever the scope is global or one country:
+//! counts, group-by and compare by country, series, retention. It holds the
+//! same facts as the org sketch families, so the answers are theirs without
+//! the error. Sector scopes read the sketches.
 
 use crate::catalog::Namespace;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::sketch::{Estimate, Sketch};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use crate::attribution::Attributor;
+use crate::store::index::Index;
 use crate::store::keys::{
     country_dim, country_sector_dim, dim_country, org_dim, sector_dim, CounterKey, Family,
     SketchKey,
@@ -109,11 +116,66 @@ pub fn count(
     let ns = engine.catalog.require("namespace", namespace)?;
     let (family, dim) = series_of(metric, scope)?;
     let covered = covered(engine, &ns, window)?;
-    let acc = series_sketch(engine, &ns, family, dim, covered)?;
-    Ok(CountAnswer {
-        estimate: acc.estimate_at(confidence),
-        covered,
-    })
+    let exact = presence_orgs(&engine.mem.read().index, &ns, metric, scope, covered);
+    let estimate = match exact {
+        Some(n) => Estimate::exact_at(n, confidence),
+        None => series_sketch(engine, &ns, family, dim, covered)?.estimate_at(confidence),
+    };
+    Ok(CountAnswer { estimate, covered })
+}
+
+/// Distinct orgs of a global or one-country scope over `window`, exactly,
+/// from the presence index; `None` for any other (metric, scope), which
+/// the sketches answer. The org families and presence hold the same
+/// thing: every counted org (never `unattributed`) on every (country, day)
+/// it was seen, so the answer is the sketches' without their error.
+/// Sector scopes stay on the sketches: their sector labels were fixed at
+/// ingest, while presence would have to ask the registry loaded now.
+fn presence_orgs(
+    index: &Index,
+    ns: &Namespace,
+    metric: Metric,
+    scope: &Scope,
+    window: DayWindow,
+) -> Option<u64> {
+    if metric != Metric::Orgs {
+        return None;
+    }
+    let presence = index.presence.get(&ns.id);
+    let orgs = match scope {
+        Scope::Global => presence.map(|p| p.anywhere()),
+        Scope::Country(cc) => presence.and_then(|p| p.country(*cc)),
+        Scope::Org(_) | Scope::Sector(_) | Scope::CountrySector(..) => return None,
+    };
+    Some(orgs.map_or(0, |o| o.count_in(window)))
+}
+
+/// Distinct orgs per country in each of `windows`, exactly, from the
+/// presence index, for every country where an org was ever seen; `None`
+/// unless the question is orgs grouped by country over every country.
+fn presence_orgs_by_country<const N: usize>(
+    engine: &Engine,
+    ns: &Namespace,
+    spec: &GroupSpec,
+    windows: [DayWindow; N],
+) -> Option<Vec<(String, [u64; N])>> {
+    if (spec.metric, spec.by, &spec.within) != (Metric::Orgs, GroupBy::Country, &Scope::Global) {
+        return None;
+    }
+    let mem = engine.mem.read();
+    let presence = mem.index.presence.get(&ns.id);
+    Some(
+        presence
+            .into_iter()
+            .flat_map(|p| p.countries())
+            .map(|(cc, orgs)| {
+                (
+                    String::from_utf8_lossy(&cc).into_owned(),
+                    windows.map(|w| orgs.count_in(w)),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// The union sketch of one series over `window`: stored rollup blocks plus
@@ -293,11 +355,9 @@ fn group_dims(
                 index
                     .presence
                     .get(&ns.id)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(oc, days)| oc.country == cc && days.any_in(window))
-                    .map(|(oc, _)| oc.org)
-                    .collect()
+                    .and_then(|p| p.country(cc))
+                    .map(|orgs| orgs.orgs_in(window).collect())
+                    .unwrap_or_default()
             });
             let sector = match within {
                 Scope::Sector(s) | Scope::CountrySector(_, s) => Some(s.as_str()),
@@ -355,6 +415,18 @@ pub fn group(
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
     let covered = covered(engine, &ns, window)?;
+    if let Some(counts) = presence_orgs_by_country(engine, &ns, spec, [covered]) {
+        let mut rows: Vec<GroupRow> = counts
+            .into_iter()
+            .filter(|(_, [n])| *n > 0)
+            .map(|(group, [n])| GroupRow {
+                group,
+                estimate: Estimate::exact_at(n, confidence),
+            })
+            .collect();
+        sort_and_limit(&mut rows, |r| r.estimate.value, |r| &r.group, limit);
+        return Ok(rows);
+    }
     let (family, dims) = group_dims(engine, &ns, metric, by, within, covered)?;
     let mut rows = Vec::with_capacity(dims.len());
     for (dim, name) in dims {
@@ -400,6 +472,26 @@ pub fn compare(
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
     let (a, b) = (covered(engine, &ns, a)?, covered(engine, &ns, b)?);
+    if let Some(counts) = presence_orgs_by_country(engine, &ns, spec, [a, b]) {
+        let mut rows: Vec<CompareRow> = counts
+            .into_iter()
+            .filter(|(_, [na, nb])| *na > 0 || *nb > 0)
+            .map(|(group, [na, nb])| {
+                let (ea, eb) = (
+                    Estimate::exact_at(na, confidence),
+                    Estimate::exact_at(nb, confidence),
+                );
+                CompareRow {
+                    group,
+                    a: ea,
+                    b: eb,
+                    change_pct: change_pct(&ea, &eb),
+                }
+            })
+            .collect();
+        sort_and_limit(&mut rows, |r| r.a.value, |r| &r.group, limit);
+        return Ok(rows);
+    }
     let (family, mut dims) = group_dims(engine, &ns, metric, by, within, a)?;
     if by == GroupBy::Org && !matches!(within, Scope::Global) {
         // Orgs seen in the country in either window.
@@ -497,27 +589,27 @@ pub fn retention(
     let tables = engine.tables();
     let mem = engine.mem.read();
     let index = &mem.index;
-    let mut seen: HashMap<u64, (bool, bool)> = HashMap::new();
-    for (oc, days) in index.presence.get(&ns.id).into_iter().flatten() {
-        if country.is_some_and(|cc| cc != oc.country) {
-            continue;
-        }
-        if let Some(s) = sector {
-            if !index
-                .name(ns.id, oc.org)
+    let presence = index.presence.get(&ns.id);
+    // An org's days in the country, or in any country.
+    let orgs = match country {
+        Some(cc) => presence.and_then(|p| p.country(cc)),
+        None => presence.map(|p| p.anywhere()),
+    };
+    let Some(orgs) = orgs else {
+        return Ok(Retention {
+            in_a: 0,
+            in_both: 0,
+        });
+    };
+    let (in_a, in_both) = match sector {
+        None => orgs.retention(a, b, |_| true),
+        Some(s) => orgs.retention(a, b, |org| {
+            index
+                .name(ns.id, org)
                 .is_some_and(|name| org_in_sector(&tables, name, s))
-            {
-                continue;
-            }
-        }
-        let e = seen.entry(oc.org).or_default();
-        e.0 |= days.any_in(a);
-        e.1 |= days.any_in(b);
-    }
-    Ok(Retention {
-        in_a: seen.values().filter(|(x, _)| *x).count() as u64,
-        in_both: seen.values().filter(|(x, y)| *x && *y).count() as u64,
-    })
+        }),
+    };
+    Ok(Retention { in_a, in_both })
 }
 
 /// Distinct IPs of one scope in A, in B, in both and in either.
@@ -661,10 +753,12 @@ pub fn series(
         .into_iter()
         .map(|w| {
             let covered = covered(engine, &ns, w)?;
-            Ok((
-                w,
-                series_sketch(engine, &ns, family, dim, covered)?.estimate_at(confidence),
-            ))
+            let exact = presence_orgs(&engine.mem.read().index, &ns, metric, scope, covered);
+            let estimate = match exact {
+                Some(n) => Estimate::exact_at(n, confidence),
+                None => series_sketch(engine, &ns, family, dim, covered)?.estimate_at(confidence),
+            };
+            Ok((w, estimate))
         })
         .collect()
 }
@@ -699,7 +793,225 @@ fn sort_and_limit<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attribution::Attributor;
+    use crate::config::ServerConfig;
+    use crate::ingest::ObservationBatch;
     use crate::sketch::HashSeed;
+    use crate::time::{Clock, ManualClock};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    /// 2026-01-01T00:00:00Z, the first day of the org world.
+    const T0: i64 = 1_767_225_600;
+    const DAYS: u32 = 100;
+    const COUNTRIES: [&str; 5] = ["DE", "US", "JP", "BR", "FR"];
+
+    fn open(dir: &std::path::Path) -> Engine {
+        let config = ServerConfig {
+            data_dir: dir.to_owned(),
+            ..ServerConfig::default()
+        };
+        for _ in 0..500 {
+            let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0 + 120 * 86_400));
+            match Engine::open_with_clock(&config, Attributor::empty(), clock) {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other.unwrap(),
+            }
+        }
+        panic!("the engine did not open");
+    }
+
+    /// Rows as (org, country, day); org `None` is unattributed (no table
+    /// covers it, so it is counted under `unattributed` in ZZ).
+    type Row = (Option<u32>, usize, u32);
+
+    fn ingest(engine: &Engine, rows: &[Row], sequence: u64) {
+        let batch = ObservationBatch {
+            namespace: "orgs".into(),
+            collector: "test".into(),
+            sequence,
+            ipv4: (0..rows.len() as u32).collect(),
+            ipv6: Vec::new(),
+            unix_seconds: rows
+                .iter()
+                .map(|r| T0 + i64::from(r.2) * 86_400 + 60)
+                .collect(),
+            org_dict: (0..400).map(|o| format!("AS{o}")).collect(),
+            org_index: rows.iter().map(|r| r.0.map_or(0, |o| o + 1)).collect(),
+            country_dict: COUNTRIES.iter().map(|c| (*c).to_owned()).collect(),
+            country_index: rows
+                .iter()
+                .map(|r| if r.0.is_some() { r.1 as u32 + 1 } else { 0 })
+                .collect(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(engine.ingest(batch)).unwrap();
+    }
+
+    fn window(from: u32, to: u32) -> DayWindow {
+        let first = (T0 / 86_400) as u32;
+        DayWindow::new(Day(first + from), Day(first + to)).unwrap()
+    }
+
+    /// Every org count the presence index answers equals the truth and
+    /// the org sketches' answer (exact here: below 1,025 orgs), for many
+    /// windows: Count and Series globally and per country, GroupBy and
+    /// Compare by country. `unattributed` is never an organisation.
+    fn check_org_counts(engine: &Engine, rows: &[Row]) {
+        let ns = engine.catalog.require("namespace", "orgs").unwrap();
+        let truth = |w: DayWindow, country: Option<&str>| -> usize {
+            rows.iter()
+                .filter(|r| r.0.is_some() && w.contains(window(r.2, r.2 + 1).from))
+                .filter(|r| country.is_none_or(|c| COUNTRIES[r.1] == c))
+                .map(|r| r.0)
+                .collect::<BTreeSet<_>>()
+                .len()
+        };
+        let sketch = |family, dim, w| {
+            let covered = covered(engine, &ns, w).unwrap();
+            series_sketch(engine, &ns, family, dim, covered)
+                .unwrap()
+                .estimate()
+        };
+        let mut windows = vec![window(0, DAYS), window(0, 1), window(99, 100), window(3, 3)];
+        windows.extend((0..40).map(|i| window(i * 2, i * 2 + 1 + (i * 7) % 60)));
+        windows.push(window(DAYS, DAYS + 30));
+        for (i, &w) in windows.iter().enumerate() {
+            let global = count(engine, "orgs", Metric::Orgs, &Scope::Global, w, 0.9).unwrap();
+            assert!(global.estimate.exact && global.estimate.confidence == 0.9);
+            assert_eq!(global.estimate.value, truth(w, None) as f64, "{w:?}");
+            let by_sketch = sketch(Family::OrgsGlobal, 0, w);
+            assert!(by_sketch.exact);
+            assert_eq!(global.estimate.value, by_sketch.value, "{w:?}");
+            let spec = GroupSpec {
+                metric: Metric::Orgs,
+                by: GroupBy::Country,
+                within: Scope::Global,
+                confidence: 0.95,
+                limit: 0,
+            };
+            let groups: BTreeMap<String, Estimate> = group(engine, "orgs", &spec, w)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.group, r.estimate))
+                .collect();
+            let other = windows[(i * 5 + 1) % windows.len()];
+            let compared = compare(engine, "orgs", &spec, w, other).unwrap();
+            let mut expected_rows = 0;
+            for cc in COUNTRIES.iter().chain(&["ZZ", "IT"]) {
+                let code: [u8; 2] = cc.as_bytes().try_into().unwrap();
+                let want = truth(w, Some(cc));
+                let one = count(engine, "orgs", Metric::Orgs, &Scope::Country(code), w, 0.95)
+                    .unwrap()
+                    .estimate;
+                assert!(one.exact && one.lower == one.upper);
+                assert_eq!(one.value, want as f64, "{cc} {w:?}");
+                let by_sketch = sketch(Family::OrgsCountry, country_dim(code), w);
+                assert_eq!(one.value, by_sketch.value, "{cc} {w:?}");
+                assert_eq!(
+                    groups.get(*cc).map(|e| e.value),
+                    (want > 0).then_some(want as f64)
+                );
+                let row = compared.iter().find(|r| r.group == *cc);
+                let want_b = truth(other, Some(cc));
+                if want + want_b > 0 {
+                    expected_rows += 1;
+                    let row = row.unwrap();
+                    assert_eq!((row.a.value, row.b.value), (want as f64, want_b as f64));
+                    assert!(row.a.exact && row.b.exact);
+                } else {
+                    assert!(row.is_none(), "{cc}: no orgs in either window");
+                }
+            }
+            assert!(groups.values().all(|e| e.exact));
+            assert_eq!(compared.len(), expected_rows);
+        }
+        let weeks = series(
+            engine,
+            "orgs",
+            Metric::Orgs,
+            &Scope::Country(*b"US"),
+            window(0, DAYS),
+            Step::Days(7),
+            0.95,
+        )
+        .unwrap();
+        for (w, e) in weeks {
+            assert!(e.exact);
+            assert_eq!(e.value, truth(w, Some("US")) as f64, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn org_counts_from_presence_equal_the_sketches_and_the_truth() {
+        let mut state = 0x5eed_0001_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n) as u32
+        };
+        // 300 orgs in one to three countries, on days 30..100; later, late
+        // rows on days 0..40, some in countries new to their org.
+        let mut rows: Vec<Row> = Vec::new();
+        let mut late: Vec<Row> = Vec::new();
+        for org in 0..300 {
+            let home = next(5) as usize;
+            for k in 0..1 + next(3) as usize {
+                let country = (home + 2 * k) % 5;
+                for _ in 0..1 + next(6) {
+                    rows.push((Some(org), country, 30 + next(70)));
+                }
+                if next(4) == 0 {
+                    late.push((Some(org), (country + 1) % 5, next(40)));
+                }
+            }
+        }
+        rows.extend((0..50).map(|_| (None, 0, next(100))));
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = open(dir.path());
+            ingest(&engine, &rows, 1);
+            check_org_counts(&engine, &rows);
+            engine.shutdown();
+        }
+        // Presence from sled (and rollups built at shutdown), then late
+        // rows in the memtable beside it, then all of it from sled.
+        let engine = open(dir.path());
+        check_org_counts(&engine, &rows);
+        ingest(&engine, &late, 2);
+        rows.extend(late);
+        check_org_counts(&engine, &rows);
+        engine.shutdown();
+        drop(engine);
+        let engine = open(dir.path());
+        check_org_counts(&engine, &rows);
+        let r = retention(
+            &engine,
+            "orgs",
+            &Scope::Global,
+            window(0, 50),
+            window(50, 100),
+        );
+        let orgs_in = |w: DayWindow| -> BTreeSet<u32> {
+            rows.iter()
+                .filter(|r| w.contains(window(r.2, r.2 + 1).from))
+                .filter_map(|r| r.0)
+                .collect()
+        };
+        let (a, b) = (orgs_in(window(0, 50)), orgs_in(window(50, 100)));
+        assert_eq!(
+            r.unwrap(),
+            Retention {
+                in_a: a.len() as u64,
+                in_both: a.intersection(&b).count() as u64
+            }
+        );
+    }
 
     /// Measures the error of the inclusion–exclusion overlap and the
     /// coverage of its interval; prints the table, asserts the coverage.

@@ -453,3 +453,143 @@ async fn answers_survive_restart_and_late_data_reaches_rollups() {
     coverage.assert_share(0.6);
     server.stop().await;
 }
+
+/// Orgs in one to three countries each, plus rows no table attributes
+/// (counted under `unattributed` in ZZ, which is no organisation).
+fn travelling_orgs(rng: &mut Rng, orgs: std::ops::Range<u64>, days: i64) -> Vec<Observation> {
+    let mut rows = Vec::new();
+    for org in orgs {
+        let home = rng.below(6) as usize;
+        for k in 0..1 + rng.below(3) as usize {
+            let country = COUNTRIES[(home + 2 * k) % 6];
+            for i in 0..1 + rng.below(5) {
+                rows.push(Observation {
+                    ip: IpAddr::V4(Ipv4Addr::from(((org as u32 + 1) << 12) | i as u32)),
+                    unix_seconds: APRIL_1 + rng.below(days as u64) as i64 * DAY + 60,
+                    org: Some(format!("AS{}", 70_000 + org)),
+                    country: Some(country.to_owned()),
+                });
+            }
+        }
+    }
+    rows.extend((0..40).map(|i| Observation {
+        ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, i)),
+        unix_seconds: APRIL_1 + rng.below(days as u64) as i64 * DAY,
+        org: None,
+        country: None,
+    }));
+    rows
+}
+
+/// Org counts (count, group and compare by country, series) and retention
+/// are exact and equal the truth, globally and per country, and so are the
+/// orgs listed within a country.
+async fn check_org_answers(server: &TestServer, rows: &[Observation]) {
+    let truth = Truth(rows);
+    // Rows without an org are no organisation's.
+    let orgs = |w: DayWindow, country: Option<&str>| -> HashSet<String> {
+        truth
+            .rows(w)
+            .filter(|r| country.is_none_or(|c| r.country.as_deref() == Some(c)))
+            .filter_map(|r| r.org.clone())
+            .collect()
+    };
+    let c = &server.client;
+    let exact = |e: &sketchd::sketch::Estimate, want: usize, what: &str| {
+        assert!(e.exact && e.lower == e.upper, "{what}: exact");
+        assert_eq!(e.value, want as f64, "{what}");
+    };
+    for (a, b) in [
+        (window(0, 30), window(30, 61)),
+        (window(5, 6), window(0, 61)),
+    ] {
+        let got = c.count(NS, Metric::Orgs, &Scope::Global, a).await.unwrap();
+        exact(&got.estimate, orgs(a, None).len(), "global orgs");
+        let rows_a = c
+            .group(NS, Metric::Orgs, GroupBy::Country, &Scope::Global, a, 0)
+            .await
+            .unwrap();
+        let table = c
+            .compare(NS, Metric::Orgs, GroupBy::Country, &Scope::Global, a, b, 0)
+            .await
+            .unwrap();
+        let mut with_orgs = 0;
+        for cc in COUNTRIES {
+            let code = cc.as_bytes().try_into().unwrap();
+            let (in_a, in_b) = (orgs(a, Some(cc)), orgs(b, Some(cc)));
+            let got = c
+                .count(NS, Metric::Orgs, &Scope::Country(code), a)
+                .await
+                .unwrap();
+            exact(&got.estimate, in_a.len(), cc);
+            match rows_a.iter().find(|r| r.group == cc) {
+                Some(row) => exact(&row.estimate, in_a.len(), cc),
+                None => assert!(in_a.is_empty(), "{cc}: a row when it has orgs"),
+            }
+            with_orgs += usize::from(!in_a.is_empty());
+            let row = table.iter().find(|r| r.group == cc).unwrap();
+            exact(&row.a, in_a.len(), cc);
+            exact(&row.b, in_b.len(), cc);
+            let r = c.retention(NS, &Scope::Country(code), a, b).await.unwrap();
+            assert_eq!(r.in_a, in_a.len() as u64, "{cc}");
+            assert_eq!(r.in_both, in_a.intersection(&in_b).count() as u64, "{cc}");
+            let listed: HashSet<String> = c
+                .group(NS, Metric::Ips, GroupBy::Org, &Scope::Country(code), a, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.group)
+                .collect();
+            assert_eq!(listed, in_a, "{cc}: orgs seen there");
+        }
+        assert_eq!(rows_a.len(), with_orgs, "no row for ZZ");
+        let (in_a, in_b) = (orgs(a, None), orgs(b, None));
+        let r = c.retention(NS, &Scope::Global, a, b).await.unwrap();
+        assert_eq!(
+            (r.in_a, r.in_both),
+            (in_a.len() as u64, in_a.intersection(&in_b).count() as u64)
+        );
+    }
+    let weeks = c
+        .series(NS, Metric::Orgs, &Scope::Global, window(0, 61), "week")
+        .await
+        .unwrap();
+    for (w, e) in &weeks {
+        exact(e, orgs(*w, None).len(), "weekly orgs");
+    }
+}
+
+#[tokio::test]
+async fn org_answers_are_exact_with_late_data_and_after_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let mut rng = Rng(7);
+    // May first; April arrives late.
+    let mut rows: Vec<Observation> = travelling_orgs(&mut rng, 0..150, DAYS)
+        .into_iter()
+        .filter(|r| r.unix_seconds >= APRIL_1 + 30 * DAY)
+        .collect();
+    let ingest = |rows: &[Observation], sequence: u64| {
+        let mut b = BatchBuilder::new();
+        rows.iter().for_each(|r| b.push(r));
+        b.build(NS, "c", sequence)
+    };
+    server.client.ingest(ingest(&rows, 1)).await.unwrap();
+    check_org_answers(&server, &rows).await;
+    server.stop().await;
+
+    // Presence loaded from sled; then late rows (new orgs, and known orgs
+    // in new countries and earlier days) beside it in the memtable.
+    let server = common::start(dir.path()).await;
+    check_org_answers(&server, &rows).await;
+    let mut late = travelling_orgs(&mut rng, 100..200, 30);
+    late.extend(travelling_orgs(&mut Rng(8), 0..50, 30));
+    server.client.ingest(ingest(&late, 2)).await.unwrap();
+    rows.extend(late);
+    check_org_answers(&server, &rows).await;
+    server.stop().await;
+
+    let server = common::start(dir.path()).await;
+    check_org_answers(&server, &rows).await;
+    server.stop().await;
+}

@@ -409,7 +409,7 @@ pub fn apply(
             org: org.dim,
             country: code,
         };
-        presence.entry(oc).or_default().insert(day);
+        presence.insert(oc, day);
         mem.presence.entry((ns.id, oc)).or_default().insert(day);
     }
     for ((family, dim, day), hashes) in groups {

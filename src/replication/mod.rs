@@ -281,9 +281,7 @@ pub fn apply_merge(
                     .presence
                     .entry(ns.id)
                     .or_default()
-                    .entry(oc)
-                    .or_default()
-                    .union(&bits);
+                    .insert_days(oc, &bits);
                 mem.presence.entry((ns.id, oc)).or_default().union(&bits);
             }
             keys::KIND_ORG_NAME => {

@@ -4,16 +4,26 @@
 //! - `table_versions`: the attribution table versions each namespace's
 //!   batches were attributed with;
 //! - `dims`: which dimensions a family has (countries, orgs), for group-by;
-//! - `presence`: per (org, country) the set of days it was seen, exact.
-//!   Org presence is tiny (an org is seen on a few hundred days at most),
-//!   so organisation retention is answered exactly from it.
+//! - `presence`: per namespace an [`OrgPresence`]: for each country, the
+//!   days each org was seen there, and their union over countries (the days
+//!   each org was seen anywhere), each an [`OrgDays`] table of day bitmaps
+//!   sharing one span. Exact and small (a few words per (org, country)), so
+//!   organisation retention, and org counts globally and per country, are
+//!   answered exactly from it; a country's orgs are read without touching
+//!   other countries'. Invariants: every (org, country, day) inserted is in
+//!   that country's table and in the union; only counted orgs (never
+//!   `unattributed`) are inserted, exactly as into the org sketch families.
 //!
 //! The [`Index`] is the full state: loaded from sled at start, updated when
 //! a batch is applied. Memtables carry the new entries since the last
 //! checkpoint, which writes them to sled (presence bits are OR-ed, the
-//! rest is insert-only), so the index survives restarts.
+//! rest is insert-only), so the index survives restarts. Sled keeps
+//! presence per (org, country) (`DayBits`); the per-country tables and the
+//! union are built from those records at start.
 
 use std::collections::{HashMap, HashSet};
+
+use rustc_hash::FxHashMap;
 
 use crate::store::keys::{Family, NamespaceId};
 use crate::time::{Day, DayWindow};
@@ -60,27 +70,7 @@ impl DayBits {
 
     /// Whether any day of `window` is in the set: word masks, not days.
     pub fn any_in(&self, window: DayWindow) -> bool {
-        let end = self.base as u64 + 64 * self.words.len() as u64;
-        let from = u64::from(window.from.0).max(u64::from(self.base));
-        let to = u64::from(window.to.0).min(end);
-        if from >= to {
-            return false;
-        }
-        let (first, last) = (
-            ((from - u64::from(self.base)) / 64) as usize,
-            ((to - 1 - u64::from(self.base)) / 64) as usize,
-        );
-        (first..=last).any(|i| {
-            let word_start = u64::from(self.base) + 64 * i as u64;
-            let lo = from.max(word_start) - word_start;
-            let hi = to.min(word_start + 64) - word_start;
-            let mask = if hi - lo == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << (hi - lo)) - 1) << lo
-            };
-            self.words[i] & mask != 0
-        })
+        WordMask::new(self.base, self.words.len(), window).is_some_and(|m| m.hits(&self.words))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Day> + '_ {
@@ -116,6 +106,256 @@ impl DayBits {
     }
 }
 
+/// The words of a bitmap that a window touches, with the masks of its
+/// first and last word (the words between are wholly inside). Built once
+/// per window and bitmap layout; rows of the same layout share it.
+#[derive(Clone, Debug)]
+struct WordMask {
+    first: usize,
+    first_mask: u64,
+    /// Words strictly between the first and the last (empty if they are
+    /// the same or adjacent).
+    middle: std::ops::Range<usize>,
+    last: usize,
+    /// 0 when the window lies in one word (`first_mask` then has both ends).
+    last_mask: u64,
+}
+
+impl WordMask {
+    /// The mask of `window` over `words` words from the 64-aligned `base`;
+    /// `None` when they do not meet.
+    fn new(base: u32, words: usize, window: DayWindow) -> Option<WordMask> {
+        let base = u64::from(base);
+        let from = u64::from(window.from.0).max(base);
+        let to = u64::from(window.to.0).min(base + 64 * words as u64);
+        if from >= to {
+            return None;
+        }
+        let (from, last_day) = (from - base, to - 1 - base);
+        let (first, last) = ((from / 64) as usize, (last_day / 64) as usize);
+        let first_mask = u64::MAX << (from % 64);
+        let last_mask = u64::MAX >> (63 - last_day % 64);
+        Some(if first == last {
+            WordMask {
+                first,
+                first_mask: first_mask & last_mask,
+                middle: 0..0,
+                last,
+                last_mask: 0,
+            }
+        } else {
+            WordMask {
+                first,
+                first_mask,
+                middle: first + 1..last,
+                last,
+                last_mask,
+            }
+        })
+    }
+
+    /// Whether `row` (laid out as the mask was built for) has a day inside.
+    #[inline]
+    fn hits(&self, row: &[u64]) -> bool {
+        let mut any = (row[self.first] & self.first_mask) | (row[self.last] & self.last_mask);
+        for w in &row[self.middle.clone()] {
+            any |= w;
+        }
+        any != 0
+    }
+}
+
+/// The days each org was seen in one place (one country, or anywhere).
+///
+/// One row of day bits per org, every row over the same 64-aligned span of
+/// days, all rows in one array. A window becomes one [`WordMask`] that
+/// serves every row, so counting the orgs seen in a window is one linear
+/// pass over `rows x width` words, with no per-org allocation or pointer.
+/// The span is the union of the rows' days (it grows, re-laying the rows,
+/// when a day outside it arrives: about once per 64 days of new data), so
+/// an org costs `width` words even if it was seen on one day; ingest's age
+/// and skew limits bound the span.
+#[derive(Clone, Debug, Default)]
+pub struct OrgDays {
+    /// Day of bit 0 of word 0 of every row; a multiple of 64.
+    base: u32,
+    /// Words per row.
+    width: usize,
+    /// Row -> org dimension.
+    orgs: Vec<u64>,
+    /// Org dimension -> row.
+    rows: FxHashMap<u64, u32>,
+    /// `orgs.len() * width` words, row after row.
+    words: Vec<u64>,
+}
+
+impl OrgDays {
+    /// Orgs with at least one day.
+    pub fn len(&self) -> usize {
+        self.orgs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.orgs.is_empty()
+    }
+
+    pub fn insert(&mut self, org: u64, day: Day) {
+        let word_base = day.0 & !63;
+        self.cover(word_base, u64::from(word_base) + 64);
+        let row = self.row(org);
+        let at = row * self.width + ((day.0 - self.base) / 64) as usize;
+        self.words[at] |= 1 << (day.0 % 64);
+    }
+
+    /// Adds every day of `days` to `org`'s row.
+    pub fn insert_days(&mut self, org: u64, days: &DayBits) {
+        let Some(last) = days.words.iter().rposition(|&w| w != 0) else {
+            return;
+        };
+        let first = days.words.iter().position(|&w| w != 0).unwrap_or(last);
+        let from = days.base + 64 * first as u32;
+        self.cover(from, u64::from(days.base) + 64 * (last as u64 + 1));
+        let row = self.row(org);
+        let offset = row * self.width + ((from - self.base) / 64) as usize;
+        for (i, w) in days.words[first..=last].iter().enumerate() {
+            self.words[offset + i] |= w;
+        }
+    }
+
+    /// The days `org` was seen here, if any.
+    pub fn days(&self, org: u64) -> Option<DayBits> {
+        let row = *self.rows.get(&org)? as usize;
+        Some(DayBits {
+            base: self.base,
+            words: self.words[row * self.width..(row + 1) * self.width].to_vec(),
+        })
+    }
+
+    /// How many orgs were seen on a day of `window`.
+    pub fn count_in(&self, window: DayWindow) -> u64 {
+        match WordMask::new(self.base, self.width, window) {
+            Some(mask) => self
+                .words
+                .chunks_exact(self.width)
+                .filter(|row| mask.hits(row))
+                .count() as u64,
+            None => 0,
+        }
+    }
+
+    /// The orgs seen on a day of `window`.
+    pub fn orgs_in(&self, window: DayWindow) -> impl Iterator<Item = u64> + '_ {
+        let mask = WordMask::new(self.base, self.width, window);
+        self.words
+            .chunks(self.width.max(1))
+            .zip(&self.orgs)
+            .filter(move |(row, _)| mask.as_ref().is_some_and(|m| m.hits(row)))
+            .map(|(_, &org)| org)
+    }
+
+    /// Of the orgs that `keep` accepts: how many were seen in `a`, and how
+    /// many of those also in `b`. `keep` is asked only about orgs seen in `a`.
+    pub fn retention(
+        &self,
+        a: DayWindow,
+        b: DayWindow,
+        mut keep: impl FnMut(u64) -> bool,
+    ) -> (u64, u64) {
+        let Some(in_a) = WordMask::new(self.base, self.width, a) else {
+            return (0, 0);
+        };
+        let in_b = WordMask::new(self.base, self.width, b);
+        let (mut seen, mut retained) = (0, 0);
+        for (row, &org) in self.words.chunks_exact(self.width).zip(&self.orgs) {
+            if in_a.hits(row) && keep(org) {
+                seen += 1;
+                retained += u64::from(in_b.as_ref().is_some_and(|m| m.hits(row)));
+            }
+        }
+        (seen, retained)
+    }
+
+    /// The row of `org`, added (empty) if new. The span must be laid out.
+    fn row(&mut self, org: u64) -> usize {
+        let next = self.orgs.len() as u32;
+        let row = *self.rows.entry(org).or_insert(next);
+        if row == next {
+            self.orgs.push(org);
+            self.words.resize(self.words.len() + self.width, 0);
+        }
+        row as usize
+    }
+
+    /// Widens the span to hold the days `[from, to)` (`from` 64-aligned,
+    /// `to` a multiple of 64), moving every row to the new layout.
+    fn cover(&mut self, from: u32, to: u64) {
+        let end = u64::from(self.base) + 64 * self.width as u64;
+        if self.width > 0 && from >= self.base && to <= end {
+            return;
+        }
+        let (base, end) = if self.width == 0 {
+            (from, to)
+        } else {
+            (from.min(self.base), to.max(end))
+        };
+        let width = ((end - u64::from(base)) / 64) as usize;
+        let shift = ((self.base.max(base) - base) / 64) as usize;
+        let mut words = vec![0; self.orgs.len() * width];
+        if self.width > 0 {
+            for (old, new) in self
+                .words
+                .chunks_exact(self.width)
+                .zip(words.chunks_exact_mut(width))
+            {
+                new[shift..shift + self.width].copy_from_slice(old);
+            }
+        }
+        (self.base, self.width, self.words) = (base, width, words);
+    }
+}
+
+/// Org presence of one namespace: per country the days each org was seen
+/// there, and the union over countries (an org's days anywhere), so that
+/// global and per-country questions read one [`OrgDays`] each.
+#[derive(Clone, Debug, Default)]
+pub struct OrgPresence {
+    countries: FxHashMap<[u8; 2], OrgDays>,
+    anywhere: OrgDays,
+}
+
+impl OrgPresence {
+    pub fn insert(&mut self, oc: OrgCountry, day: Day) {
+        self.countries
+            .entry(oc.country)
+            .or_default()
+            .insert(oc.org, day);
+        self.anywhere.insert(oc.org, day);
+    }
+
+    pub fn insert_days(&mut self, oc: OrgCountry, days: &DayBits) {
+        self.countries
+            .entry(oc.country)
+            .or_default()
+            .insert_days(oc.org, days);
+        self.anywhere.insert_days(oc.org, days);
+    }
+
+    /// The orgs seen in `country`, if any was.
+    pub fn country(&self, country: [u8; 2]) -> Option<&OrgDays> {
+        self.countries.get(&country)
+    }
+
+    /// Every country with orgs, in no particular order.
+    pub fn countries(&self) -> impl Iterator<Item = ([u8; 2], &OrgDays)> {
+        self.countries.iter().map(|(cc, days)| (*cc, days))
+    }
+
+    /// Every org, with its days in any country.
+    pub fn anywhere(&self) -> &OrgDays {
+        &self.anywhere
+    }
+}
+
 /// Where an org was seen: its dimension and the row's country.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OrgCountry {
@@ -129,7 +369,7 @@ pub struct Index {
     pub names: HashMap<(NamespaceId, u64), String>,
     pub table_versions: HashMap<NamespaceId, std::collections::BTreeSet<String>>,
     pub dims: HashMap<(NamespaceId, Family), HashSet<u64>>,
-    pub presence: HashMap<NamespaceId, HashMap<OrgCountry, DayBits>>,
+    pub presence: HashMap<NamespaceId, OrgPresence>,
     /// Regions merged into this server (replication provenance).
     pub regions: std::collections::BTreeMap<String, crate::store::memtable::RegionMark>,
 }
@@ -181,5 +421,127 @@ mod tests {
             from: Day(0),
             to: Day(u32::MAX)
         }));
+    }
+
+    /// A small xorshift generator.
+    fn rng(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        }
+    }
+
+    /// Windows of many lengths and places around `days`, including ones
+    /// outside every row and the whole line.
+    fn windows(days: std::ops::Range<u32>) -> Vec<DayWindow> {
+        let mut out = vec![DayWindow {
+            from: Day(0),
+            to: Day(u32::MAX),
+        }];
+        for from in (days.start - 70..days.end + 70).step_by(7) {
+            for len in [0, 1, 2, 30, 63, 64, 65, 128, 150, 400] {
+                out.push(DayWindow {
+                    from: Day(from),
+                    to: Day(from + len),
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn org_days_agree_with_a_set_of_days_per_org() {
+        let mut next = rng(0x0dd5_eed5);
+        let mut table = OrgDays::default();
+        let mut truth: HashMap<u64, std::collections::BTreeSet<u32>> = HashMap::new();
+        // Days arrive out of order and widen the span on both sides; some
+        // orgs get whole bitmaps (a load or a replicated merge).
+        for step in 0..3_000u64 {
+            let org = 1_000 + next(120);
+            let day = 20_100 + next(230) as u32 - if step > 2_000 { 150 } else { 0 };
+            if next(10) == 0 {
+                let mut bits = DayBits::default();
+                for d in [day, day + next(90) as u32, day + 200] {
+                    bits.insert(Day(d));
+                    truth.entry(org).or_default().insert(d);
+                }
+                table.insert_days(org, &bits);
+            } else {
+                table.insert(org, Day(day));
+                truth.entry(org).or_default().insert(day);
+            }
+        }
+        table.insert_days(7, &DayBits::default());
+        assert_eq!(table.len(), truth.len(), "an empty bitmap adds no org");
+        for (org, days) in &truth {
+            let got: Vec<u32> = table.days(*org).unwrap().iter().map(|d| d.0).collect();
+            assert_eq!(got, days.iter().copied().collect::<Vec<_>>());
+        }
+        let all = windows(19_950..20_330);
+        for (i, w) in all.iter().enumerate() {
+            let seen = |org: &u64| truth[org].iter().any(|d| w.contains(Day(*d)));
+            let want: HashSet<u64> = truth.keys().copied().filter(seen).collect();
+            assert_eq!(table.count_in(*w), want.len() as u64, "{w:?}");
+            assert_eq!(table.orgs_in(*w).collect::<HashSet<_>>(), want, "{w:?}");
+            let b = all[(i * 7 + 3) % all.len()];
+            let even = |org: u64| org.is_multiple_of(2);
+            let in_b = |org: &u64| truth[org].iter().any(|d| b.contains(Day(*d)));
+            let kept: Vec<u64> = want.iter().copied().filter(|o| even(*o)).collect();
+            assert_eq!(
+                table.retention(*w, b, even),
+                (
+                    kept.len() as u64,
+                    kept.iter().filter(|o| in_b(o)).count() as u64
+                ),
+                "{w:?} {b:?}"
+            );
+        }
+        let empty = OrgDays::default();
+        assert_eq!(empty.count_in(all[0]), 0);
+        assert_eq!(empty.orgs_in(all[0]).count(), 0);
+        assert_eq!(empty.retention(all[0], all[0], |_| true), (0, 0));
+    }
+
+    #[test]
+    fn org_presence_keeps_countries_apart_and_their_union() {
+        let mut next = rng(0x0c0f_fee0);
+        let mut presence = OrgPresence::default();
+        let mut truth: HashMap<OrgCountry, std::collections::BTreeSet<u32>> = HashMap::new();
+        let countries = [*b"DE", *b"US", *b"JP", *b"BR"];
+        for _ in 0..2_000 {
+            let oc = OrgCountry {
+                org: next(60),
+                country: countries[next(4) as usize],
+            };
+            let day = 20_000 + next(214) as u32;
+            if next(4) == 0 {
+                let mut bits = DayBits::default();
+                bits.insert(Day(day));
+                presence.insert_days(oc, &bits);
+            } else {
+                presence.insert(oc, Day(day));
+            }
+            truth.entry(oc).or_default().insert(day);
+        }
+        let mut listed: Vec<[u8; 2]> = presence.countries().map(|(cc, _)| cc).collect();
+        listed.sort();
+        let mut want_countries = countries.to_vec();
+        want_countries.sort();
+        assert_eq!(listed, want_countries);
+        assert!(presence.country(*b"FR").is_none());
+        for w in windows(20_000..20_214) {
+            let seen = |(oc, days): (&OrgCountry, &std::collections::BTreeSet<u32>)| {
+                days.iter().any(|d| w.contains(Day(*d))).then_some(*oc)
+            };
+            let pairs: Vec<OrgCountry> = truth.iter().filter_map(seen).collect();
+            for cc in countries {
+                let want = pairs.iter().filter(|oc| oc.country == cc).count() as u64;
+                assert_eq!(presence.country(cc).unwrap().count_in(w), want, "{w:?}");
+            }
+            let anywhere: HashSet<u64> = pairs.iter().map(|oc| oc.org).collect();
+            assert_eq!(presence.anywhere().count_in(w), anywhere.len() as u64);
+        }
     }
 }

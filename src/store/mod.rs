@@ -264,7 +264,7 @@ impl Store {
                 .presence
                 .entry(ns)
                 .or_default()
-                .insert(OrgCountry { org, country }, bits);
+                .insert_days(OrgCountry { org, country }, &bits);
         }
         for item in self.data.scan_prefix([keys::KIND_REGION]) {
             let (k, v) = item?;
