@@ -55,6 +55,9 @@ use rustc_hash::FxHashMap;
 /// 2·log2(n) sketches.
 pub const MAX_LEVEL: u8 = 9;
 
+/// Threads that write a checkpoint's day sketches.
+pub const CHECKPOINT_THREADS: usize = 2;
+
 /// Default bound of the decoded-sketch cache.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -475,12 +478,42 @@ impl Store {
     /// hold part of it, with the same result. (Counters, which are not
     /// idempotent, go in the final batch.) The blocks are rebuilt later by
     /// [`Store::rebuild_rollups`].
+    ///
+    /// The work is split over [`CHECKPOINT_THREADS`] threads by series (a
+    /// series' days and stale record are only ever handled by one of them),
+    /// so that the read-merge-write of day sketches uses the cores the
+    /// commit thread leaves idle.
     pub fn write_checkpoint_sketches(&self, mem: &Memtable) -> Result<()> {
+        let mut parts: Vec<Vec<&SketchKey>> = vec![Vec::new(); CHECKPOINT_THREADS];
+        for key in mem.sketches.keys() {
+            let series: Series = (key.ns, key.family, key.dim);
+            let mut h = rustc_hash::FxHasher::default();
+            std::hash::Hash::hash(&series, &mut h);
+            let part = (std::hash::Hasher::finish(&h) % CHECKPOINT_THREADS as u64) as usize;
+            parts[part].push(key);
+        }
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .map(|mut keys| {
+                    scope.spawn(move || {
+                        keys.sort_unstable();
+                        self.write_day_chunks(mem, &keys)
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .map_err(|_| Error::Unavailable("a checkpoint worker panicked".into()))?
+            })
+        })
+    }
+
+    /// [`Store::write_checkpoint_sketches`] for `keys` (sorted, whole series).
+    fn write_day_chunks(&self, mem: &Memtable, keys: &[&SketchKey]) -> Result<()> {
         /// Day sketches merged per sled batch (a batch holds their encoded
         /// values: up to 12 KiB each, ~50 MiB at 4,096).
         const CHUNK: usize = 1_024;
-        let mut keys: Vec<&SketchKey> = mem.sketches.keys().collect();
-        keys.sort_unstable();
         for chunk in keys.chunks(CHUNK) {
             let mut batch = sled::Batch::default();
             // The series whose stale days grow, with their new sets.
