@@ -13,13 +13,15 @@
 //! Rollups are coalesced: a checkpoint writes day sketches only, and in the
 //! same sled batch, per series, the set of days changed since the series'
 //! rollup blocks were built (`u` records); every block above such a day is
-//! stale. [`Store::rebuild_rollups`] rebuilds stale blocks bottom-up (each
-//! the union of its two halves) and deletes the series' record in the same
-//! batch. Invariant: a block above no stale day equals the union of its
-//! days in sled. Readers never use a stale block: [`Store::merge_window`]
-//! reads its halves instead (down to days), using an in-memory copy of the
-//! stale days and blocks that grows before the records are written and
-//! shrinks only after the rebuilt blocks are written.
+//! stale. Only the levels of [`ROLLUP_LEVELS`] are stored (days and blocks
+//! of 4, 16, 64, 256 days). [`Store::rebuild_rollups`] rebuilds stale
+//! blocks bottom-up (each the union of the four blocks of the stored level
+//! below) and deletes the series' record in the same batch. Invariant: a
+//! block above no stale day equals the union of its days in sled. Readers
+//! never use a stale block: [`Store::merge_window`] reads its children
+//! instead (down to days), using an in-memory copy of the stale days and
+//! blocks that grows before the records are written and shrinks only after
+//! the rebuilt blocks are written.
 //!
 //! sled calls block: callers run them off the async runtime.
 
@@ -50,10 +52,35 @@ use keys::{
 use memtable::{Memtable, OriginRecord, RegionMark};
 use rustc_hash::FxHashMap;
 
-/// Rollup depth: sled keeps each series per day and per aligned block of
-/// 2, 4, ..., 2^MAX_LEVEL days, so a window of n days reads about
-/// 2·log2(n) sketches.
-pub const MAX_LEVEL: u8 = 9;
+/// The levels sled keeps of each series: days (level 0) and aligned blocks
+/// of 4, 16, 64 and 256 days; a block is the union of the four blocks of
+/// the level below. A window reads at most 3 blocks of each lower level on
+/// either side plus one per 256 days ([`DayWindow::cover`]); a series holds
+/// about one block per three days. Strictly increasing, starting at 0.
+pub const ROLLUP_LEVELS: &[u8] = &[0, 2, 4, 6, 8];
+
+/// The largest stored level.
+pub const MAX_LEVEL: u8 = ROLLUP_LEVELS[ROLLUP_LEVELS.len() - 1];
+
+const _: () = {
+    assert!(ROLLUP_LEVELS[0] == 0, "level 0 (days) must be stored");
+    let mut i = 1;
+    while i < ROLLUP_LEVELS.len() {
+        assert!(
+            ROLLUP_LEVELS[i - 1] < ROLLUP_LEVELS[i],
+            "levels must increase"
+        );
+        i += 1;
+    }
+    assert!(MAX_LEVEL < 32, "blocks must fit in u32 days");
+};
+
+/// The stored level below `level`, or `None` for days and for levels that
+/// are not stored.
+pub fn lower_rollup_level(level: u8) -> Option<u8> {
+    let at = ROLLUP_LEVELS.iter().position(|&l| l == level)?;
+    at.checked_sub(1).map(|below| ROLLUP_LEVELS[below])
+}
 
 /// Default bound of the decoded-sketch cache.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -86,7 +113,7 @@ type Series = (NamespaceId, Family, u64);
 struct StaleRollups {
     /// Per series, the days changed since its blocks were built.
     days: FxHashMap<Series, DayBits>,
-    /// Every block of level >= 1 above those days.
+    /// Every stored block of level >= 1 above those days.
     blocks: FxHashSet<SketchKey>,
 }
 
@@ -95,7 +122,7 @@ impl StaleRollups {
     /// `fresh` unless already known.
     fn blocks_above(&self, series: Series, day: Day, fresh: &mut FxHashSet<SketchKey>) {
         let (ns, family, dim) = series;
-        for level in 1..=MAX_LEVEL {
+        for &level in &ROLLUP_LEVELS[1..] {
             let key = SketchKey {
                 ns,
                 family,
@@ -310,7 +337,7 @@ impl Store {
 
     /// Merges into `acc` the stored sketches of one series over `window`,
     /// reading the fewest up-to-date rollup blocks that tile it: a stale
-    /// block is replaced by its halves, down to days if need be.
+    /// block is replaced by its children, down to days if need be.
     pub fn merge_window(
         &self,
         acc: &mut Sketch,
@@ -327,8 +354,9 @@ impl Store {
         Ok(())
     }
 
-    /// The blocks [`Store::merge_window`] reads: the window's dyadic cover
-    /// with every stale block replaced by its halves.
+    /// The blocks [`Store::merge_window`] reads: the window's cover by
+    /// stored levels with every stale block replaced by its children (the
+    /// blocks of the level below), recursively.
     fn window_blocks(
         &self,
         ns: NamespaceId,
@@ -337,7 +365,7 @@ impl Store {
         window: DayWindow,
     ) -> Vec<SketchKey> {
         let cover = window
-            .dyadic_cover(MAX_LEVEL)
+            .cover(ROLLUP_LEVELS)
             .into_iter()
             .map(|block| SketchKey {
                 ns,
@@ -353,9 +381,10 @@ impl Store {
         let mut todo: Vec<SketchKey> = cover.rev().collect();
         while let Some(key) = todo.pop() {
             if key.block.level > 0 && stale.contains(&key) {
-                let [left, right] = key.children();
-                todo.push(right);
-                todo.push(left);
+                let first = todo.len();
+                todo.extend(key.children());
+                // Popped in order: the first child next.
+                todo[first..].reverse();
             } else {
                 planned.push(key);
             }
@@ -535,7 +564,7 @@ impl Store {
     }
 
     /// Rebuilds every stale rollup block, bottom-up (a block is the union of
-    /// its two halves, rebuilt first when stale themselves), writing the
+    /// its children, rebuilt first when stale themselves), writing the
     /// blocks of whole series with the deletion of their stale days in one
     /// sled batch. Returns the number of blocks rebuilt. Runs on the
     /// checkpoint thread, never beside a checkpoint. Does not flush.
@@ -543,7 +572,8 @@ impl Store {
         /// Blocks rebuilt per sled batch, at least (whole series).
         const CHUNK: usize = 2_048;
         let mut todo: Vec<SketchKey> = self.stale.read().blocks.iter().copied().collect();
-        // Series by series, and within a series by level: halves come first.
+        // Series by series, and within a series by level (`Block` orders by
+        // level first): children come before their parents.
         todo.sort_unstable();
         let same_series =
             |a: &SketchKey, b: &SketchKey| (a.ns, a.family, a.dim) == (b.ns, b.family, b.dim);
@@ -559,12 +589,12 @@ impl Store {
             let mut batch = sled::Batch::default();
             for key in chunk {
                 let mut union: Option<Sketch> = None;
-                for half in key.children() {
+                for child in key.children() {
                     let stored;
-                    let sketch = match built.get(&half) {
+                    let sketch = match built.get(&child) {
                         Some(Some(sketch)) => sketch,
                         Some(None) => continue,
-                        None => match self.block_sketch(&half)? {
+                        None => match self.block_sketch(&child)? {
                             Some(s) => {
                                 stored = s;
                                 &*stored
@@ -879,8 +909,15 @@ mod tests {
             0,
             "markers left in sled"
         );
-        // Every stored block is the union of its days, byte for byte.
-        for level in 1..=MAX_LEVEL {
+        assert_blocks_equal_unions_of_days(&store);
+        assert_windows_equal_unions_of_days(&store);
+    }
+
+    /// Every block of `levels` over the days of [`random_memtable`] (in the
+    /// three series), with the window it covers.
+    fn blocks_over_the_days(levels: &[u8]) -> Vec<(SketchKey, DayWindow)> {
+        let mut out = Vec::new();
+        for &level in levels {
             let mut block = Block::containing(Day(20_000), level);
             while block.start.0 < 20_700 {
                 let window =
@@ -892,13 +929,21 @@ mod tests {
                         dim,
                         block,
                     };
-                    let stored = store.block_sketch(&key).unwrap().expect("block stored");
-                    let by_day = union_of_days(&store, dim, window);
-                    assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+                    out.push((key, window));
                 }
                 block.start = Day(block.start.0 + block.days());
             }
         }
-        assert_windows_equal_unions_of_days(&store);
+        out
+    }
+
+    /// Every block of the stored levels is stored and equals the union of
+    /// its days, byte for byte.
+    fn assert_blocks_equal_unions_of_days(store: &Store) {
+        for (key, window) in blocks_over_the_days(&ROLLUP_LEVELS[1..]) {
+            let stored = store.block_sketch(&key).unwrap().expect("block stored");
+            let by_day = union_of_days(store, key.dim, window);
+            assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+        }
     }
 }
