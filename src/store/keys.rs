@@ -49,6 +49,10 @@ pub const META_CHECKPOINT_LSN: &[u8] = b"mcheckpoint_lsn";
 /// (u64 LE) and when (i64 LE).
 pub const META_UPSTREAM_ACKED: &[u8] = b"mupstream_acked";
 
+/// The metadata key holding the rollup levels the stored blocks were built
+/// with (one byte per level, as `store::ROLLUP_LEVELS`).
+pub const META_ROLLUP_LEVELS: &[u8] = b"mrollup_levels";
+
 /// Seed of the dimension hashes (org and sector ids to key dimensions).
 /// Part of the on-disk format: never change it.
 const DIM_SEED: u64 = 0x736b_6574_6368_6431;

@@ -21,7 +21,9 @@
 //! never use a stale block: [`Store::merge_window`] reads its children
 //! instead (down to days), using an in-memory copy of the stale days and
 //! blocks that grows before the records are written and shrinks only after
-//! the rebuilt blocks are written.
+//! the rebuilt blocks are written. The level set is recorded in sled; a
+//! store written with another set has its blocks dropped and all its days
+//! marked stale at open, so answers stay exact while they are rebuilt.
 //!
 //! sled calls block: callers run them off the async runtime.
 
@@ -57,6 +59,8 @@ use rustc_hash::FxHashMap;
 /// the level below. A window reads at most 3 blocks of each lower level on
 /// either side plus one per 256 days ([`DayWindow::cover`]); a series holds
 /// about one block per three days. Strictly increasing, starting at 0.
+/// Changing it is an on-disk format change that [`Store::open`] handles by
+/// rebuilding every block (see [`keys::META_ROLLUP_LEVELS`]).
 pub const ROLLUP_LEVELS: &[u8] = &[0, 2, 4, 6, 8];
 
 /// The largest stored level.
@@ -163,6 +167,7 @@ impl Store {
             .open()?;
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
+        adopt_rollup_levels(&db, &data)?;
         let mut stale = StaleRollups::default();
         for item in data.scan_prefix([keys::KIND_STALE_ROLLUP]) {
             let (k, v) = item?;
@@ -782,6 +787,67 @@ impl Store {
     }
 }
 
+/// Makes the stored rollup blocks those of [`ROLLUP_LEVELS`] when sled
+/// records another level set, or none while holding sketches (data written
+/// before the set was recorded had levels 1 to 9): deletes every block of
+/// level >= 1 and marks every day of every series stale, so queries read
+/// days until the next rollup pass rebuilds the blocks; then records the
+/// set. Stale-day records go first, deletions next and the set last, so a
+/// crash part way leaves the set unrecorded and the next open starts over.
+fn adopt_rollup_levels(db: &sled::Db, data: &sled::Tree) -> Result<()> {
+    /// Keys written or deleted per sled batch.
+    const CHUNK: usize = 8_192;
+    if data.get(keys::META_ROLLUP_LEVELS)?.as_deref() == Some(ROLLUP_LEVELS) {
+        return Ok(());
+    }
+    let corrupt = |what: &str| Error::Corrupt(format!("rollup upgrade: {what}"));
+    let mut days: FxHashMap<Series, DayBits> = FxHashMap::default();
+    let mut blocks: Vec<sled::IVec> = Vec::new();
+    for item in data.scan_prefix([keys::KIND_SKETCH]) {
+        let (k, _) = item?;
+        let key = SketchKey::decode(&k).ok_or_else(|| corrupt("sketch key"))?;
+        if key.block.level == 0 {
+            days.entry((key.ns, key.family, key.dim))
+                .or_default()
+                .insert(key.block.start);
+        } else {
+            blocks.push(k);
+        }
+    }
+    let series: Vec<(Series, DayBits)> = days.into_iter().collect();
+    for chunk in series.chunks(CHUNK) {
+        let mut batch = sled::Batch::default();
+        for ((ns, family, dim), days) in chunk {
+            let k = keys::stale_days_key(*ns, *family, *dim);
+            let mut stale = match data.get(k)? {
+                Some(v) => DayBits::decode(&v).ok_or_else(|| corrupt("stale days"))?,
+                None => DayBits::default(),
+            };
+            stale.union(days);
+            batch.insert(&k[..], stale.encode());
+        }
+        data.apply_batch(batch)?;
+    }
+    for chunk in blocks.chunks(CHUNK) {
+        let mut batch = sled::Batch::default();
+        for k in chunk {
+            batch.remove(k);
+        }
+        data.apply_batch(batch)?;
+    }
+    data.insert(keys::META_ROLLUP_LEVELS, ROLLUP_LEVELS)?;
+    db.flush()?;
+    if !series.is_empty() || !blocks.is_empty() {
+        tracing::info!(
+            blocks_deleted = blocks.len(),
+            series = series.len(),
+            levels = ?ROLLUP_LEVELS,
+            "rollup levels changed: blocks will be rebuilt from the days"
+        );
+    }
+    Ok(())
+}
+
 fn decode_u64(v: &[u8]) -> Result<u64> {
     Ok(u64::from_le_bytes(
         v.try_into()
@@ -944,6 +1010,110 @@ mod tests {
             let stored = store.block_sketch(&key).unwrap().expect("block stored");
             let by_day = union_of_days(store, key.dim, window);
             assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+        }
+    }
+
+    /// Levels of the rollup blocks in sled (level 0 excluded), with counts.
+    fn stored_levels(store: &Store) -> std::collections::BTreeMap<u8, usize> {
+        let mut levels = std::collections::BTreeMap::new();
+        for item in store.data.scan_prefix([keys::KIND_SKETCH]) {
+            let key = SketchKey::decode(&item.unwrap().0).unwrap();
+            if key.block.level > 0 {
+                *levels.entry(key.block.level).or_default() += 1;
+            }
+        }
+        levels
+    }
+
+    /// Replaces the rollup blocks in sled by those of `levels`, each the
+    /// union of its days, as code with that level set would have left them,
+    /// and records `recorded` as the level set (`None`: no record, as
+    /// before the set was recorded).
+    fn lay_out_rollups(store: &Store, levels: &[u8], recorded: Option<&[u8]>) {
+        let mut batch = sled::Batch::default();
+        for item in store.data.scan_prefix([keys::KIND_SKETCH]) {
+            let (k, _) = item.unwrap();
+            if SketchKey::decode(&k).unwrap().block.level > 0 {
+                batch.remove(k);
+            }
+        }
+        for (key, window) in blocks_over_the_days(levels) {
+            let by_day = union_of_days(store, key.dim, window);
+            batch.insert(&key.encode()[..], by_day.encode());
+        }
+        match recorded {
+            Some(set) => batch.insert(keys::META_ROLLUP_LEVELS, set),
+            None => batch.remove(keys::META_ROLLUP_LEVELS),
+        }
+        store.data.apply_batch(batch).unwrap();
+        store.flush().unwrap();
+    }
+
+    #[test]
+    fn blocks_of_another_level_set_are_dropped_at_open_and_rebuilt() {
+        let old_layouts: [(&[u8], Option<&[u8]>); 2] = [
+            // What the code before sparse levels wrote: levels 1 to 9, no record.
+            (&[1, 2, 3, 4, 5, 6, 7, 8, 9], None),
+            // A recorded set without the levels stored now.
+            (&[3, 5, 8], Some(&[0, 3, 5, 8])),
+        ];
+        for (levels, recorded) in old_layouts {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = 0x5eed_1e7e_u64;
+            {
+                // No decoded-sketch cache: blocks are rewritten behind it.
+                let store = Store::open_with_cache(dir.path(), 0, 1 << 20).unwrap();
+                assert_eq!(
+                    store.data.get(keys::META_ROLLUP_LEVELS).unwrap().as_deref(),
+                    Some(ROLLUP_LEVELS),
+                    "a new store records its level set"
+                );
+                checkpoint(&store, &random_memtable(&mut rng, 700, 40_000), 1);
+                store.rebuild_rollups().unwrap();
+                lay_out_rollups(&store, levels, recorded);
+                assert_eq!(
+                    stored_levels(&store).keys().copied().collect::<Vec<_>>(),
+                    levels
+                );
+                if recorded.is_some() {
+                    // Without the upgrade, a cover would read blocks of the
+                    // new levels that this layout never stored.
+                    let block = Block::containing(Day(20_100), MAX_LEVEL - 2);
+                    let window =
+                        DayWindow::new(block.start, Day(block.start.0 + block.days())).unwrap();
+                    let mut rolled = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+                    store
+                        .merge_window(&mut rolled, 1, Family::IpsCountry, 0, window)
+                        .unwrap();
+                    assert_ne!(rolled.encode(), union_of_days(&store, 0, window).encode());
+                }
+                // Late data, stale in the old layout too.
+                checkpoint(&store, &random_memtable(&mut rng, 700, 2_000), 2);
+                store.flush().unwrap();
+            }
+            let store = Store::open(dir.path()).unwrap();
+            assert!(stored_levels(&store).is_empty(), "{levels:?} left blocks");
+            assert_eq!(
+                store.data.get(keys::META_ROLLUP_LEVELS).unwrap().as_deref(),
+                Some(ROLLUP_LEVELS)
+            );
+            // Every block of every series with data is stale until rebuilt.
+            let every_block = blocks_over_the_days(&ROLLUP_LEVELS[1..]).len();
+            assert_eq!(store.stale_rollups(), every_block, "{levels:?}");
+            assert_windows_equal_unions_of_days(&store);
+            assert_eq!(store.rebuild_rollups().unwrap(), every_block);
+            assert_blocks_equal_unions_of_days(&store);
+            assert_eq!(
+                stored_levels(&store).keys().copied().collect::<Vec<_>>(),
+                &ROLLUP_LEVELS[1..]
+            );
+            assert_windows_equal_unions_of_days(&store);
+            drop(store);
+            // Opened again with the same set, nothing is dropped or stale.
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.stale_rollups(), 0);
+            assert_blocks_equal_unions_of_days(&store);
+            assert_windows_equal_unions_of_days(&store);
         }
     }
 }
