@@ -892,6 +892,24 @@ mod tests {
         mem
     }
 
+    /// Opens the store under `dir` again. sled releases the file lock of a
+    /// database dropped moments ago from its background threads, so a lock
+    /// error is retried for a few seconds (as `tests/common` does).
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
     fn checkpoint(store: &Store, mem: &Memtable, lsn: u64) {
         store.write_checkpoint_sketches(mem).unwrap();
         store
@@ -965,7 +983,7 @@ mod tests {
             stale
         };
         // The markers are durable: a restart (or crash) still skips them.
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.stale_rollups(), stale);
         assert_windows_equal_unions_of_days(&store);
         assert_eq!(store.rebuild_rollups().unwrap(), stale);
@@ -1091,7 +1109,7 @@ mod tests {
                 checkpoint(&store, &random_memtable(&mut rng, 700, 2_000), 2);
                 store.flush().unwrap();
             }
-            let store = Store::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             assert!(stored_levels(&store).is_empty(), "{levels:?} left blocks");
             assert_eq!(
                 store.data.get(keys::META_ROLLUP_LEVELS).unwrap().as_deref(),
@@ -1110,7 +1128,7 @@ mod tests {
             assert_windows_equal_unions_of_days(&store);
             drop(store);
             // Opened again with the same set, nothing is dropped or stale.
-            let store = Store::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             assert_eq!(store.stale_rollups(), 0);
             assert_blocks_equal_unions_of_days(&store);
             assert_windows_equal_unions_of_days(&store);
