@@ -9,8 +9,10 @@
 //! * `ingest/apply`: folding the prepared batch into a fresh memtable, and
 //!   into one that already holds the day (the steady state);
 //! * `query/merge_window`: a 30-day window of one dense series read from
-//!   sled rollups (5 blocks) versus day by day (30 sketches), each merged
-//!   and estimated.
+//!   sled rollups (12 blocks: 6 days, 6 blocks of 4 days) versus day by
+//!   day (30 sketches), each merged and estimated;
+//! * `rollups/rebuild`: the rollup pass after a checkpoint of 256 new days
+//!   of one dense series (fresh store; sled writes, not flushed).
 //!
 //! Run: `cargo bench --bench ingest -- --warm-up-time 1 --measurement-time 3`
 
@@ -159,13 +161,12 @@ fn bench_ingest(c: &mut Criterion) {
     g.finish();
 }
 
-fn bench_query(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    // 64 days of one series, 20k distinct IPs a day (dense at p=14).
+/// `days` days of one series from day 19,900, 20k distinct IPs a day
+/// (dense at p=14).
+fn dense_days(days: u32) -> Memtable {
     let mut mem = Memtable::default();
     let mut h = 1u64;
-    for day in 0..64u32 {
+    for day in 0..days {
         let mut sketch = Sketch::new(14, HashSeed::DEFAULT).unwrap();
         for _ in 0..20_000 {
             h = h
@@ -178,6 +179,37 @@ fn bench_query(c: &mut Criterion) {
             sketch,
         );
     }
+    mem
+}
+
+/// The rollup pass after a checkpoint of 256 new dense days of one series
+/// (every block above them stale), on a fresh store.
+fn bench_rollups(c: &mut Criterion) {
+    let mem = dense_days(256);
+    let mut g = c.benchmark_group("rollups");
+    g.sample_size(10);
+    g.bench_function("rebuild/256_dense_days", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Store::open(dir.path()).unwrap();
+                store.write_checkpoint_sketches(&mem).unwrap();
+                (dir, store)
+            },
+            |(dir, store)| {
+                store.rebuild_rollups().unwrap();
+                (dir, store)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+fn bench_query(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mem = dense_days(64);
     store.write_checkpoint_sketches(&mem).unwrap();
     store
         .apply_checkpoint(store.prepare_checkpoint(&mem, 1).unwrap())
@@ -211,5 +243,5 @@ fn bench_query(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_ingest, bench_query);
+criterion_group!(benches, bench_ingest, bench_query, bench_rollups);
 criterion_main!(benches);

@@ -2,7 +2,9 @@
 //!
 //! A [`Day`] is a count of days since 1970-01-01 (UTC). Observations before
 //! 1970 are not representable and are rejected at validation. A [`DayWindow`]
-//! is `[from, to)`; `from <= to` always holds for a constructed window.
+//! is `[from, to)`; `from <= to` always holds for a constructed window. A
+//! [`Block`] is an aligned run of `2^level` days; [`DayWindow::cover`] tiles
+//! a window with the fewest blocks of a given set of levels.
 //! Time-dependent code reads the time from a [`Clock`] so tests can pin it.
 
 use std::fmt;
@@ -146,17 +148,27 @@ impl DayWindow {
         (self.from.0..self.to.0).map(Day)
     }
 
-    /// The fewest aligned dyadic blocks that tile the window exactly, using
-    /// blocks of at most `2^max_level` days: at most about
-    /// `2 * max_level + len / 2^max_level` blocks.
-    pub fn dyadic_cover(&self, max_level: u8) -> Vec<Block> {
+    /// The fewest aligned blocks of the given levels that tile the window
+    /// exactly, in order: from each day on, the largest block of `levels`
+    /// that starts there (aligned) and ends within the window. `levels` must
+    /// be strictly increasing and start at 0 (days), so that a block of one
+    /// level is a union of blocks of each lower level; then these blocks are
+    /// the maximal blocks inside the window, and no tiling has fewer. For
+    /// levels `l0 < l1 < ... < lk` that is at most `2^(l(i+1) - li) - 1`
+    /// blocks of each level `li < lk` on either side, plus
+    /// `len / 2^lk` of level `lk`.
+    pub fn cover(&self, levels: &[u8]) -> Vec<Block> {
+        debug_assert!(levels.first() == Some(&0), "levels must start with days");
+        debug_assert!(levels.windows(2).all(|w| w[0] < w[1] && w[1] < 32));
         let mut blocks = Vec::new();
         let (mut at, end) = (u64::from(self.from.0), u64::from(self.to.0));
         while at < end {
-            let mut level = max_level.min(at.trailing_zeros().min(63) as u8);
-            while at + (1u64 << level) > end {
-                level -= 1;
-            }
+            let level = levels
+                .iter()
+                .rev()
+                .copied()
+                .find(|&l| at % (1u64 << l) == 0 && at + (1u64 << l) <= end)
+                .unwrap_or(0);
             blocks.push(Block {
                 level,
                 start: Day(at as u32),
@@ -168,7 +180,8 @@ impl DayWindow {
 }
 
 /// An aligned dyadic block of days: `[start, start + 2^level)`, with
-/// `start` a multiple of `2^level`. Level 0 is one day.
+/// `start` a multiple of `2^level`. Level 0 is one day. Which levels are
+/// stored is the store's choice (`store::ROLLUP_LEVELS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Block {
     pub level: u8,
@@ -186,6 +199,16 @@ impl Block {
 
     pub fn days(&self) -> u32 {
         1 << self.level
+    }
+
+    /// The blocks of a lower `level` that tile this one, in order.
+    pub fn parts(self, level: u8) -> impl Iterator<Item = Block> {
+        debug_assert!(level <= self.level);
+        let step = 1u32 << level;
+        (0..1u32 << (self.level - level)).map(move |i| Block {
+            level,
+            start: Day(self.start.0 + i * step),
+        })
     }
 }
 
@@ -266,41 +289,120 @@ mod tests {
         assert!(w.intersect(&far).is_empty());
     }
 
-    #[test]
-    fn dyadic_covers_tile_windows_with_few_blocks() {
-        let mut seed = 12345u64;
-        let mut next = |n: u32| {
+    /// A small deterministic generator for the cover tests.
+    fn lcg(seed: u64) -> impl FnMut(u32) -> u32 {
+        let mut seed = seed;
+        move |n: u32| {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             ((seed >> 33) as u32) % n
-        };
-        for _ in 0..2000 {
+        }
+    }
+
+    /// The most blocks a cover with `levels` may have for `len` days.
+    fn cover_bound(levels: &[u8], len: u32) -> u32 {
+        let top = *levels.last().unwrap();
+        let sides: u32 = levels
+            .windows(2)
+            .map(|w| 2 * ((1u32 << (w[1] - w[0])) - 1))
+            .sum();
+        sides + len / (1 << top)
+    }
+
+    #[test]
+    fn covers_tile_windows_exactly_with_few_aligned_blocks() {
+        let mut next = lcg(12345);
+        let sets: [&[u8]; 5] = [
+            &[0],
+            &[0, 1, 2, 3],
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            &[0, 2, 4, 6, 8],
+            &[0, 3, 5, 8],
+        ];
+        for i in 0..3000 {
             let from = next(5000);
-            let len = next(1200);
+            // Some windows longer than the largest block, some aligned ones.
+            let len = if i % 10 == 0 {
+                next(40) * 64
+            } else {
+                next(1200)
+            };
             let w = DayWindow::new(Day(from), Day(from + len)).unwrap();
-            for max_level in [0u8, 3, 9] {
-                let cover = w.dyadic_cover(max_level);
+            for levels in sets {
+                let cover = w.cover(levels);
                 let mut at = w.from.0;
                 for b in &cover {
                     assert_eq!(b.start.0, at, "blocks must tile in order");
-                    assert_eq!(b.start.0 % b.days(), 0, "blocks must be aligned");
-                    assert!(b.level <= max_level);
-                    assert_eq!(Block::containing(b.start, b.level), *b);
+                    assert!(levels.contains(&b.level), "{b:?} is not stored");
+                    assert_eq!(Block::containing(b.start, b.level), *b, "aligned");
                     at += b.days();
                 }
-                assert_eq!(at, w.to.0);
-                let bound = 2 * u32::from(max_level) + 2 + len / (1 << max_level);
+                assert_eq!(at, w.to.0, "{w:?} {levels:?}: the cover ends at `to`");
+                let bound = cover_bound(levels, len);
                 assert!(
                     cover.len() as u32 <= bound,
-                    "{w:?} level {max_level}: {} blocks",
+                    "{w:?} {levels:?}: {} blocks > {bound}",
                     cover.len()
                 );
             }
         }
         assert!(DayWindow::new(Day(7), Day(7))
             .unwrap()
-            .dyadic_cover(9)
+            .cover(&[0, 2, 4, 6, 8])
             .is_empty());
+    }
+
+    #[test]
+    fn covers_are_the_maximal_blocks_inside_the_window() {
+        // No two neighbours of the same level may form a stored block of
+        // the next level inside the window: otherwise fewer blocks would do.
+        let mut next = lcg(99);
+        let levels = [0u8, 2, 4, 6, 8];
+        for _ in 0..2000 {
+            let from = next(3000);
+            let w = DayWindow::new(Day(from), Day(from + next(2000))).unwrap();
+            let cover = w.cover(&levels);
+            for b in &cover {
+                for &up in levels.iter().filter(|&&l| l > b.level) {
+                    let parent = Block::containing(b.start, up);
+                    let inside = parent.start >= w.from && parent.start.0 + parent.days() <= w.to.0;
+                    assert!(!inside, "{w:?}: {b:?} lies in {parent:?}");
+                }
+            }
+        }
+        // A worked example: 3 days, 3 blocks of 4, one of 16, then back down.
+        let w = DayWindow::new(Day(1), Day(35)).unwrap();
+        let got: Vec<(u8, u32)> = w
+            .cover(&levels)
+            .iter()
+            .map(|b| (b.level, b.start.0))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 1),
+                (0, 2),
+                (0, 3),
+                (2, 4),
+                (2, 8),
+                (2, 12),
+                (4, 16),
+                (0, 32),
+                (0, 33),
+                (0, 34)
+            ]
+        );
+    }
+
+    #[test]
+    fn parts_tile_a_block() {
+        let b = Block::containing(Day(1000), 6);
+        let parts: Vec<Block> = b.parts(4).collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[0].start, b.start);
+        assert!(parts.windows(2).all(|p| p[1].start.0 == p[0].start.0 + 16));
+        assert!(parts.iter().all(|p| Block::containing(p.start, 6) == b));
+        assert_eq!(b.parts(6).collect::<Vec<_>>(), [b]);
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! | kind | layout | value |
 //! |---|---|---|
-//! | `s` | ns u32, family u8, dim u64, level u8, first day u32 | sketch envelope of a dyadic block of `2^level` days |
+//! | `s` | ns u32, family u8, dim u64, level u8, first day u32 | sketch envelope of a dyadic block of `2^level` days (levels of `store::ROLLUP_LEVELS`) |
 //! | `c` | ns u32, dim u64 (country, 0 = all), day u32 | observations, u64 LE |
 //! | `o` | ns u32, dim u64 | name of an org, sector or `CC/sector` dimension (UTF-8) |
 //! | `v` | ns u32, version | empty: batches were attributed with these tables |
@@ -48,6 +48,10 @@ pub const META_CHECKPOINT_LSN: &[u8] = b"mcheckpoint_lsn";
 /// The metadata key holding the revision the upstream acknowledged last
 /// (u64 LE) and when (i64 LE).
 pub const META_UPSTREAM_ACKED: &[u8] = b"mupstream_acked";
+
+/// The metadata key holding the rollup levels the stored blocks were built
+/// with (one byte per level, as `store::ROLLUP_LEVELS`).
+pub const META_ROLLUP_LEVELS: &[u8] = b"mrollup_levels";
 
 /// Seed of the dimension hashes (org and sector ids to key dimensions).
 /// Part of the on-disk format: never change it.
@@ -132,7 +136,8 @@ pub fn country_sector_dim(country: [u8; 2], sector: &str) -> u64 {
 
 /// The key of a sketch of one series over one dyadic block of days (level
 /// 0: one day). Memtables hold level 0 only; rollup passes after
-/// checkpoints maintain the higher levels in sled.
+/// checkpoints maintain the higher levels of [`super::ROLLUP_LEVELS`] in
+/// sled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SketchKey {
     pub ns: NamespaceId,
@@ -180,17 +185,15 @@ impl SketchKey {
         })
     }
 
-    /// The two halves of a block of level >= 1.
-    pub fn children(&self) -> [SketchKey; 2] {
-        let level = self.block.level.saturating_sub(1);
-        let half = |start: Day| SketchKey {
-            block: Block { level, start },
-            ..*self
-        };
-        [
-            half(self.block.start),
-            half(Day(self.block.start.0 + (1 << level))),
-        ]
+    /// The blocks a stored rollup block is the union of: those of the next
+    /// lower stored level (see [`super::ROLLUP_LEVELS`]) that tile it, in
+    /// order. A day (or a block of a level that is not stored) has none.
+    pub fn children(&self) -> impl Iterator<Item = SketchKey> + '_ {
+        let lower = super::lower_rollup_level(self.block.level);
+        lower
+            .into_iter()
+            .flat_map(move |level| self.block.parts(level))
+            .map(move |block| SketchKey { block, ..*self })
     }
 
     /// The prefix shared by all days of one (namespace, family, dim).
@@ -401,9 +404,28 @@ mod tests {
             decode_stale_days_key(&dim_key(7, Family::IpsCountry, a.dim)),
             None
         );
-        let [left, right] = block.children();
-        assert_eq!((left.block.level, left.block.start), (2, Day(20_000)));
-        assert_eq!((right.block.level, right.block.start), (2, Day(20_004)));
+        // Blocks of stored levels are the union of the four blocks of the
+        // level below; other levels have no children.
+        assert_eq!(block.children().count(), 0);
+        let block = SketchKey {
+            block: Block::containing(Day(20_001), 4),
+            ..a
+        };
+        let parts: Vec<(u8, Day)> = block
+            .children()
+            .map(|k| (k.block.level, k.block.start))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                (2, Day(20_000)),
+                (2, Day(20_004)),
+                (2, Day(20_008)),
+                (2, Day(20_012))
+            ]
+        );
+        assert!(block.children().all(|k| (k.ns, k.dim) == (a.ns, a.dim)));
+        assert_eq!(a.children().count(), 0);
     }
 
     #[test]

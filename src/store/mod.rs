@@ -13,13 +13,17 @@
 //! Rollups are coalesced: a checkpoint writes day sketches only, and in the
 //! same sled batch, per series, the set of days changed since the series'
 //! rollup blocks were built (`u` records); every block above such a day is
-//! stale. [`Store::rebuild_rollups`] rebuilds stale blocks bottom-up (each
-//! the union of its two halves) and deletes the series' record in the same
-//! batch. Invariant: a block above no stale day equals the union of its
-//! days in sled. Readers never use a stale block: [`Store::merge_window`]
-//! reads its halves instead (down to days), using an in-memory copy of the
-//! stale days and blocks that grows before the records are written and
-//! shrinks only after the rebuilt blocks are written.
+//! stale. Only the levels of [`ROLLUP_LEVELS`] are stored (days and blocks
+//! of 4, 16, 64, 256 days). [`Store::rebuild_rollups`] rebuilds stale
+//! blocks bottom-up (each the union of the four blocks of the stored level
+//! below) and deletes the series' record in the same batch. Invariant: a
+//! block above no stale day equals the union of its days in sled. Readers
+//! never use a stale block: [`Store::merge_window`] reads its children
+//! instead (down to days), using an in-memory copy of the stale days and
+//! blocks that grows before the records are written and shrinks only after
+//! the rebuilt blocks are written. The level set is recorded in sled; a
+//! store written with another set has its blocks dropped and all its days
+//! marked stale at open, so answers stay exact while they are rebuilt.
 //!
 //! sled calls block: callers run them off the async runtime.
 
@@ -50,10 +54,37 @@ use keys::{
 use memtable::{Memtable, OriginRecord, RegionMark};
 use rustc_hash::FxHashMap;
 
-/// Rollup depth: sled keeps each series per day and per aligned block of
-/// 2, 4, ..., 2^MAX_LEVEL days, so a window of n days reads about
-/// 2·log2(n) sketches.
-pub const MAX_LEVEL: u8 = 9;
+/// The levels sled keeps of each series: days (level 0) and aligned blocks
+/// of 4, 16, 64 and 256 days; a block is the union of the four blocks of
+/// the level below. A window reads at most 3 blocks of each lower level on
+/// either side plus one per 256 days ([`DayWindow::cover`]); a series holds
+/// about one block per three days. Strictly increasing, starting at 0.
+/// Changing it is an on-disk format change that [`Store::open`] handles by
+/// rebuilding every block (see [`keys::META_ROLLUP_LEVELS`]).
+pub const ROLLUP_LEVELS: &[u8] = &[0, 2, 4, 6, 8];
+
+/// The largest stored level.
+pub const MAX_LEVEL: u8 = ROLLUP_LEVELS[ROLLUP_LEVELS.len() - 1];
+
+const _: () = {
+    assert!(ROLLUP_LEVELS[0] == 0, "level 0 (days) must be stored");
+    let mut i = 1;
+    while i < ROLLUP_LEVELS.len() {
+        assert!(
+            ROLLUP_LEVELS[i - 1] < ROLLUP_LEVELS[i],
+            "levels must increase"
+        );
+        i += 1;
+    }
+    assert!(MAX_LEVEL < 32, "blocks must fit in u32 days");
+};
+
+/// The stored level below `level`, or `None` for days and for levels that
+/// are not stored.
+pub fn lower_rollup_level(level: u8) -> Option<u8> {
+    let at = ROLLUP_LEVELS.iter().position(|&l| l == level)?;
+    at.checked_sub(1).map(|below| ROLLUP_LEVELS[below])
+}
 
 /// Threads that write a checkpoint's day sketches.
 pub const CHECKPOINT_THREADS: usize = 2;
@@ -89,7 +120,7 @@ type Series = (NamespaceId, Family, u64);
 struct StaleRollups {
     /// Per series, the days changed since its blocks were built.
     days: FxHashMap<Series, DayBits>,
-    /// Every block of level >= 1 above those days.
+    /// Every stored block of level >= 1 above those days.
     blocks: FxHashSet<SketchKey>,
 }
 
@@ -98,7 +129,7 @@ impl StaleRollups {
     /// `fresh` unless already known.
     fn blocks_above(&self, series: Series, day: Day, fresh: &mut FxHashSet<SketchKey>) {
         let (ns, family, dim) = series;
-        for level in 1..=MAX_LEVEL {
+        for &level in &ROLLUP_LEVELS[1..] {
             let key = SketchKey {
                 ns,
                 family,
@@ -139,6 +170,7 @@ impl Store {
             .open()?;
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
+        adopt_rollup_levels(&db, &data)?;
         let mut stale = StaleRollups::default();
         for item in data.scan_prefix([keys::KIND_STALE_ROLLUP]) {
             let (k, v) = item?;
@@ -313,7 +345,7 @@ impl Store {
 
     /// Merges into `acc` the stored sketches of one series over `window`,
     /// reading the fewest up-to-date rollup blocks that tile it: a stale
-    /// block is replaced by its halves, down to days if need be.
+    /// block is replaced by its children, down to days if need be.
     pub fn merge_window(
         &self,
         acc: &mut Sketch,
@@ -330,8 +362,9 @@ impl Store {
         Ok(())
     }
 
-    /// The blocks [`Store::merge_window`] reads: the window's dyadic cover
-    /// with every stale block replaced by its halves.
+    /// The blocks [`Store::merge_window`] reads: the window's cover by
+    /// stored levels with every stale block replaced by its children (the
+    /// blocks of the level below), recursively.
     fn window_blocks(
         &self,
         ns: NamespaceId,
@@ -340,7 +373,7 @@ impl Store {
         window: DayWindow,
     ) -> Vec<SketchKey> {
         let cover = window
-            .dyadic_cover(MAX_LEVEL)
+            .cover(ROLLUP_LEVELS)
             .into_iter()
             .map(|block| SketchKey {
                 ns,
@@ -356,9 +389,10 @@ impl Store {
         let mut todo: Vec<SketchKey> = cover.rev().collect();
         while let Some(key) = todo.pop() {
             if key.block.level > 0 && stale.contains(&key) {
-                let [left, right] = key.children();
-                todo.push(right);
-                todo.push(left);
+                let first = todo.len();
+                todo.extend(key.children());
+                // Popped in order: the first child next.
+                todo[first..].reverse();
             } else {
                 planned.push(key);
             }
@@ -569,7 +603,7 @@ impl Store {
     }
 
     /// Rebuilds every stale rollup block, bottom-up (a block is the union of
-    /// its two halves, rebuilt first when stale themselves), writing the
+    /// its children, rebuilt first when stale themselves), writing the
     /// blocks of whole series with the deletion of their stale days in one
     /// sled batch. Returns the number of blocks rebuilt. Runs on the
     /// checkpoint thread, never beside a checkpoint. Does not flush.
@@ -577,7 +611,8 @@ impl Store {
         /// Blocks rebuilt per sled batch, at least (whole series).
         const CHUNK: usize = 2_048;
         let mut todo: Vec<SketchKey> = self.stale.read().blocks.iter().copied().collect();
-        // Series by series, and within a series by level: halves come first.
+        // Series by series, and within a series by level (`Block` orders by
+        // level first): children come before their parents.
         todo.sort_unstable();
         let same_series =
             |a: &SketchKey, b: &SketchKey| (a.ns, a.family, a.dim) == (b.ns, b.family, b.dim);
@@ -593,12 +628,12 @@ impl Store {
             let mut batch = sled::Batch::default();
             for key in chunk {
                 let mut union: Option<Sketch> = None;
-                for half in key.children() {
+                for child in key.children() {
                     let stored;
-                    let sketch = match built.get(&half) {
+                    let sketch = match built.get(&child) {
                         Some(Some(sketch)) => sketch,
                         Some(None) => continue,
-                        None => match self.block_sketch(&half)? {
+                        None => match self.block_sketch(&child)? {
                             Some(s) => {
                                 stored = s;
                                 &*stored
@@ -786,6 +821,67 @@ impl Store {
     }
 }
 
+/// Makes the stored rollup blocks those of [`ROLLUP_LEVELS`] when sled
+/// records another level set, or none while holding sketches (data written
+/// before the set was recorded had levels 1 to 9): deletes every block of
+/// level >= 1 and marks every day of every series stale, so queries read
+/// days until the next rollup pass rebuilds the blocks; then records the
+/// set. Stale-day records go first, deletions next and the set last, so a
+/// crash part way leaves the set unrecorded and the next open starts over.
+fn adopt_rollup_levels(db: &sled::Db, data: &sled::Tree) -> Result<()> {
+    /// Keys written or deleted per sled batch.
+    const CHUNK: usize = 8_192;
+    if data.get(keys::META_ROLLUP_LEVELS)?.as_deref() == Some(ROLLUP_LEVELS) {
+        return Ok(());
+    }
+    let corrupt = |what: &str| Error::Corrupt(format!("rollup upgrade: {what}"));
+    let mut days: FxHashMap<Series, DayBits> = FxHashMap::default();
+    let mut blocks: Vec<sled::IVec> = Vec::new();
+    for item in data.scan_prefix([keys::KIND_SKETCH]) {
+        let (k, _) = item?;
+        let key = SketchKey::decode(&k).ok_or_else(|| corrupt("sketch key"))?;
+        if key.block.level == 0 {
+            days.entry((key.ns, key.family, key.dim))
+                .or_default()
+                .insert(key.block.start);
+        } else {
+            blocks.push(k);
+        }
+    }
+    let series: Vec<(Series, DayBits)> = days.into_iter().collect();
+    for chunk in series.chunks(CHUNK) {
+        let mut batch = sled::Batch::default();
+        for ((ns, family, dim), days) in chunk {
+            let k = keys::stale_days_key(*ns, *family, *dim);
+            let mut stale = match data.get(k)? {
+                Some(v) => DayBits::decode(&v).ok_or_else(|| corrupt("stale days"))?,
+                None => DayBits::default(),
+            };
+            stale.union(days);
+            batch.insert(&k[..], stale.encode());
+        }
+        data.apply_batch(batch)?;
+    }
+    for chunk in blocks.chunks(CHUNK) {
+        let mut batch = sled::Batch::default();
+        for k in chunk {
+            batch.remove(k);
+        }
+        data.apply_batch(batch)?;
+    }
+    data.insert(keys::META_ROLLUP_LEVELS, ROLLUP_LEVELS)?;
+    db.flush()?;
+    if !series.is_empty() || !blocks.is_empty() {
+        tracing::info!(
+            blocks_deleted = blocks.len(),
+            series = series.len(),
+            levels = ?ROLLUP_LEVELS,
+            "rollup levels changed: blocks will be rebuilt from the days"
+        );
+    }
+    Ok(())
+}
+
 fn decode_u64(v: &[u8]) -> Result<u64> {
     Ok(u64::from_le_bytes(
         v.try_into()
@@ -828,6 +924,24 @@ mod tests {
                 .insert_hash(hash.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         }
         mem
+    }
+
+    /// Opens the store under `dir` again. sled releases the file lock of a
+    /// database dropped moments ago from its background threads, so a lock
+    /// error is retried for a few seconds (as `tests/common` does).
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
     }
 
     fn checkpoint(store: &Store, mem: &Memtable, lsn: u64) {
@@ -903,7 +1017,7 @@ mod tests {
             stale
         };
         // The markers are durable: a restart (or crash) still skips them.
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.stale_rollups(), stale);
         assert_windows_equal_unions_of_days(&store);
         assert_eq!(store.rebuild_rollups().unwrap(), stale);
@@ -913,8 +1027,15 @@ mod tests {
             0,
             "markers left in sled"
         );
-        // Every stored block is the union of its days, byte for byte.
-        for level in 1..=MAX_LEVEL {
+        assert_blocks_equal_unions_of_days(&store);
+        assert_windows_equal_unions_of_days(&store);
+    }
+
+    /// Every block of `levels` over the days of [`random_memtable`] (in the
+    /// three series), with the window it covers.
+    fn blocks_over_the_days(levels: &[u8]) -> Vec<(SketchKey, DayWindow)> {
+        let mut out = Vec::new();
+        for &level in levels {
             let mut block = Block::containing(Day(20_000), level);
             while block.start.0 < 20_700 {
                 let window =
@@ -926,13 +1047,125 @@ mod tests {
                         dim,
                         block,
                     };
-                    let stored = store.block_sketch(&key).unwrap().expect("block stored");
-                    let by_day = union_of_days(&store, dim, window);
-                    assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+                    out.push((key, window));
                 }
                 block.start = Day(block.start.0 + block.days());
             }
         }
-        assert_windows_equal_unions_of_days(&store);
+        out
+    }
+
+    /// Every block of the stored levels is stored and equals the union of
+    /// its days, byte for byte.
+    fn assert_blocks_equal_unions_of_days(store: &Store) {
+        for (key, window) in blocks_over_the_days(&ROLLUP_LEVELS[1..]) {
+            let stored = store.block_sketch(&key).unwrap().expect("block stored");
+            let by_day = union_of_days(store, key.dim, window);
+            assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+        }
+    }
+
+    /// Levels of the rollup blocks in sled (level 0 excluded), with counts.
+    fn stored_levels(store: &Store) -> std::collections::BTreeMap<u8, usize> {
+        let mut levels = std::collections::BTreeMap::new();
+        for item in store.data.scan_prefix([keys::KIND_SKETCH]) {
+            let key = SketchKey::decode(&item.unwrap().0).unwrap();
+            if key.block.level > 0 {
+                *levels.entry(key.block.level).or_default() += 1;
+            }
+        }
+        levels
+    }
+
+    /// Replaces the rollup blocks in sled by those of `levels`, each the
+    /// union of its days, as code with that level set would have left them,
+    /// and records `recorded` as the level set (`None`: no record, as
+    /// before the set was recorded).
+    fn lay_out_rollups(store: &Store, levels: &[u8], recorded: Option<&[u8]>) {
+        let mut batch = sled::Batch::default();
+        for item in store.data.scan_prefix([keys::KIND_SKETCH]) {
+            let (k, _) = item.unwrap();
+            if SketchKey::decode(&k).unwrap().block.level > 0 {
+                batch.remove(k);
+            }
+        }
+        for (key, window) in blocks_over_the_days(levels) {
+            let by_day = union_of_days(store, key.dim, window);
+            batch.insert(&key.encode()[..], by_day.encode());
+        }
+        match recorded {
+            Some(set) => batch.insert(keys::META_ROLLUP_LEVELS, set),
+            None => batch.remove(keys::META_ROLLUP_LEVELS),
+        }
+        store.data.apply_batch(batch).unwrap();
+        store.flush().unwrap();
+    }
+
+    #[test]
+    fn blocks_of_another_level_set_are_dropped_at_open_and_rebuilt() {
+        let old_layouts: [(&[u8], Option<&[u8]>); 2] = [
+            // What the code before sparse levels wrote: levels 1 to 9, no record.
+            (&[1, 2, 3, 4, 5, 6, 7, 8, 9], None),
+            // A recorded set without the levels stored now.
+            (&[3, 5, 8], Some(&[0, 3, 5, 8])),
+        ];
+        for (levels, recorded) in old_layouts {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = 0x5eed_1e7e_u64;
+            {
+                // No decoded-sketch cache: blocks are rewritten behind it.
+                let store = Store::open_with_cache(dir.path(), 0, 1 << 20).unwrap();
+                assert_eq!(
+                    store.data.get(keys::META_ROLLUP_LEVELS).unwrap().as_deref(),
+                    Some(ROLLUP_LEVELS),
+                    "a new store records its level set"
+                );
+                checkpoint(&store, &random_memtable(&mut rng, 700, 40_000), 1);
+                store.rebuild_rollups().unwrap();
+                lay_out_rollups(&store, levels, recorded);
+                assert_eq!(
+                    stored_levels(&store).keys().copied().collect::<Vec<_>>(),
+                    levels
+                );
+                if recorded.is_some() {
+                    // Without the upgrade, a cover would read blocks of the
+                    // new levels that this layout never stored.
+                    let block = Block::containing(Day(20_100), MAX_LEVEL - 2);
+                    let window =
+                        DayWindow::new(block.start, Day(block.start.0 + block.days())).unwrap();
+                    let mut rolled = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+                    store
+                        .merge_window(&mut rolled, 1, Family::IpsCountry, 0, window)
+                        .unwrap();
+                    assert_ne!(rolled.encode(), union_of_days(&store, 0, window).encode());
+                }
+                // Late data, stale in the old layout too.
+                checkpoint(&store, &random_memtable(&mut rng, 700, 2_000), 2);
+                store.flush().unwrap();
+            }
+            let store = reopen(dir.path());
+            assert!(stored_levels(&store).is_empty(), "{levels:?} left blocks");
+            assert_eq!(
+                store.data.get(keys::META_ROLLUP_LEVELS).unwrap().as_deref(),
+                Some(ROLLUP_LEVELS)
+            );
+            // Every block of every series with data is stale until rebuilt.
+            let every_block = blocks_over_the_days(&ROLLUP_LEVELS[1..]).len();
+            assert_eq!(store.stale_rollups(), every_block, "{levels:?}");
+            assert_windows_equal_unions_of_days(&store);
+            assert_eq!(store.rebuild_rollups().unwrap(), every_block);
+            assert_blocks_equal_unions_of_days(&store);
+            assert_eq!(
+                stored_levels(&store).keys().copied().collect::<Vec<_>>(),
+                &ROLLUP_LEVELS[1..]
+            );
+            assert_windows_equal_unions_of_days(&store);
+            drop(store);
+            // Opened again with the same set, nothing is dropped or stale.
+            let store = reopen(dir.path());
+            assert_eq!(store.stale_rollups(), 0);
+            assert_blocks_equal_unions_of_days(&store);
+            assert_windows_equal_unions_of_days(&store);
+        }
     }
 }
