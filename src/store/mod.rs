@@ -86,7 +86,7 @@ pub fn lower_rollup_level(level: u8) -> Option<u8> {
     at.checked_sub(1).map(|below| ROLLUP_LEVELS[below])
 }
 
-/// Threads that write a checkpoint's day sketches.
+/// Threads that write a checkpoint's day sketches and rebuild rollups.
 pub const CHECKPOINT_THREADS: usize = 2;
 
 /// Default bound of the decoded-sketch cache.
@@ -114,6 +114,15 @@ pub struct Store {
 
 /// One series: (namespace, family, dimension).
 type Series = (NamespaceId, Family, u64);
+
+/// Which of the [`CHECKPOINT_THREADS`] handles a series.
+fn series_part(series: &Series) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    series.hash(&mut h);
+    // The high bits of a multiplicative mix: Fx's low bits are weak.
+    ((h.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % CHECKPOINT_THREADS as u64) as usize
+}
 
 /// Rollup blocks that are out of date, as the days below them that changed.
 #[derive(Default)]
@@ -520,11 +529,7 @@ impl Store {
     pub fn write_checkpoint_sketches(&self, mem: &Memtable) -> Result<()> {
         let mut parts: Vec<Vec<&SketchKey>> = vec![Vec::new(); CHECKPOINT_THREADS];
         for key in mem.sketches.keys() {
-            let series: Series = (key.ns, key.family, key.dim);
-            let mut h = rustc_hash::FxHasher::default();
-            std::hash::Hash::hash(&series, &mut h);
-            let part = (std::hash::Hasher::finish(&h) % CHECKPOINT_THREADS as u64) as usize;
-            parts[part].push(key);
+            parts[series_part(&(key.ns, key.family, key.dim))].push(key);
         }
         std::thread::scope(|scope| {
             let workers: Vec<_> = parts
@@ -608,9 +613,32 @@ impl Store {
     /// sled batch. Returns the number of blocks rebuilt. Runs on the
     /// checkpoint thread, never beside a checkpoint. Does not flush.
     pub fn rebuild_rollups(&self) -> Result<usize> {
-        /// Blocks rebuilt per sled batch, at least (whole series).
-        const CHUNK: usize = 2_048;
-        let mut todo: Vec<SketchKey> = self.stale.read().blocks.iter().copied().collect();
+        let todo: Vec<SketchKey> = self.stale.read().blocks.iter().copied().collect();
+        let total = todo.len();
+        // Split by series over the checkpoint threads: a series' blocks, its
+        // stale record and its entries in `stale` belong to one thread.
+        let mut parts: Vec<Vec<SketchKey>> = vec![Vec::new(); CHECKPOINT_THREADS];
+        for key in todo {
+            parts[series_part(&(key.ns, key.family, key.dim))].push(key);
+        }
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .map(|todo| scope.spawn(move || self.rebuild_part(todo)))
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .map_err(|_| Error::Unavailable("a rollup worker panicked".into()))?
+            })
+        })?;
+        Ok(total)
+    }
+
+    /// [`Store::rebuild_rollups`] for the stale blocks of some whole series.
+    fn rebuild_part(&self, mut todo: Vec<SketchKey>) -> Result<()> {
+        /// Blocks rebuilt per sled batch, at least (whole series). The batch
+        /// and the blocks built hold up to ~28 KiB per block.
+        const CHUNK: usize = 512;
         // Series by series, and within a series by level (`Block` orders by
         // level first): children come before their parents.
         todo.sort_unstable();
@@ -667,7 +695,7 @@ impl Store {
             }
             start = end;
         }
-        Ok(todo.len())
+        Ok(())
     }
 
     /// Applies the final part of a checkpoint atomically. Does not flush.
