@@ -124,6 +124,40 @@ fn series_part(series: &Series) -> usize {
     ((h.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % CHECKPOINT_THREADS as u64) as usize
 }
 
+/// Splits `keys` by series over [`CHECKPOINT_THREADS`] scoped threads and
+/// runs `work` on each part, sorted (so a series' keys are contiguous and in
+/// level order). A series belongs to one thread only, so its records and
+/// its entries in the stale set are never written by two at once.
+fn by_series<K>(
+    keys: impl IntoIterator<Item = K>,
+    work: impl Fn(Vec<K>) -> Result<()> + Sync,
+) -> Result<()>
+where
+    K: std::borrow::Borrow<SketchKey> + Ord + Send,
+{
+    let mut parts: Vec<Vec<K>> = (0..CHECKPOINT_THREADS).map(|_| Vec::new()).collect();
+    for key in keys {
+        let k = key.borrow();
+        parts[series_part(&(k.ns, k.family, k.dim))].push(key);
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = parts
+            .into_iter()
+            .map(|mut part| {
+                scope.spawn(move || {
+                    part.sort_unstable();
+                    work(part)
+                })
+            })
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .map_err(|_| Error::Unavailable("a checkpoint worker panicked".into()))?
+        })
+    })
+}
+
 /// Rollup blocks that are out of date, as the days below them that changed.
 #[derive(Default)]
 struct StaleRollups {
@@ -527,24 +561,8 @@ impl Store {
     /// so that the read-merge-write of day sketches uses the cores the
     /// commit thread leaves idle.
     pub fn write_checkpoint_sketches(&self, mem: &Memtable) -> Result<()> {
-        let mut parts: Vec<Vec<&SketchKey>> = vec![Vec::new(); CHECKPOINT_THREADS];
-        for key in mem.sketches.keys() {
-            parts[series_part(&(key.ns, key.family, key.dim))].push(key);
-        }
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = parts
-                .into_iter()
-                .map(|mut keys| {
-                    scope.spawn(move || {
-                        keys.sort_unstable();
-                        self.write_day_chunks(mem, &keys)
-                    })
-                })
-                .collect();
-            workers.into_iter().try_for_each(|w| {
-                w.join()
-                    .map_err(|_| Error::Unavailable("a checkpoint worker panicked".into()))?
-            })
+        by_series(mem.sketches.keys(), |keys| {
+            self.write_day_chunks(mem, &keys)
         })
     }
 
@@ -615,33 +633,17 @@ impl Store {
     pub fn rebuild_rollups(&self) -> Result<usize> {
         let todo: Vec<SketchKey> = self.stale.read().blocks.iter().copied().collect();
         let total = todo.len();
-        // Split by series over the checkpoint threads: a series' blocks, its
-        // stale record and its entries in `stale` belong to one thread.
-        let mut parts: Vec<Vec<SketchKey>> = vec![Vec::new(); CHECKPOINT_THREADS];
-        for key in todo {
-            parts[series_part(&(key.ns, key.family, key.dim))].push(key);
-        }
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = parts
-                .into_iter()
-                .map(|todo| scope.spawn(move || self.rebuild_part(todo)))
-                .collect();
-            workers.into_iter().try_for_each(|w| {
-                w.join()
-                    .map_err(|_| Error::Unavailable("a rollup worker panicked".into()))?
-            })
-        })?;
+        by_series(todo, |part| self.rebuild_part(part))?;
         Ok(total)
     }
 
     /// [`Store::rebuild_rollups`] for the stale blocks of some whole series.
-    fn rebuild_part(&self, mut todo: Vec<SketchKey>) -> Result<()> {
+    fn rebuild_part(&self, todo: Vec<SketchKey>) -> Result<()> {
         /// Blocks rebuilt per sled batch, at least (whole series). The batch
         /// and the blocks built hold up to ~28 KiB per block.
         const CHUNK: usize = 512;
-        // Series by series, and within a series by level (`Block` orders by
-        // level first): children come before their parents.
-        todo.sort_unstable();
+        // `todo` is sorted: series by series, and within a series by level
+        // (`Block` orders by level first), so children come before parents.
         let same_series =
             |a: &SketchKey, b: &SketchKey| (a.ns, a.family, a.dim) == (b.ns, b.family, b.dim);
         let mut start = 0;
