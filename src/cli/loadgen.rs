@@ -147,13 +147,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let (queries, rpc_floor_ms) = match (&truth, &failed) {
-        (Some(truth), None) => (
-            Some(run_queries(&client, &args, truth).await?),
-            rpc_floor(&args.server).await?,
-        ),
-        (None, None) => (None, rpc_floor(&args.server).await?),
-        (_, Some(_)) => (None, None),
+    let (queries, rpc_floor_ms) = match failed {
+        None => query_phase(&args, truth.as_ref())?,
+        Some(_) => (None, None),
     };
     let server_end = args.server_pid.and_then(|pid| proc_sample(pid).ok());
     let disk = args.data_dir.as_deref().map(disk_usage).transpose()?;
@@ -940,6 +936,41 @@ async fn run_queries(
         whole_error,
         skipped,
         wall,
+    })
+}
+
+/// Runs the queries of `truth` (if any) and measures the round-trip floor,
+/// on a thread of its own with a single-threaded runtime and its own
+/// connections: a query then costs no wake-up of another client thread, so
+/// the latencies are the server's and the transport's, like those of the
+/// peers' single-threaded clients.
+fn query_phase(
+    args: &LoadgenArgs,
+    truth: Option<&Value>,
+) -> anyhow::Result<(Option<QueryResults>, Option<f64>)> {
+    let phase = || -> anyhow::Result<(Option<QueryResults>, Option<f64>)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the query runtime")?;
+        runtime.block_on(async {
+            let queries = match truth {
+                Some(truth) => {
+                    let client = args.connect.connect(&args.server).await?;
+                    Some(run_queries(&client, args, truth).await?)
+                }
+                None => None,
+            };
+            Ok((queries, rpc_floor(&args.server).await?))
+        })
+    };
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(phase)
+                .join()
+                .map_err(|_| anyhow!("the query phase panicked"))?
+        })
     })
 }
 
