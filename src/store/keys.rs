@@ -292,7 +292,18 @@ pub fn stale_days_key(ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
 
 /// The series a stale-days key names.
 pub fn decode_stale_days_key(bytes: &[u8]) -> Option<(NamespaceId, Family, u64)> {
-    if bytes.len() != 14 || bytes[0] != KIND_STALE_ROLLUP {
+    decode_series_key(KIND_STALE_ROLLUP, bytes)
+}
+
+/// The series a dimension key ([`dim_key`]) names.
+pub fn decode_dim_key(bytes: &[u8]) -> Option<(NamespaceId, Family, u64)> {
+    decode_series_key(KIND_DIM, bytes)
+}
+
+/// The series of a 14-byte key of `kind` laid out like a sketch key's series
+/// prefix.
+fn decode_series_key(kind: u8, bytes: &[u8]) -> Option<(NamespaceId, Family, u64)> {
+    if bytes.len() != 14 || bytes[0] != kind {
         return None;
     }
     Some((

@@ -110,6 +110,9 @@ pub struct Store {
     /// checkpoint is adding). Only the checkpoint thread changes it; readers
     /// hold the lock only to plan which blocks to read.
     stale: Arc<RwLock<StaleRollups>>,
+    /// Every series with a dimension record (`i` key) in sled, so that a
+    /// checkpoint writes one only for a new series (they are never deleted).
+    dims: Arc<RwLock<FxHashSet<Series>>>,
 }
 
 /// One series: (namespace, family, dimension).
@@ -227,6 +230,13 @@ impl Store {
             stale.blocks.extend(blocks);
             stale.days.insert(series, days);
         }
+        let mut dims = FxHashSet::default();
+        for item in data.scan_prefix([KIND_DIM]) {
+            let (k, _) = item?;
+            let series =
+                keys::decode_dim_key(&k).ok_or_else(|| Error::Corrupt("dimension key".into()))?;
+            dims.insert(series);
+        }
         Ok(Store {
             db,
             data,
@@ -235,6 +245,7 @@ impl Store {
             cache: Arc::new(SketchCache::new(cache_bytes)),
             changelog: Arc::new(AtomicBool::new(false)),
             stale: Arc::new(RwLock::new(stale)),
+            dims: Arc::new(RwLock::new(dims)),
         })
     }
 
@@ -314,20 +325,8 @@ impl Store {
                 String::from_utf8(k[5..].to_vec()).map_err(|_| corrupt("tables version"))?;
             index.table_versions.entry(ns).or_default().insert(version);
         }
-        for item in self.data.scan_prefix([KIND_DIM]) {
-            let (k, _) = item?;
-            let mut as_sketch = [0u8; SketchKey::LEN];
-            if k.len() != 14 {
-                return Err(corrupt("dimension key"));
-            }
-            as_sketch[..14].copy_from_slice(&k);
-            as_sketch[0] = keys::KIND_SKETCH;
-            let key = SketchKey::decode(&as_sketch).ok_or_else(|| corrupt("dimension key"))?;
-            index
-                .dims
-                .entry((key.ns, key.family))
-                .or_default()
-                .insert(key.dim);
+        for &(ns, family, dim) in self.dims.read().iter() {
+            index.dims.entry((ns, family)).or_default().insert(dim);
         }
         for item in self.data.scan_prefix([KIND_PRESENCE]) {
             let (k, v) = item?;
@@ -364,6 +363,18 @@ impl Store {
 
     /// The stored sketch of one series over one block, if any.
     pub fn block_sketch(&self, key: &SketchKey) -> Result<Option<Arc<Sketch>>> {
+        self.read_block(key, true)
+    }
+
+    /// [`Store::block_sketch`] for the checkpoint and the rollup pass: what
+    /// they read is about to be overwritten or is only an input to a block,
+    /// so it is not put in the cache (where it would push out what queries
+    /// read, and hold memory while ingest needs it).
+    fn block_sketch_uncached(&self, key: &SketchKey) -> Result<Option<Arc<Sketch>>> {
+        self.read_block(key, false)
+    }
+
+    fn read_block(&self, key: &SketchKey, keep: bool) -> Result<Option<Arc<Sketch>>> {
         let (cached, generation) = self.cache.get(key);
         if cached.is_some() {
             return Ok(cached);
@@ -374,7 +385,9 @@ impl Store {
                     Sketch::decode(&bytes)
                         .map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}")))?,
                 );
-                self.cache.insert(*key, sketch.clone(), generation);
+                if keep {
+                    self.cache.insert(*key, sketch.clone(), generation);
+                }
                 Ok(Some(sketch))
             }
             None => Ok(None),
@@ -481,8 +494,13 @@ impl Store {
                 }
                 None => DayBits::default(),
             };
+            let before = bits.clone();
             bits.union(days);
-            batch.insert(&k[..], bits.encode());
+            // Within a day most (org, country) pairs are seen again: their
+            // stored days do not change, and a write would only cost sled.
+            if bits != before {
+                batch.insert(&k[..], bits.encode());
+            }
         }
         for (key, add) in &mem.counters {
             let k = key.encode();
@@ -595,22 +613,32 @@ impl Store {
             for (&(ns, family, dim), days) in &marked {
                 batch.insert(&keys::stale_days_key(ns, family, dim)[..], days.encode());
             }
-            for (i, key) in chunk.iter().enumerate() {
+            let mut new_dims = Vec::new();
+            {
+                let dims = self.dims.read();
+                for (i, key) in chunk.iter().enumerate() {
+                    // Once per series (the keys are sorted).
+                    let series = (key.ns, key.family, key.dim);
+                    let first = i == 0
+                        || (chunk[i - 1].ns, chunk[i - 1].family, chunk[i - 1].dim) != series;
+                    if first && !dims.contains(&series) {
+                        batch.insert(&dim_key(key.ns, key.family, key.dim)[..], &[][..]);
+                        new_dims.push(series);
+                    }
+                }
+            }
+            for key in chunk {
                 let delta = &mem.sketches[*key];
-                let sketch = match self.block_sketch(key)? {
+                let sketch = match self.block_sketch_uncached(key)? {
                     Some(stored) => {
-                        let mut stored = Sketch::clone(&stored);
+                        // Not shared unless it came from the cache.
+                        let mut stored = Arc::unwrap_or_clone(stored);
                         stored.merge(delta)?;
                         stored
                     }
                     None => delta.clone(),
                 };
                 batch.insert(&key.encode()[..], sketch.encode());
-                // Once per series (the keys are sorted).
-                let series = (key.ns, key.family, key.dim);
-                if i == 0 || (chunk[i - 1].ns, chunk[i - 1].family, chunk[i - 1].dim) != series {
-                    batch.insert(&dim_key(key.ns, key.family, key.dim)[..], &[][..]);
-                }
             }
             // Readers must stop using these blocks before the days under
             // them change in sled.
@@ -621,6 +649,9 @@ impl Store {
             }
             self.data.apply_batch(batch)?;
             self.cache.invalidate(chunk.iter().copied());
+            if !new_dims.is_empty() {
+                self.dims.write().extend(new_dims);
+            }
         }
         Ok(())
     }
@@ -663,7 +694,7 @@ impl Store {
                     let sketch = match built.get(&child) {
                         Some(Some(sketch)) => sketch,
                         Some(None) => continue,
-                        None => match self.block_sketch(&child)? {
+                        None => match self.block_sketch_uncached(&child)? {
                             Some(s) => {
                                 stored = s;
                                 &*stored
