@@ -93,7 +93,7 @@ pub const CHECKPOINT_THREADS: usize = 2;
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Default size of sled's page cache.
-pub const DEFAULT_SLED_CACHE_BYTES: usize = 96 * 1024 * 1024;
+pub const DEFAULT_SLED_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The sled database of one server.
 #[derive(Clone)]
