@@ -588,7 +588,7 @@ impl Default for ServerConfig {
             rollup_max_stale_blocks: 150_000,
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             sled_cache_bytes: crate::store::DEFAULT_SLED_CACHE_BYTES,
-            memtable_max_bytes: 64 * 1024 * 1024,
+            memtable_max_bytes: 128 * 1024 * 1024,
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),
             replication: None,
