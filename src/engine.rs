@@ -52,6 +52,7 @@ pub struct Gauges {
     pub memtable_rows: u64,
     pub cache_entries: usize,
     pub cache_bytes: usize,
+    pub stale_rollup_blocks: usize,
     pub disk_bytes: u64,
 }
 
@@ -230,6 +231,7 @@ impl Engine {
             memtable_rows,
             cache_entries,
             cache_bytes,
+            stale_rollup_blocks: self.store.stale_rollups(),
             disk_bytes: self.store.size_on_disk().unwrap_or(0),
         }
     }

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub batch_ack: Histogram,
     pub wal_sync: Histogram,
     pub checkpoint: Histogram,
+    /// Rollup passes (rebuilding stale blocks, then a flush).
+    pub rollup: Histogram,
+    pub rollup_blocks: AtomicU64,
     pub queries: [Histogram; QUERY_RPCS.len()],
 }
 
@@ -133,7 +136,13 @@ impl Metrics {
             "Batches refused.",
             &self.rejected_batches,
         );
-        let histograms: [(&str, &str, &Histogram); 3] = [
+        counter(
+            &mut out,
+            "sketchd_rollup_blocks_total",
+            "Rollup blocks rebuilt by rollup passes.",
+            &self.rollup_blocks,
+        );
+        let histograms: [(&str, &str, &Histogram); 4] = [
             (
                 "sketchd_batch_ack_seconds",
                 "From receipt to durable acknowledgement of a batch.",
@@ -148,6 +157,11 @@ impl Metrics {
                 "sketchd_checkpoint_seconds",
                 "Moving a frozen memtable into sled.",
                 &self.checkpoint,
+            ),
+            (
+                "sketchd_rollup_seconds",
+                "One rollup pass: rebuilding the stale rollup blocks and flushing.",
+                &self.rollup,
             ),
         ];
         for (name, help, h) in histograms {
@@ -188,6 +202,11 @@ impl Metrics {
                 "sketchd_sketch_cache_bytes",
                 "Approximate bytes of the cached sketches.",
                 g.cache_bytes as f64,
+            ),
+            (
+                "sketchd_stale_rollup_blocks",
+                "Rollup blocks waiting for the next rollup pass (queries read below them).",
+                g.stale_rollup_blocks as f64,
             ),
             (
                 "sketchd_disk_bytes",

@@ -889,6 +889,21 @@ async fn prometheus_metrics_count_what_happened() {
             || metric(&text, "sketchd_disk_bytes") > 0.0
     );
     assert!(text.contains("# TYPE sketchd_batch_ack_seconds histogram"));
+    assert!(text.contains("# TYPE sketchd_rollup_seconds histogram"));
+    // The days just written have their blocks rebuilt by a rollup pass
+    // (at the latest when the server is idle after a checkpoint).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = scrape(&server).await;
+        if metric(&text, "sketchd_rollup_seconds_count") >= 1.0
+            && metric(&text, "sketchd_stale_rollup_blocks") == 0.0
+        {
+            assert!(metric(&text, "sketchd_rollup_blocks_total") > 0.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no rollup pass");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     server.stop().await;
 }
 

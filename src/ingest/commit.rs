@@ -20,6 +20,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -490,7 +491,12 @@ impl Writer {
                     result?;
                 }
                 if rollups {
-                    run_rollups(&store)?;
+                    let started_at = Instant::now();
+                    let blocks = run_rollups(&store)?;
+                    metrics.rollup.observe(started_at.elapsed());
+                    metrics
+                        .rollup_blocks
+                        .fetch_add(blocks as u64, Ordering::Relaxed);
                 }
                 Ok(())
             })
@@ -510,8 +516,9 @@ fn join_checkpoint(handle: JoinHandle<Result<()>>) -> Result<()> {
         .map_err(|_| Error::Unavailable("the checkpoint thread panicked".into()))?
 }
 
-/// Rebuilds every stale rollup block and flushes.
-fn run_rollups(store: &Store) -> Result<()> {
+/// Rebuilds every stale rollup block and flushes; returns the number of
+/// blocks rebuilt.
+fn run_rollups(store: &Store) -> Result<usize> {
     let started = Instant::now();
     let blocks = store.rebuild_rollups()?;
     store.flush()?;
@@ -520,7 +527,7 @@ fn run_rollups(store: &Store) -> Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "rollups rebuilt"
     );
-    Ok(())
+    Ok(blocks)
 }
 
 fn run_checkpoint(
