@@ -20,6 +20,8 @@
 #   PEERS_SRC=<repo>/../shared/peers   the harness to copy
 #   WORK=<repo>/target/compare         harness copy, venv, worlds, results
 #   SKETCHD_PORT=50551     loopback port of the sketchd server
+#   SKETCHD_METRICS_PORT=59551  loopback port of its Prometheus metrics (the
+#                          load generator reports checkpoint, rollup and query time from them)
 #   COLLECTORS=4 BATCH_ROWS=100000 REPEATS=5   loadgen settings
 #   BENCH_TIMEOUT=1800     seconds each bench (and sketchd's) may run
 #   INSTALL_DEPS=1         let run_all.sh apt-get install redis-server postgresql-15 postgresql-15-hll
@@ -53,8 +55,9 @@ project() {
   mkdir -p "$RESULTS_DIR"
   local config_args=()
   [ -n "${SKETCHD_CONFIG:-}" ] && config_args=(--config "$SKETCHD_CONFIG")
+  local mport=${SKETCHD_METRICS_PORT:-59551}
   SKETCHD_LOG=${SKETCHD_LOG:-info} "$bin" serve --listen "127.0.0.1:$port" --data "$TMP/data" \
-    "${config_args[@]}" >"$TMP/server.out" 2>"$RESULTS_DIR/sketchd-server.log" &
+    --metrics-listen "127.0.0.1:$mport" "${config_args[@]}" >"$TMP/server.out" 2>"$RESULTS_DIR/sketchd-server.log" &
   SERVER_PID=$!
   local ready=0
   for _ in $(seq 1 300); do
@@ -85,6 +88,7 @@ project() {
   "$bin" loadgen --server "http://127.0.0.1:$port" --world "$OBS_FILE" --truth "$TRUTH_JSON" \
     --namespace peers --collectors "${COLLECTORS:-4}" --batch-rows "${BATCH_ROWS:-100000}" \
     --repeats "${REPEATS:-5}" --server-pid "$SERVER_PID" --data-dir "$TMP/data" \
+    --metrics "http://127.0.0.1:$mport/metrics" \
     --results "$RESULTS_DIR/sketchd.json" --json >"$RESULTS_DIR/sketchd-loadgen.txt"
   stop_perf
   stop_server
@@ -320,6 +324,14 @@ print()
 floor = g(s, "rpc_floor_ms")
 if floor:
     print(f"sketchd gRPC round trip floor (health check, median): {floor:.3f} ms")
+w = g(s, "server_work")
+if w:
+    print(f"sketchd server work until idle (its metrics): {w['checkpoints']:.0f} checkpoints "
+          f"{w['checkpoint_s']:.1f} s, {w['rollup_passes']:.0f} rollup passes {w['rollup_s']:.1f} s "
+          f"({w['rollup_blocks']:,.0f} blocks), {w['wal_syncs']:.0f} log syncs {w['wal_sync_s']:.1f} s")
+    per_rpc = ", ".join(f"{rpc} {v['mean_ms']:.3f}" for rpc, v in sorted(w.get("query_rpcs", {}).items()))
+    if per_rpc:
+        print(f"sketchd server-side query time, mean ms per call: {per_rpc}")
 print("Ratios are sketchd / peer: above 1 is better for obs/s, below 1 is better for memory, "
       "latency and error. Latency is client-observed wall time per call (median of all executions). "
       "An error is 'no worse' when its median and p95 are within 0.1 and 0.25 (points of %, or pp) of Redis's.")

@@ -71,6 +71,11 @@ pub struct LoadgenArgs {
     /// Server data directory: report its bytes on disk.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The server's Prometheus endpoint (`sketchd serve --metrics-listen`),
+    /// e.g. http://127.0.0.1:9464/metrics: report where its time went
+    /// (checkpoints, rollup passes, log syncs, server-side query time).
+    #[arg(long)]
+    metrics: Option<String>,
     /// Executions of every query.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
@@ -132,6 +137,10 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     prepare_namespace(&client, &args).await?;
 
     let server_before = args.server_pid.map(proc_sample).transpose()?;
+    let metrics_before = match &args.metrics {
+        Some(url) => Some(scrape_metrics(url).await?),
+        None => None,
+    };
     let ingest = if args.skip_ingest {
         None
     } else {
@@ -147,11 +156,22 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         _ => None,
     };
 
+    let metrics_after_ingest = match &args.metrics {
+        Some(url) if failed.is_none() => Some(scrape_metrics(url).await?),
+        _ => None,
+    };
     let (queries, rpc_floor_ms) = match failed {
         None => query_phase(&args, truth.as_ref())?,
         Some(_) => (None, None),
     };
     let server_end = args.server_pid.and_then(|pid| proc_sample(pid).ok());
+    let metrics_end = match (&args.metrics, &metrics_after_ingest) {
+        (Some(url), Some(_)) => Some(scrape_metrics(url).await?),
+        _ => None,
+    };
+    let server_work = metrics_before
+        .zip(metrics_after_ingest)
+        .map(|(before, after)| ServerWork::between(&before, &after, metrics_end.as_ref()));
     let disk = args.data_dir.as_deref().map(disk_usage).transpose()?;
 
     let report = Report {
@@ -164,6 +184,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         disk,
         queries: queries.as_ref(),
         rpc_floor_ms,
+        server_work,
     };
     if args.json {
         println!("{}", report.summary_json());
@@ -974,6 +995,141 @@ fn query_phase(
     })
 }
 
+/// A Prometheus text exposition as `name{labels}` -> value.
+type Scrape = BTreeMap<String, f64>;
+
+/// Fetches and parses the server's metrics (plain HTTP/1.1, no TLS).
+async fn scrape_metrics(url: &str) -> anyhow::Result<Scrape> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--metrics {url}: expected http://HOST:PORT/PATH"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/metrics"),
+    };
+    let mut conn = tokio::net::TcpStream::connect(host)
+        .await
+        .with_context(|| format!("cannot connect to the metrics endpoint {url}"))?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("{url}: not an HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{url}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(parse_exposition(body))
+}
+
+fn parse_exposition(body: &str) -> Scrape {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The server's own account of a run, from its metrics: the background
+/// work of ingest (until it was idle) and its time per query RPC.
+#[derive(Debug, PartialEq)]
+struct ServerWork {
+    checkpoints: f64,
+    checkpoint_s: f64,
+    rollup_passes: f64,
+    rollup_s: f64,
+    rollup_blocks: f64,
+    wal_syncs: f64,
+    wal_sync_s: f64,
+    /// RPC -> (calls, mean server-side ms) during the query phase.
+    queries: BTreeMap<String, (f64, f64)>,
+}
+
+impl ServerWork {
+    fn between(before: &Scrape, after: &Scrape, end: Option<&Scrape>) -> ServerWork {
+        let delta = |a: &Scrape, b: &Scrape, name: &str| {
+            b.get(name).copied().unwrap_or(0.0) - a.get(name).copied().unwrap_or(0.0)
+        };
+        let mut queries = BTreeMap::new();
+        if let Some(end) = end {
+            for (name, _) in end.range("sketchd_query_seconds_count".to_owned()..) {
+                let Some(labels) = name.strip_prefix("sketchd_query_seconds_count") else {
+                    break;
+                };
+                let calls = delta(after, end, name);
+                if calls > 0.0 {
+                    let sum = delta(after, end, &format!("sketchd_query_seconds_sum{labels}"));
+                    let rpc = labels
+                        .trim_start_matches("{rpc=\"")
+                        .trim_end_matches("\"}")
+                        .to_owned();
+                    queries.insert(rpc, (calls, sum * 1e3 / calls));
+                }
+            }
+        }
+        ServerWork {
+            checkpoints: delta(before, after, "sketchd_checkpoint_seconds_count"),
+            checkpoint_s: delta(before, after, "sketchd_checkpoint_seconds_sum"),
+            rollup_passes: delta(before, after, "sketchd_rollup_seconds_count"),
+            rollup_s: delta(before, after, "sketchd_rollup_seconds_sum"),
+            rollup_blocks: delta(before, after, "sketchd_rollup_blocks_total"),
+            wal_syncs: delta(before, after, "sketchd_wal_sync_seconds_count"),
+            wal_sync_s: delta(before, after, "sketchd_wal_sync_seconds_sum"),
+            queries,
+        }
+    }
+
+    fn json(&self) -> Value {
+        let queries: serde_json::Map<String, Value> = self
+            .queries
+            .iter()
+            .map(|(rpc, (calls, ms))| (rpc.clone(), json!({"calls": calls, "mean_ms": ms})))
+            .collect();
+        json!({
+            "checkpoints": self.checkpoints,
+            "checkpoint_s": self.checkpoint_s,
+            "rollup_passes": self.rollup_passes,
+            "rollup_s": self.rollup_s,
+            "rollup_blocks": self.rollup_blocks,
+            "wal_syncs": self.wal_syncs,
+            "wal_sync_s": self.wal_sync_s,
+            "query_rpcs": queries,
+        })
+    }
+
+    fn table(&self) -> String {
+        let mut out = format!(
+            "server work until idle (its metrics): {} checkpoints {:.1} s, {} rollup passes {:.1} s ({} blocks), {} log syncs {:.1} s\n",
+            self.checkpoints,
+            self.checkpoint_s,
+            self.rollup_passes,
+            self.rollup_s,
+            self.rollup_blocks,
+            self.wal_syncs,
+            self.wal_sync_s
+        );
+        if !self.queries.is_empty() {
+            let per_rpc: Vec<String> = self
+                .queries
+                .iter()
+                .map(|(rpc, (calls, ms))| format!("{rpc} {ms:.3} ms x {calls}"))
+                .collect();
+            out.push_str(&format!(
+                "server-side query time (mean): {}\n",
+                per_rpc.join(", ")
+            ));
+        }
+        out
+    }
+}
+
 /// Health checks answered on one connection.
 const FLOOR_CALLS: usize = 200;
 
@@ -1246,6 +1402,8 @@ struct Report<'a> {
     queries: Option<&'a QueryResults>,
     /// Median round trip of a gRPC health check: the floor of any query.
     rpc_floor_ms: Option<f64>,
+    /// What the server's metrics say it did.
+    server_work: Option<ServerWork>,
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -1366,6 +1524,7 @@ impl Report<'_> {
             "disk_parts_bytes": self.disk.as_ref().map(|d| json!(d.parts)),
             "query_phase_s": self.queries.map(|q| q.wall.as_secs_f64()),
             "rpc_floor_ms": self.rpc_floor_ms,
+            "server_work": self.server_work.as_ref().map(ServerWork::json),
             "queries": queries,
         })
     }
@@ -1441,6 +1600,9 @@ impl Report<'_> {
         }
         if let Some(floor) = self.rpc_floor_ms {
             let _ = writeln!(out, "gRPC round trip floor (health check): {floor:.3} ms");
+        }
+        if let Some(w) = &self.server_work {
+            out.push_str(&w.table());
         }
         if let Some(q) = self.queries.filter(|q| !q.skipped.is_empty()) {
             let _ = writeln!(out, "skipped (unknown kind): {}", q.skipped.join(", "));
@@ -1541,6 +1703,7 @@ impl Report<'_> {
             },
             "query_phase_s": self.queries.map(|q| q.wall.as_secs_f64()),
             "rpc_floor_ms": self.rpc_floor_ms,
+            "server_work": self.server_work.as_ref().map(ServerWork::json),
             "latency": latency,
             "errors": errors,
             "answers": answers,
@@ -1650,5 +1813,41 @@ mod tests {
         assert_eq!(req.country_dict, vec!["US".to_owned(), "DE".to_owned()]);
         assert_eq!(req.country_index, vec![1, 2]);
         assert_eq!(req.sequence, 9);
+    }
+
+    #[test]
+    fn server_work_is_the_difference_of_two_scrapes() {
+        let before = parse_exposition(
+            "# HELP sketchd_checkpoint_seconds x\n\
+             sketchd_checkpoint_seconds_count 2\n\
+             sketchd_checkpoint_seconds_sum 0.5\n\
+             sketchd_rollup_blocks_total 10\n\
+             sketchd_query_seconds_count{rpc=\"count\"} 1\n\
+             sketchd_query_seconds_sum{rpc=\"count\"} 0.001\n",
+        );
+        let after = parse_exposition(
+            "sketchd_checkpoint_seconds_count 5\n\
+             sketchd_checkpoint_seconds_sum 2\n\
+             sketchd_rollup_seconds_count 1\n\
+             sketchd_rollup_seconds_sum 0.25\n\
+             sketchd_rollup_blocks_total 110\n\
+             sketchd_query_seconds_count{rpc=\"count\"} 1\n\
+             sketchd_query_seconds_sum{rpc=\"count\"} 0.001\n",
+        );
+        let mut end = after.clone();
+        end.insert("sketchd_query_seconds_count{rpc=\"count\"}".into(), 5.0);
+        end.insert("sketchd_query_seconds_sum{rpc=\"count\"}".into(), 0.009);
+        end.insert("sketchd_query_seconds_count{rpc=\"retention\"}".into(), 0.0);
+        let work = ServerWork::between(&before, &after, Some(&end));
+        assert_eq!(work.checkpoints, 3.0);
+        assert_eq!(work.checkpoint_s, 1.5);
+        assert_eq!((work.rollup_passes, work.rollup_s), (1.0, 0.25));
+        assert_eq!(work.rollup_blocks, 100.0);
+        assert_eq!(work.wal_syncs, 0.0);
+        // Four calls took 8 ms in all; RPCs not called are left out.
+        assert_eq!(work.queries.len(), 1);
+        let (calls, mean_ms) = work.queries["count"];
+        assert_eq!(calls, 4.0);
+        assert!((mean_ms - 2.0).abs() < 1e-9, "{mean_ms}");
     }
 }
