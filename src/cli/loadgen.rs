@@ -157,7 +157,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     };
 
     let metrics_after_ingest = match &args.metrics {
-        Some(url) if failed.is_none() => Some(scrape_metrics(url).await?),
+        Some(url) if failed.is_none() => try_scrape(url).await,
         _ => None,
     };
     let (queries, rpc_floor_ms) = match failed {
@@ -166,7 +166,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     };
     let server_end = args.server_pid.and_then(|pid| proc_sample(pid).ok());
     let metrics_end = match (&args.metrics, &metrics_after_ingest) {
-        (Some(url), Some(_)) => Some(scrape_metrics(url).await?),
+        (Some(url), Some(_)) => try_scrape(url).await,
         _ => None,
     };
     let server_work = metrics_before
@@ -1025,6 +1025,18 @@ async fn scrape_metrics(url: &str) -> anyhow::Result<Scrape> {
         bail!("{url}: {}", head.lines().next().unwrap_or(""));
     }
     Ok(parse_exposition(body))
+}
+
+/// [`scrape_metrics`] once the run has measured something: a failure then
+/// loses only the server's account, not the run's report.
+async fn try_scrape(url: &str) -> Option<Scrape> {
+    match scrape_metrics(url).await {
+        Ok(scrape) => Some(scrape),
+        Err(e) => {
+            eprintln!("loadgen: cannot read the server's metrics: {e:#}");
+            None
+        }
+    }
 }
 
 fn parse_exposition(body: &str) -> Scrape {
