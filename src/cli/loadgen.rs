@@ -985,14 +985,22 @@ fn query_phase(
             Ok((queries, rpc_floor(&args.server).await?))
         })
     };
-    tokio::task::block_in_place(|| {
+    let on_own_thread = || {
         std::thread::scope(|scope| {
             scope
                 .spawn(phase)
                 .join()
                 .map_err(|_| anyhow!("the query phase panicked"))?
         })
-    })
+    };
+    // The caller's runtime has nothing else to do meanwhile; tell it so
+    // when it can be told (block_in_place panics on a current-thread one).
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(on_own_thread)
+        }
+        _ => on_own_thread(),
+    }
 }
 
 /// A Prometheus text exposition as `name{labels}` -> value.
