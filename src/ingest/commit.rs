@@ -491,12 +491,7 @@ impl Writer {
                     result?;
                 }
                 if rollups {
-                    let started_at = Instant::now();
-                    let blocks = run_rollups(&store)?;
-                    metrics.rollup.observe(started_at.elapsed());
-                    metrics
-                        .rollup_blocks
-                        .fetch_add(blocks as u64, Ordering::Relaxed);
+                    run_rollups(&store, &metrics)?;
                 }
                 Ok(())
             })
@@ -516,18 +511,22 @@ fn join_checkpoint(handle: JoinHandle<Result<()>>) -> Result<()> {
         .map_err(|_| Error::Unavailable("the checkpoint thread panicked".into()))?
 }
 
-/// Rebuilds every stale rollup block and flushes; returns the number of
-/// blocks rebuilt.
-fn run_rollups(store: &Store) -> Result<usize> {
+/// Rebuilds every stale rollup block and flushes; counts the pass and its
+/// blocks in `metrics`.
+fn run_rollups(store: &Store, metrics: &Metrics) -> Result<()> {
     let started = Instant::now();
     let blocks = store.rebuild_rollups()?;
     store.flush()?;
+    metrics.rollup.observe(started.elapsed());
+    metrics
+        .rollup_blocks
+        .fetch_add(blocks as u64, Ordering::Relaxed);
     tracing::debug!(
         blocks,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "rollups rebuilt"
     );
-    Ok(blocks)
+    Ok(())
 }
 
 fn run_checkpoint(
