@@ -16,7 +16,8 @@
 //! * `orgs/group_by_country`: distinct orgs per country over the whole
 //!   period (`org_country_window`);
 //! * `orgs/count_global`, `orgs/count_country`: distinct orgs globally and
-//!   in the largest country over the whole period;
+//!   in the largest country over the whole period; `orgs/count_global_month`
+//!   globally over 30 days (`org_global_window`);
 //! * `orgs/ips_by_org_in_country`: IPs of each org seen in a mid-sized
 //!   country over the last 30 days (finds the country's orgs first).
 //!
@@ -196,7 +197,13 @@ fn bench_orgs(c: &mut Criterion) {
     g.bench_function("group_by_country", |bench| {
         bench.iter(|| query::group(&engine, NS, black_box(&by_country), whole).unwrap())
     });
-    for (name, scope) in [("count_global", &Scope::Global), ("count_country", &large)] {
+    // A month, as the load generator's `org_global_window` asks.
+    let month = window(60, 90);
+    for (name, scope, window) in [
+        ("count_global", &Scope::Global, whole),
+        ("count_global_month", &Scope::Global, month),
+        ("count_country", &large, whole),
+    ] {
         g.bench_function(name, |bench| {
             bench.iter(|| {
                 query::count(
@@ -204,7 +211,7 @@ fn bench_orgs(c: &mut Criterion) {
                     NS,
                     Metric::Orgs,
                     black_box(scope),
-                    whole,
+                    window,
                     query::DEFAULT_CONFIDENCE,
                 )
                 .unwrap()

@@ -167,26 +167,26 @@ impl WordMask {
 
 /// The days each org was seen in one place (one country, or anywhere).
 ///
-/// One row of day bits per org, every row over the same 64-aligned span of
-/// days, all rows in one array. A window becomes one [`WordMask`] that
-/// serves every row, so counting the orgs seen in a window is one linear
-/// pass over `rows x width` words, with no per-org allocation or pointer.
-/// The span is the union of the rows' days (it grows, re-laying the rows,
-/// when a day outside it arrives: about once per 64 days of new data), so
-/// an org costs `width` words even if it was seen on one day; ingest's age
-/// and skew limits bound the span.
+/// Column-major day bits: the span of days (the union of every org's days,
+/// from a 64-aligned base) is cut into columns of 64 days, and a column
+/// holds one word per org row. A window touches one or two columns unless
+/// it is longer than 64 days, so counting the orgs seen in it reads one or
+/// two contiguous arrays of `rows` words (OR-ed and masked in chunks that
+/// stay in cache), not every word of every row. The span grows by whole
+/// columns when a day outside it arrives (about once per 64 days of new
+/// data), without moving the others; an org costs one word per column even
+/// if it was seen on one day, and ingest's age and skew limits bound the
+/// span.
 #[derive(Clone, Debug, Default)]
 pub struct OrgDays {
-    /// Day of bit 0 of word 0 of every row; a multiple of 64.
+    /// Day of bit 0 of column 0; a multiple of 64.
     base: u32,
-    /// Words per row.
-    width: usize,
+    /// Column -> one word per row (`orgs.len()` of them).
+    cols: Vec<Vec<u64>>,
     /// Row -> org dimension.
     orgs: Vec<u64>,
     /// Org dimension -> row.
     rows: FxHashMap<u64, u32>,
-    /// `orgs.len() * width` words, row after row.
-    words: Vec<u64>,
 }
 
 impl OrgDays {
@@ -203,8 +203,7 @@ impl OrgDays {
         let word_base = day.0 & !63;
         self.cover(word_base, u64::from(word_base) + 64);
         let row = self.row(org);
-        let at = row * self.width + ((day.0 - self.base) / 64) as usize;
-        self.words[at] |= 1 << (day.0 % 64);
+        self.cols[((day.0 - self.base) / 64) as usize][row] |= 1 << (day.0 % 64);
     }
 
     /// Adds every day of `days` to `org`'s row.
@@ -216,9 +215,9 @@ impl OrgDays {
         let from = days.base + 64 * first as u32;
         self.cover(from, u64::from(days.base) + 64 * (last as u64 + 1));
         let row = self.row(org);
-        let offset = row * self.width + ((from - self.base) / 64) as usize;
+        let offset = ((from - self.base) / 64) as usize;
         for (i, w) in days.words[first..=last].iter().enumerate() {
-            self.words[offset + i] |= w;
+            self.cols[offset + i][row] |= w;
         }
     }
 
@@ -227,30 +226,27 @@ impl OrgDays {
         let row = *self.rows.get(&org)? as usize;
         Some(DayBits {
             base: self.base,
-            words: self.words[row * self.width..(row + 1) * self.width].to_vec(),
+            words: self.cols.iter().map(|col| col[row]).collect(),
         })
     }
 
     /// How many orgs were seen on a day of `window`.
     pub fn count_in(&self, window: DayWindow) -> u64 {
-        match WordMask::new(self.base, self.width, window) {
-            Some(mask) => self
-                .words
-                .chunks_exact(self.width)
-                .filter(|row| mask.hits(row))
-                .count() as u64,
-            None => 0,
-        }
+        let mut count = 0;
+        self.rows_in(window, |_, hits| {
+            count += hits.iter().filter(|&&w| w != 0).count() as u64;
+        });
+        count
     }
 
     /// The orgs seen on a day of `window`.
     pub fn orgs_in(&self, window: DayWindow) -> impl Iterator<Item = u64> + '_ {
-        let mask = WordMask::new(self.base, self.width, window);
-        self.words
-            .chunks(self.width.max(1))
-            .zip(&self.orgs)
-            .filter(move |(row, _)| mask.as_ref().is_some_and(|m| m.hits(row)))
-            .map(|(_, &org)| org)
+        let mut orgs = Vec::new();
+        self.rows_in(window, |first, hits| {
+            let seen = hits.iter().enumerate().filter(|(_, &w)| w != 0);
+            orgs.extend(seen.map(|(i, _)| self.orgs[first + i]));
+        });
+        orgs.into_iter()
     }
 
     /// Of the orgs that `keep` accepts: how many were seen in `a`, and how
@@ -261,18 +257,58 @@ impl OrgDays {
         b: DayWindow,
         mut keep: impl FnMut(u64) -> bool,
     ) -> (u64, u64) {
-        let Some(in_a) = WordMask::new(self.base, self.width, a) else {
-            return (0, 0);
-        };
-        let in_b = WordMask::new(self.base, self.width, b);
+        let in_b = WordMask::new(self.base, self.cols.len(), b);
+        let mut b_hits = [0u64; ROW_CHUNK];
         let (mut seen, mut retained) = (0, 0);
-        for (row, &org) in self.words.chunks_exact(self.width).zip(&self.orgs) {
-            if in_a.hits(row) && keep(org) {
-                seen += 1;
-                retained += u64::from(in_b.as_ref().is_some_and(|m| m.hits(row)));
+        self.rows_in(a, |first, hits| {
+            let b_hits = &mut b_hits[..hits.len()];
+            match &in_b {
+                Some(mask) => self.mask_rows(mask, first, b_hits),
+                None => b_hits.fill(0),
+            }
+            for (i, (&in_a, &in_b)) in hits.iter().zip(b_hits.iter()).enumerate() {
+                if in_a != 0 && keep(self.orgs[first + i]) {
+                    seen += 1;
+                    retained += u64::from(in_b != 0);
+                }
+            }
+        });
+        (seen, retained)
+    }
+
+    /// Calls `f(first, hits)` for consecutive chunks of rows from row 0,
+    /// `hits[i]` being row `first + i`'s days within `window` (non-zero iff
+    /// the org was seen in it). Nothing is called if the window misses
+    /// the span.
+    fn rows_in(&self, window: DayWindow, mut f: impl FnMut(usize, &[u64])) {
+        let Some(mask) = WordMask::new(self.base, self.cols.len(), window) else {
+            return;
+        };
+        let mut hits = [0u64; ROW_CHUNK];
+        for first in (0..self.orgs.len()).step_by(ROW_CHUNK) {
+            let n = ROW_CHUNK.min(self.orgs.len() - first);
+            self.mask_rows(&mask, first, &mut hits[..n]);
+            f(first, &hits[..n]);
+        }
+    }
+
+    /// Fills `hits` with rows `first..first + hits.len()` under `mask`.
+    fn mask_rows(&self, mask: &WordMask, first: usize, hits: &mut [u64]) {
+        let rows = first..first + hits.len();
+        let col = &self.cols[mask.first][rows.clone()];
+        for (h, w) in hits.iter_mut().zip(col) {
+            *h = w & mask.first_mask;
+        }
+        for col in &self.cols[mask.middle.clone()] {
+            for (h, w) in hits.iter_mut().zip(&col[rows.clone()]) {
+                *h |= w;
             }
         }
-        (seen, retained)
+        if mask.last_mask != 0 {
+            for (h, w) in hits.iter_mut().zip(&self.cols[mask.last][rows]) {
+                *h |= w & mask.last_mask;
+            }
+        }
     }
 
     /// The row of `org`, added (empty) if new. The span must be laid out.
@@ -281,38 +317,37 @@ impl OrgDays {
         let row = *self.rows.entry(org).or_insert(next);
         if row == next {
             self.orgs.push(org);
-            self.words.resize(self.words.len() + self.width, 0);
+            for col in &mut self.cols {
+                col.push(0);
+            }
         }
         row as usize
     }
 
     /// Widens the span to hold the days `[from, to)` (`from` 64-aligned,
-    /// `to` a multiple of 64), moving every row to the new layout.
+    /// `to` a multiple of 64) with empty columns on either side.
     fn cover(&mut self, from: u32, to: u64) {
-        let end = u64::from(self.base) + 64 * self.width as u64;
-        if self.width > 0 && from >= self.base && to <= end {
-            return;
+        let rows = self.orgs.len();
+        if self.cols.is_empty() {
+            self.base = from;
         }
-        let (base, end) = if self.width == 0 {
-            (from, to)
-        } else {
-            (from.min(self.base), to.max(end))
-        };
-        let width = ((end - u64::from(base)) / 64) as usize;
-        let shift = ((self.base.max(base) - base) / 64) as usize;
-        let mut words = vec![0; self.orgs.len() * width];
-        if self.width > 0 {
-            for (old, new) in self
-                .words
-                .chunks_exact(self.width)
-                .zip(words.chunks_exact_mut(width))
-            {
-                new[shift..shift + self.width].copy_from_slice(old);
-            }
+        if from < self.base {
+            let add = ((self.base - from) / 64) as usize;
+            self.cols
+                .splice(0..0, std::iter::repeat_with(|| vec![0; rows]).take(add));
+            self.base = from;
         }
-        (self.base, self.width, self.words) = (base, width, words);
+        let end = u64::from(self.base) + 64 * self.cols.len() as u64;
+        if to > end {
+            let add = ((to - end) / 64) as usize;
+            self.cols
+                .extend(std::iter::repeat_with(|| vec![0; rows]).take(add));
+        }
     }
 }
+
+/// Rows masked at a time: two arrays of this many words stay in L1.
+const ROW_CHUNK: usize = 512;
 
 /// Org presence of one namespace: per country the days each org was seen
 /// there, and the union over countries (an org's days anywhere), so that
