@@ -25,6 +25,18 @@
 //! store written with another set has its blocks dropped and all its days
 //! marked stale at open, so answers stay exact while they are rebuilt.
 //!
+//! A series has rollup blocks only once it needs them: while every day
+//! sketch it has stored is an exact set of at most [`FLAT_MAX_HASHES`]
+//! hashes (most org series), it is *flat*: its days are written, no block
+//! and no `u` record, and a window reads its days with one range scan. Its
+//! dimension record (`i` key) says which: [`DIM_FLAT`] or [`DIM_ROLLED`]
+//! (an empty value, written before flat series existed, is rolled). The
+//! checkpoint that stores a larger day turns the series rolled: in one
+//! sled batch it marks every stored day of the series stale and rewrites
+//! the record, so the next rollup pass builds its blocks; readers switch
+//! from the range scan to stale-aware blocks, which read the same days
+//! until the blocks are built.
+//!
 //! sled calls block: callers run them off the async runtime.
 
 pub mod cache;
@@ -84,6 +96,21 @@ const _: () = {
 pub fn lower_rollup_level(level: u8) -> Option<u8> {
     let at = ROLLUP_LEVELS.iter().position(|&l| l == level)?;
     at.checked_sub(1).map(|below| ROLLUP_LEVELS[below])
+}
+
+/// The largest exact day sketch a flat series (one without rollup blocks)
+/// may have. A window over a flat series reads its days: for a month, at
+/// most 30 small sled values and ~4k hashes merged.
+pub const FLAT_MAX_HASHES: usize = 128;
+
+/// Dimension record value of a flat series (days only, no rollup blocks).
+pub const DIM_FLAT: &[u8] = &[0];
+/// Dimension record value of a series with rollup blocks.
+pub const DIM_ROLLED: &[u8] = &[1];
+
+/// Whether a stored day sketch makes its series need rollup blocks.
+fn needs_rollups(day: &Sketch) -> bool {
+    day.exact_len().is_none_or(|n| n > FLAT_MAX_HASHES)
 }
 
 /// Threads that write a checkpoint's day sketches and rebuild rollups.
@@ -161,13 +188,16 @@ where
     })
 }
 
-/// Rollup blocks that are out of date, as the days below them that changed.
+/// Rollup blocks that are out of date, as the days below them that changed,
+/// and the series that have no blocks at all.
 #[derive(Default)]
 struct StaleRollups {
     /// Per series, the days changed since its blocks were built.
     days: FxHashMap<Series, DayBits>,
     /// Every stored block of level >= 1 above those days.
     blocks: FxHashSet<SketchKey>,
+    /// Flat series: stored as days only (never in `days`).
+    flat: FxHashSet<Series>,
 }
 
 impl StaleRollups {
@@ -216,8 +246,25 @@ impl Store {
             .open()?;
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
-        adopt_rollup_levels(&db, &data)?;
-        let mut stale = StaleRollups::default();
+        let (mut dims, mut flat) = (FxHashSet::default(), FxHashSet::default());
+        for item in data.scan_prefix([KIND_DIM]) {
+            let (k, v) = item?;
+            let corrupt = || Error::Corrupt("dimension record".into());
+            let series = keys::decode_dim_key(&k).ok_or_else(corrupt)?;
+            match &v[..] {
+                DIM_FLAT => {
+                    flat.insert(series);
+                }
+                [] | DIM_ROLLED => {}
+                _ => return Err(corrupt()),
+            }
+            dims.insert(series);
+        }
+        adopt_rollup_levels(&db, &data, &flat)?;
+        let mut stale = StaleRollups {
+            flat,
+            ..StaleRollups::default()
+        };
         for item in data.scan_prefix([keys::KIND_STALE_ROLLUP]) {
             let (k, v) = item?;
             let corrupt = || Error::Corrupt("stale rollup days".into());
@@ -229,13 +276,6 @@ impl Store {
             }
             stale.blocks.extend(blocks);
             stale.days.insert(series, days);
-        }
-        let mut dims = FxHashSet::default();
-        for item in data.scan_prefix([KIND_DIM]) {
-            let (k, _) = item?;
-            let series =
-                keys::decode_dim_key(&k).ok_or_else(|| Error::Corrupt("dimension key".into()))?;
-            dims.insert(series);
         }
         Ok(Store {
             db,
@@ -399,9 +439,10 @@ impl Store {
         self.cache.usage()
     }
 
-    /// Merges into `acc` the stored sketches of one series over `window`,
-    /// reading the fewest up-to-date rollup blocks that tile it: a stale
-    /// block is replaced by its children, down to days if need be.
+    /// Merges into `acc` the stored sketches of one series over `window`:
+    /// for a flat series its days in the window (one range scan), else the
+    /// fewest up-to-date rollup blocks that tile it, a stale block replaced
+    /// by its children, down to days if need be.
     pub fn merge_window(
         &self,
         acc: &mut Sketch,
@@ -410,7 +451,18 @@ impl Store {
         dim: u64,
         window: DayWindow,
     ) -> Result<()> {
-        for key in self.window_blocks(ns, family, dim, window) {
+        let Some(blocks) = self.window_blocks(ns, family, dim, window) else {
+            let from = SketchKey::day(ns, family, dim, window.from).encode();
+            let to = SketchKey::day(ns, family, dim, window.to).encode();
+            for item in self.data.range(from..to) {
+                let (k, bytes) = item?;
+                let day = Sketch::decode(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("sketch {k:?}: {e}")))?;
+                acc.merge(&day)?;
+            }
+            return Ok(());
+        };
+        for key in blocks {
             if let Some(stored) = self.block_sketch(&key)? {
                 acc.merge(&stored)?;
             }
@@ -420,14 +472,18 @@ impl Store {
 
     /// The blocks [`Store::merge_window`] reads: the window's cover by
     /// stored levels with every stale block replaced by its children (the
-    /// blocks of the level below), recursively.
+    /// blocks of the level below), recursively; `None` for a flat series.
     fn window_blocks(
         &self,
         ns: NamespaceId,
         family: Family,
         dim: u64,
         window: DayWindow,
-    ) -> Vec<SketchKey> {
+    ) -> Option<Vec<SketchKey>> {
+        let state = self.stale.read();
+        if state.flat.contains(&(ns, family, dim)) {
+            return None;
+        }
         let cover = window
             .cover(ROLLUP_LEVELS)
             .into_iter()
@@ -437,9 +493,9 @@ impl Store {
                 dim,
                 block,
             });
-        let stale = &self.stale.read().blocks;
+        let stale = &state.blocks;
         if stale.is_empty() {
-            return cover.collect();
+            return Some(cover.collect());
         }
         let mut planned = Vec::new();
         let mut todo: Vec<SketchKey> = cover.rev().collect();
@@ -453,7 +509,7 @@ impl Store {
                 planned.push(key);
             }
         }
-        planned
+        Some(planned)
     }
 
     /// Number of rollup blocks waiting for [`Store::rebuild_rollups`].
@@ -589,63 +645,110 @@ impl Store {
         /// Day sketches merged per sled batch (a batch holds their encoded
         /// values: up to 12 KiB each, ~50 MiB at 4,096).
         const CHUNK: usize = 1_024;
+        let series_of = |key: &SketchKey| (key.ns, key.family, key.dim);
         for chunk in keys.chunks(CHUNK) {
             let mut batch = sled::Batch::default();
-            // The series whose stale days grow, with their new sets.
-            let mut marked: FxHashMap<Series, DayBits> = FxHashMap::default();
-            let mut newly_stale = FxHashSet::default();
-            {
-                let stale = self.stale.read();
-                for key in chunk {
-                    let series = (key.ns, key.family, key.dim);
-                    let day = key.block.start;
-                    let known = marked.get(&series).or_else(|| stale.days.get(&series));
-                    if known.is_some_and(|days| days.contains(day)) {
-                        continue;
-                    }
-                    marked
-                        .entry(series)
-                        .or_insert_with(|| stale.days.get(&series).cloned().unwrap_or_default())
-                        .insert(day);
-                    stale.blocks_above(series, day, &mut newly_stale);
-                }
-            }
-            for (&(ns, family, dim), days) in &marked {
-                batch.insert(&keys::stale_days_key(ns, family, dim)[..], days.encode());
-            }
-            let mut new_dims = Vec::new();
-            {
-                let dims = self.dims.read();
-                for (i, key) in chunk.iter().enumerate() {
-                    // Once per series (the keys are sorted).
-                    let series = (key.ns, key.family, key.dim);
-                    let first = i == 0
-                        || (chunk[i - 1].ns, chunk[i - 1].family, chunk[i - 1].dim) != series;
-                    if first && !dims.contains(&series) {
-                        batch.insert(&dim_key(key.ns, key.family, key.dim)[..], &[][..]);
-                        new_dims.push(series);
-                    }
-                }
-            }
+            // The merged days first: they decide which series need blocks.
+            let mut big: FxHashSet<Series> = FxHashSet::default();
             for key in chunk {
                 let delta = &mem.sketches[*key];
+                let merged;
                 let sketch = match self.block_sketch_uncached(key)? {
                     Some(stored) => {
                         // Not shared unless it came from the cache.
                         let mut stored = Arc::unwrap_or_clone(stored);
                         stored.merge(delta)?;
-                        stored
+                        merged = stored;
+                        &merged
                     }
-                    None => delta.clone(),
+                    // A new day is the delta itself.
+                    None => delta,
                 };
+                if needs_rollups(sketch) {
+                    big.insert(series_of(key));
+                }
                 batch.insert(&key.encode()[..], sketch.encode());
             }
-            // Readers must stop using these blocks before the days under
-            // them change in sled.
+            // New series (and their dimension records), and flat series
+            // that turn rolled.
+            let mut new_dims = Vec::new();
+            let (mut new_flat, mut to_roll) = (FxHashSet::default(), Vec::new());
             {
-                let mut stale = self.stale.write();
-                stale.blocks.extend(newly_stale);
-                stale.days.extend(marked);
+                let dims = self.dims.read();
+                let state = self.stale.read();
+                for (i, key) in chunk.iter().enumerate() {
+                    // Once per series (the keys are sorted).
+                    let series = series_of(key);
+                    if i > 0 && series_of(chunk[i - 1]) == series {
+                        continue;
+                    }
+                    let record = if !dims.contains(&series) {
+                        new_dims.push(series);
+                        if big.contains(&series) {
+                            DIM_ROLLED
+                        } else {
+                            new_flat.insert(series);
+                            DIM_FLAT
+                        }
+                    } else if state.flat.contains(&series) && big.contains(&series) {
+                        to_roll.push(series);
+                        DIM_ROLLED
+                    } else {
+                        continue;
+                    };
+                    batch.insert(&dim_key(key.ns, key.family, key.dim)[..], record);
+                }
+            }
+            // The days whose blocks go stale: those of rolled series in the
+            // chunk, and every stored day of a series turning rolled.
+            let mut marked: FxHashMap<Series, DayBits> = FxHashMap::default();
+            let mut newly_stale = FxHashSet::default();
+            {
+                let state = self.stale.read();
+                let mut mark = |series: Series, day: Day| {
+                    let known = marked.get(&series).or_else(|| state.days.get(&series));
+                    if known.is_some_and(|days| days.contains(day)) {
+                        return;
+                    }
+                    marked
+                        .entry(series)
+                        .or_insert_with(|| state.days.get(&series).cloned().unwrap_or_default())
+                        .insert(day);
+                    state.blocks_above(series, day, &mut newly_stale);
+                };
+                for key in chunk {
+                    let series = series_of(key);
+                    let flat = new_flat.contains(&series)
+                        || (state.flat.contains(&series) && !to_roll.contains(&series));
+                    if !flat {
+                        mark(series, key.block.start);
+                    }
+                }
+                for &(ns, family, dim) in &to_roll {
+                    let from = SketchKey::day(ns, family, dim, Day(0)).encode();
+                    let to = SketchKey::day(ns, family, dim, Day(u32::MAX)).encode();
+                    for item in self.data.range(from..=to) {
+                        let (k, _) = item?;
+                        let key = SketchKey::decode(&k)
+                            .ok_or_else(|| Error::Corrupt("sketch key".into()))?;
+                        mark((ns, family, dim), key.block.start);
+                    }
+                }
+            }
+            for (&(ns, family, dim), days) in &marked {
+                batch.insert(&keys::stale_days_key(ns, family, dim)[..], days.encode());
+            }
+            // Readers must stop using these blocks (and reading a series
+            // turning rolled as flat) before the days under them change in
+            // sled.
+            {
+                let mut state = self.stale.write();
+                state.blocks.extend(newly_stale);
+                state.days.extend(marked);
+                for series in &to_roll {
+                    state.flat.remove(series);
+                }
+                state.flat.extend(new_flat);
             }
             self.data.apply_batch(batch)?;
             self.cache.invalidate(chunk.iter().copied());
@@ -690,21 +793,19 @@ impl Store {
             for key in chunk {
                 let mut union: Option<Sketch> = None;
                 for child in key.children() {
-                    let stored;
-                    let sketch = match built.get(&child) {
+                    // A block has one parent: what was built for it is
+                    // taken, not copied.
+                    let sketch = match built.remove(&child) {
                         Some(Some(sketch)) => sketch,
                         Some(None) => continue,
                         None => match self.block_sketch_uncached(&child)? {
-                            Some(s) => {
-                                stored = s;
-                                &*stored
-                            }
+                            Some(stored) => Arc::unwrap_or_clone(stored),
                             None => continue,
                         },
                     };
                     match &mut union {
-                        Some(u) => u.merge(sketch)?,
-                        None => union = Some(sketch.clone()),
+                        Some(u) => u.merge(&sketch)?,
+                        None => union = Some(sketch),
                     }
                 }
                 match &union {
@@ -889,7 +990,7 @@ impl Store {
 /// days until the next rollup pass rebuilds the blocks; then records the
 /// set. Stale-day records go first, deletions next and the set last, so a
 /// crash part way leaves the set unrecorded and the next open starts over.
-fn adopt_rollup_levels(db: &sled::Db, data: &sled::Tree) -> Result<()> {
+fn adopt_rollup_levels(db: &sled::Db, data: &sled::Tree, flat: &FxHashSet<Series>) -> Result<()> {
     /// Keys written or deleted per sled batch.
     const CHUNK: usize = 8_192;
     if data.get(keys::META_ROLLUP_LEVELS)?.as_deref() == Some(ROLLUP_LEVELS) {
@@ -902,6 +1003,9 @@ fn adopt_rollup_levels(db: &sled::Db, data: &sled::Tree) -> Result<()> {
         let (k, _) = item?;
         let key = SketchKey::decode(&k).ok_or_else(|| corrupt("sketch key"))?;
         if key.block.level == 0 {
+            if flat.contains(&(key.ns, key.family, key.dim)) {
+                continue;
+            }
             days.entry((key.ns, key.family, key.dim))
                 .or_default()
                 .insert(key.block.start);
@@ -987,6 +1091,122 @@ mod tests {
         mem
     }
 
+    /// A [`random_memtable`] in which every series has a day too large for
+    /// a flat series, so that all three have rollup blocks.
+    fn rolled_memtable(rng: &mut u64, days: u32, rows: usize) -> Memtable {
+        let mut mem = random_memtable(rng, days, rows);
+        add_big_day(&mut mem, &[0, 1, 2], Day(20_000 + days / 2));
+        mem
+    }
+
+    /// Puts more than [`FLAT_MAX_HASHES`] hashes into `day` of each series
+    /// of `dims`.
+    fn add_big_day(mem: &mut Memtable, dims: &[u64], day: Day) {
+        for &dim in dims {
+            let sketch = mem
+                .sketches
+                .entry(SketchKey::day(1, Family::IpsCountry, dim, day))
+                .or_insert_with(|| Sketch::new(12, HashSeed::DEFAULT).unwrap());
+            for h in 0..=FLAT_MAX_HASHES as u64 {
+                sketch.insert_hash((50_000 + h).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            }
+        }
+    }
+
+    /// The dimension record of series `dim`.
+    fn dim_record(store: &Store, dim: u64) -> Vec<u8> {
+        let k = dim_key(1, Family::IpsCountry, dim);
+        store
+            .data
+            .get(k)
+            .unwrap()
+            .expect("dimension record")
+            .to_vec()
+    }
+
+    /// Stored rollup blocks of series `dim`.
+    fn blocks_of(store: &Store, dim: u64) -> usize {
+        store
+            .data
+            .scan_prefix(SketchKey::series_prefix(1, Family::IpsCountry, dim))
+            .filter(|item| {
+                SketchKey::decode(&item.as_ref().unwrap().0)
+                    .unwrap()
+                    .block
+                    .level
+                    > 0
+            })
+            .count()
+    }
+
+    #[test]
+    fn flat_series_have_no_blocks_until_a_day_needs_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = 0x0f1a_7000u64;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // ~20 hashes a day: every series is flat.
+            checkpoint(&store, &random_memtable(&mut rng, 700, 40_000), 1);
+            assert_eq!(store.stale_rollups(), 0);
+            assert_eq!(store.rebuild_rollups().unwrap(), 0);
+            assert!(stored_levels(&store).is_empty(), "a flat series got blocks");
+            assert_eq!(
+                store.data.scan_prefix([keys::KIND_STALE_ROLLUP]).count(),
+                0,
+                "a flat series got a stale record"
+            );
+            for dim in 0..3 {
+                assert_eq!(dim_record(&store, dim), DIM_FLAT);
+            }
+            assert_windows_equal_unions_of_days(&store);
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_windows_equal_unions_of_days(&store);
+        // Late data, small for dims 0 and 2, a large day for dim 1: only
+        // dim 1 turns rolled, with every stored day stale.
+        let mut mem = random_memtable(&mut rng, 700, 5_000);
+        add_big_day(&mut mem, &[1], Day(20_350));
+        checkpoint(&store, &mem, 2);
+        let dim1_blocks = blocks_over_the_days(&ROLLUP_LEVELS[1..])
+            .iter()
+            .filter(|(key, _)| key.dim == 1)
+            .count();
+        assert_eq!(store.stale_rollups(), dim1_blocks);
+        assert_eq!(
+            (dim_record(&store, 0), dim_record(&store, 1)),
+            (DIM_FLAT.to_vec(), DIM_ROLLED.to_vec())
+        );
+        assert_windows_equal_unions_of_days(&store);
+        store.flush().unwrap();
+        drop(store);
+        // The turn is durable: after a restart the blocks are still stale
+        // and read through, then rebuilt for dim 1 only.
+        let store = reopen(dir.path());
+        assert_eq!(store.stale_rollups(), dim1_blocks);
+        assert_windows_equal_unions_of_days(&store);
+        assert_eq!(store.rebuild_rollups().unwrap(), dim1_blocks);
+        assert_eq!((blocks_of(&store, 0), blocks_of(&store, 2)), (0, 0));
+        assert_eq!(blocks_of(&store, 1), dim1_blocks);
+        for (key, window) in blocks_over_the_days(&ROLLUP_LEVELS[1..]) {
+            if key.dim == 1 {
+                let stored = store.block_sketch(&key).unwrap().expect("block stored");
+                let by_day = union_of_days(&store, 1, window);
+                assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+            }
+        }
+        assert_windows_equal_unions_of_days(&store);
+        // A new rolled day of dim 1 makes its blocks stale as before.
+        let mut mem = random_memtable(&mut rng, 700, 1_000);
+        add_big_day(&mut mem, &[1], Day(20_351));
+        checkpoint(&store, &mem, 3);
+        assert!(store.stale_rollups() > 0);
+        assert_windows_equal_unions_of_days(&store);
+        store.rebuild_rollups().unwrap();
+        assert_eq!((blocks_of(&store, 0), blocks_of(&store, 2)), (0, 0));
+        assert_windows_equal_unions_of_days(&store);
+    }
+
     /// Opens the store under `dir` again. sled releases the file lock of a
     /// database dropped moments ago from its background threads, so a lock
     /// error is retried for a few seconds (as `tests/common` does).
@@ -1050,7 +1270,7 @@ mod tests {
         let mut rng = 0x1234_5678u64;
         // Three checkpoints; the later ones bring late data for early days.
         for (lsn, rows) in [(1, 40_000), (2, 10_000), (3, 5_000)] {
-            let mem = random_memtable(&mut rng, 700, rows);
+            let mem = rolled_memtable(&mut rng, 700, rows);
             checkpoint(&store, &mem, lsn);
             assert!(store.rebuild_rollups().unwrap() > 0);
         }
@@ -1065,12 +1285,12 @@ mod tests {
         let mut rng = 0x9abc_def0u64;
         let stale = {
             let store = Store::open(dir.path()).unwrap();
-            checkpoint(&store, &random_memtable(&mut rng, 700, 40_000), 1);
+            checkpoint(&store, &rolled_memtable(&mut rng, 700, 40_000), 1);
             store.rebuild_rollups().unwrap();
             // Fill the cache with the blocks about to go stale.
             assert_windows_equal_unions_of_days(&store);
             // Late data for every day, between a checkpoint and the pass.
-            checkpoint(&store, &random_memtable(&mut rng, 700, 10_000), 2);
+            checkpoint(&store, &rolled_memtable(&mut rng, 700, 10_000), 2);
             let stale = store.stale_rollups();
             assert!(stale > 0);
             assert_windows_equal_unions_of_days(&store);
@@ -1181,7 +1401,7 @@ mod tests {
                     Some(ROLLUP_LEVELS),
                     "a new store records its level set"
                 );
-                checkpoint(&store, &random_memtable(&mut rng, 700, 40_000), 1);
+                checkpoint(&store, &rolled_memtable(&mut rng, 700, 40_000), 1);
                 store.rebuild_rollups().unwrap();
                 lay_out_rollups(&store, levels, recorded);
                 assert_eq!(
@@ -1201,7 +1421,7 @@ mod tests {
                     assert_ne!(rolled.encode(), union_of_days(&store, 0, window).encode());
                 }
                 // Late data, stale in the old layout too.
-                checkpoint(&store, &random_memtable(&mut rng, 700, 2_000), 2);
+                checkpoint(&store, &rolled_memtable(&mut rng, 700, 2_000), 2);
                 store.flush().unwrap();
             }
             let store = reopen(dir.path());
