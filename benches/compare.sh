@@ -258,6 +258,8 @@ rrss = g(redis, "footprint", "used_memory_rss")
 row("**server memory MiB** (sketchd peak RSS; Redis used_memory)",
     srss and srss / MiB, rmem and rmem / MiB, None, target="<= 0.5x Redis",
     met=verdict(srss <= 0.5 * rmem if srss and rmem else None))
+row("  peak RSS MiB before the queries (sketchd: ingest and its checkpoints)",
+    (g(s, "footprint", "peak_rss_before_queries") or 0) / MiB or None, None, None)
 row("  RSS MiB (sketchd once idle after ingest; Redis used_memory_rss)",
     (g(s, "footprint", "rss_after_ingest") or 0) / MiB or None, rrss and rrss / MiB, None)
 sdisk = g(s, "footprint", "disk_bytes_after_shutdown") or g(s, "footprint", "disk_bytes")

@@ -1478,6 +1478,14 @@ impl Report<'_> {
         }
     }
 
+    /// The server's peak RSS (`VmHWM`) before the queries: through ingest
+    /// and the checkpoints until it was idle.
+    fn ingest_peak_rss(&self) -> Option<u64> {
+        self.settle
+            .map(|s| s.sample.peak_rss_bytes)
+            .or(self.server_after_ingest.map(|s| s.peak_rss_bytes))
+    }
+
     /// Latency stats per kind, in the peers' order.
     fn latency_rows(&self) -> Vec<(&'static str, Vec<f64>)> {
         let Some(q) = self.queries else {
@@ -1540,6 +1548,7 @@ impl Report<'_> {
             "server_query_cpu_s": self.server_end.zip(self.server_after_ingest).map(|(e, a)| e.cpu_s - a.cpu_s),
             "server_rss_after_ingest_bytes": self.steady_rss(),
             "server_peak_rss_bytes": self.peak_rss(),
+            "server_peak_rss_ingest_bytes": self.ingest_peak_rss(),
             "disk_bytes": self.disk.as_ref().map(|d| d.total),
             "disk_parts_bytes": self.disk.as_ref().map(|d| json!(d.parts)),
             "query_phase_s": self.queries.map(|q| q.wall.as_secs_f64()),
@@ -1582,9 +1591,10 @@ impl Report<'_> {
         if let Some(peak) = self.peak_rss() {
             let _ = writeln!(
                 out,
-                "server: RSS after ingest {} MiB, peak RSS {:.1} MiB",
+                "server: RSS after ingest {} MiB, peak RSS {:.1} MiB ({} MiB before the queries)",
                 opt(self.steady_rss().map(mib), 1),
-                mib(peak)
+                mib(peak),
+                opt(self.ingest_peak_rss().map(mib), 1)
             );
         }
         if let Some(d) = &self.disk {
@@ -1718,6 +1728,7 @@ impl Report<'_> {
                 "bytes": self.peak_rss(),
                 "what": "server peak RSS (VmHWM)",
                 "rss_after_ingest": self.steady_rss(),
+                "peak_rss_before_queries": self.ingest_peak_rss(),
                 "disk_bytes": self.disk.as_ref().map(|d| d.total),
                 "disk_parts": self.disk.as_ref().map(|d| json!(d.parts)),
             },
