@@ -111,27 +111,37 @@ pub fn dim_country(dim: u64) -> Option<[u8; 2]> {
 
 /// An org id as a dimension (a stable 64-bit hash; names are kept under `o`).
 pub fn org_dim(org: &str) -> u64 {
-    let mut bytes = Vec::with_capacity(4 + org.len());
-    bytes.extend_from_slice(b"org\0");
-    bytes.extend_from_slice(org.as_bytes());
-    xxh3_64_with_seed(&bytes, DIM_SEED)
+    dim_hash(&[b"org\0", org.as_bytes()])
 }
 
 /// A sector label as a dimension.
 pub fn sector_dim(sector: &str) -> u64 {
-    let mut bytes = Vec::with_capacity(7 + sector.len());
-    bytes.extend_from_slice(b"sector\0");
-    bytes.extend_from_slice(sector.as_bytes());
-    xxh3_64_with_seed(&bytes, DIM_SEED)
+    dim_hash(&[b"sector\0", sector.as_bytes()])
 }
 
 /// A (country, sector) pair as a dimension; its name is `CC/sector`.
 pub fn country_sector_dim(country: [u8; 2], sector: &str) -> u64 {
-    let mut bytes = Vec::with_capacity(10 + sector.len());
-    bytes.extend_from_slice(b"csector\0");
-    bytes.extend_from_slice(&country);
-    bytes.extend_from_slice(sector.as_bytes());
-    xxh3_64_with_seed(&bytes, DIM_SEED)
+    dim_hash(&[b"csector\0", &country, sector.as_bytes()])
+}
+
+/// The dimension hash of the concatenated `parts`: built on the stack when
+/// short (ingest derives one per row), so no allocation.
+fn dim_hash(parts: &[&[u8]]) -> u64 {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut stack = [0u8; 128];
+    let mut heap = Vec::new();
+    let buf = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap[..]
+    };
+    let mut at = 0;
+    for part in parts {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    xxh3_64_with_seed(buf, DIM_SEED)
 }
 
 /// The key of a sketch of one series over one dyadic block of days (level
@@ -450,6 +460,17 @@ mod tests {
         // Part of the on-disk format: a change here orphans stored sketches.
         assert_eq!(org_dim("AS15169"), org_dim("AS15169"));
         assert_ne!(org_dim("AS15169"), org_dim("AS15170"));
+        // Each dimension is the seeded xxh3 of its prefix and text, short
+        // (hashed from the stack) or long.
+        let concat = |parts: &[&[u8]]| xxh3_64_with_seed(&parts.concat(), DIM_SEED);
+        for text in ["AS15169", "government", &"x".repeat(300)] {
+            assert_eq!(org_dim(text), concat(&[b"org\0", text.as_bytes()]));
+            assert_eq!(sector_dim(text), concat(&[b"sector\0", text.as_bytes()]));
+            assert_eq!(
+                country_sector_dim(*b"DE", text),
+                concat(&[b"csector\0", b"DE", text.as_bytes()])
+            );
+        }
     }
 
     #[test]
