@@ -946,6 +946,44 @@ mod tests {
         }
     }
 
+    /// Rows of one batch on days in any order: the observation counters
+    /// (all rows and per country, kept as the sizes of the batch's global
+    /// and per-country groups) and the distinct IPs per day match the
+    /// rows, from the memtable and from sled.
+    #[test]
+    fn counters_and_ip_counts_follow_rows_on_days_in_any_order() {
+        // Days 0-9 interleaved, runs of one to five rows; every row has its
+        // own IP.
+        let mut rows: Vec<Row> = Vec::new();
+        for i in 0..600u32 {
+            let day = (i / (1 + i % 5)) % 10;
+            rows.push((Some(i % 40), (i % 5) as usize, day));
+        }
+        let check = |engine: &Engine| {
+            for day in 0..10 {
+                let w = window(day, day + 1);
+                let on_day: Vec<&Row> = rows.iter().filter(|r| r.2 == day).collect();
+                let all = observations(engine, "orgs", &Scope::Global, w).unwrap();
+                assert_eq!(all, on_day.len() as u64, "day {day}");
+                for (c, code) in COUNTRIES.iter().enumerate() {
+                    let scope = Scope::Country(code.as_bytes().try_into().unwrap());
+                    let n = on_day.iter().filter(|r| r.1 == c).count() as u64;
+                    assert_eq!(observations(engine, "orgs", &scope, w).unwrap(), n);
+                }
+                let ips = count(engine, "orgs", Metric::Ips, &Scope::Global, w, 0.95).unwrap();
+                assert_eq!(ips.estimate.value, on_day.len() as f64, "day {day}");
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = open(dir.path());
+            ingest(&engine, &rows, 1);
+            check(&engine);
+            engine.shutdown();
+        }
+        check(&open(dir.path()));
+    }
+
     #[test]
     fn org_counts_from_presence_equal_the_sketches_and_the_truth() {
         let mut state = 0x5eed_0001_u64;

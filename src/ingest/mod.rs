@@ -282,12 +282,12 @@ pub fn apply(
     applied_at: i64,
 ) -> Result<()> {
     /// What a dictionary org contributes to every row that names it.
-    struct OrgRef {
+    struct OrgRef<'a> {
         dim: u64,
         hash: u64,
         /// False for the unattributed org: it is no organisation.
         counted: bool,
-        sectors: Vec<(u64, String)>,
+        sectors: Vec<(u64, &'a str)>,
     }
     let MemState {
         active: mem, index, ..
@@ -311,7 +311,7 @@ pub fn apply(
                 .map(|s| {
                     let dim = sector_dim(s);
                     name(dim, s);
-                    (dim, s.clone())
+                    (dim, s.as_str())
                 })
                 .collect();
             OrgRef {
@@ -326,8 +326,12 @@ pub fn apply(
     // then each sketch of the memtable is looked up once per batch, not
     // once per row. Org hashes go in once per distinct (org, country, day).
     let n4 = batch.ipv4.len();
+    // The observation counters (all rows, and per country) are the
+    // lengths of the global and per-country groups.
     let mut groups: FxHashMap<(Family, u64, Day), Vec<u64>> = FxHashMap::default();
-    let mut counters: FxHashMap<(u64, Day), u64> = FxHashMap::default();
+    // The global group of the day being read, out of `groups`: collectors
+    // send rows in time order, so it changes rarely.
+    let mut today: (Day, Vec<u64>) = (Day(0), Vec::new());
     // (org, country, day) triples of the batch.
     let mut seen: FxHashSet<(u32, [u8; 2], u32)> = FxHashSet::default();
     let (mut first, mut end) = (u32::MAX, 0u32);
@@ -344,10 +348,15 @@ pub fn apply(
         let org = &orgs[org_ref as usize];
         let code = batch.country_of_row[row];
         let country = country_dim(code);
-        groups
-            .entry((Family::IpsGlobal, 0, day))
-            .or_default()
-            .push(ip);
+        if today.0 != day {
+            let back = std::mem::take(&mut today.1);
+            if !back.is_empty() {
+                groups.insert((Family::IpsGlobal, 0, today.0), back);
+            }
+            let ips = groups.remove(&(Family::IpsGlobal, 0, day));
+            today = (day, ips.unwrap_or_default());
+        }
+        today.1.push(ip);
         groups
             .entry((Family::IpsCountry, country, day))
             .or_default()
@@ -371,8 +380,23 @@ pub fn apply(
                 .push(ip);
         }
         seen.insert((org_ref, code, day.0));
-        *counters.entry((CounterKey::ALL, day)).or_insert(0) += 1;
-        *counters.entry((country, day)).or_insert(0) += 1;
+    }
+    if !today.1.is_empty() {
+        groups.insert((Family::IpsGlobal, 0, today.0), today.1);
+    }
+    for (&(family, dim, day), ips) in &groups {
+        let dim = match family {
+            Family::IpsGlobal => CounterKey::ALL,
+            Family::IpsCountry => dim,
+            _ => continue,
+        };
+        *mem.counters
+            .entry(CounterKey {
+                ns: ns.id,
+                dim,
+                day,
+            })
+            .or_insert(0) += ips.len() as u64;
     }
     let presence = index.presence.entry(ns.id).or_default();
     for &(org_ref, code, day) in &seen {
@@ -409,8 +433,13 @@ pub fn apply(
             org: org.dim,
             country: code,
         };
-        presence.insert(oc, day);
-        mem.presence.entry((ns.id, oc)).or_default().insert(day);
+        // The index holds every day the memtable does: a day already in the
+        // memtable (most, within a checkpoint) is in the index too.
+        let days = mem.presence.entry((ns.id, oc)).or_default();
+        if !days.contains(day) {
+            days.insert(day);
+            presence.insert(oc, day);
+        }
     }
     for ((family, dim, day), hashes) in groups {
         let sketch = match mem.sketches.entry(SketchKey::day(ns.id, family, dim, day)) {
@@ -425,15 +454,6 @@ pub fn apply(
             sketch.insert_hash(h);
         }
         mem.sketch_bytes = (mem.sketch_bytes + sketch.heap_bytes()).saturating_sub(before);
-    }
-    for ((dim, day), n) in counters {
-        *mem.counters
-            .entry(CounterKey {
-                ns: ns.id,
-                dim,
-                day,
-            })
-            .or_insert(0) += n;
     }
     if first < end {
         mem.widen_extent(ns.id, Day(first), Day(end));

@@ -21,9 +21,9 @@
 //! presence per (org, country) (`DayBits`); the per-country tables and the
 //! union are built from those records at start.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::store::keys::{Family, NamespaceId};
 use crate::time::{Day, DayWindow};
@@ -401,9 +401,9 @@ pub struct OrgCountry {
 /// The full index of every namespace.
 #[derive(Default)]
 pub struct Index {
-    pub names: HashMap<(NamespaceId, u64), String>,
+    pub names: FxHashMap<(NamespaceId, u64), String>,
     pub table_versions: HashMap<NamespaceId, std::collections::BTreeSet<String>>,
-    pub dims: HashMap<(NamespaceId, Family), HashSet<u64>>,
+    pub dims: HashMap<(NamespaceId, Family), FxHashSet<u64>>,
     pub presence: HashMap<NamespaceId, OrgPresence>,
     /// Regions merged into this server (replication provenance).
     pub regions: std::collections::BTreeMap<String, crate::store::memtable::RegionMark>,
@@ -422,6 +422,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn day_bits_insert_in_any_order() {
