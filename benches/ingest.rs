@@ -10,7 +10,8 @@
 //!   into one that already holds the day (the steady state);
 //! * `query/merge_window`: a 30-day window of one dense series read from
 //!   sled rollups (12 blocks: 6 days, 6 blocks of 4 days) versus day by
-//!   day (30 sketches), each merged and estimated;
+//!   day (30 sketches), each merged and estimated; `flat_30d`: the same
+//!   window of a flat series (100 IPs a day, no blocks: one range scan);
 //! * `rollups/rebuild`: the rollup pass after a checkpoint of 256 new days
 //!   of one dense series (fresh store; sled writes, not flushed).
 //!
@@ -164,18 +165,23 @@ fn bench_ingest(c: &mut Criterion) {
 /// `days` days of one series from day 19,900, 20k distinct IPs a day
 /// (dense at p=14).
 fn dense_days(days: u32) -> Memtable {
+    days_of(42, days, 20_000)
+}
+
+/// `days` days of series `dim` from day 19,900, `per_day` distinct IPs a day.
+fn days_of(dim: u64, days: u32, per_day: usize) -> Memtable {
     let mut mem = Memtable::default();
-    let mut h = 1u64;
+    let mut h = dim;
     for day in 0..days {
         let mut sketch = Sketch::new(14, HashSeed::DEFAULT).unwrap();
-        for _ in 0..20_000 {
+        for _ in 0..per_day {
             h = h
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             sketch.insert_hash(h ^ (h >> 29));
         }
         mem.sketches.insert(
-            SketchKey::day(1, Family::IpsCountry, 42, Day(19_900 + day)),
+            SketchKey::day(1, Family::IpsCountry, dim, Day(19_900 + day)),
             sketch,
         );
     }
@@ -209,11 +215,13 @@ fn bench_rollups(c: &mut Criterion) {
 fn bench_query(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let mem = dense_days(64);
-    store.write_checkpoint_sketches(&mem).unwrap();
-    store
-        .apply_checkpoint(store.prepare_checkpoint(&mem, 1).unwrap())
-        .unwrap();
+    // Series 42 is dense (rolled up); series 7, 100 IPs a day, is flat.
+    for (lsn, mem) in [(1, dense_days(64)), (2, days_of(7, 64, 100))] {
+        store.write_checkpoint_sketches(&mem).unwrap();
+        store
+            .apply_checkpoint(store.prepare_checkpoint(&mem, lsn).unwrap())
+            .unwrap();
+    }
     store.rebuild_rollups().unwrap();
     let window = DayWindow::new(Day(19_905), Day(19_935)).unwrap();
     let mut g = c.benchmark_group("query");
@@ -222,6 +230,15 @@ fn bench_query(c: &mut Criterion) {
             let mut acc = Sketch::new(14, HashSeed::DEFAULT).unwrap();
             store
                 .merge_window(&mut acc, 1, Family::IpsCountry, 42, window)
+                .unwrap();
+            acc.estimate()
+        })
+    });
+    g.bench_function("merge_window/flat_30d", |b| {
+        b.iter(|| {
+            let mut acc = Sketch::new(14, HashSeed::DEFAULT).unwrap();
+            store
+                .merge_window(&mut acc, 1, Family::IpsCountry, 7, window)
                 .unwrap();
             acc.estimate()
         })
