@@ -28,7 +28,7 @@ use crate::store::keys::{
 };
 use crate::store::memtable::MemState;
 use crate::time::{Day, SECONDS_PER_DAY};
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 /// The org that rows no table covers are counted under.
 pub const UNATTRIBUTED_ORG: &str = "unattributed";
@@ -322,18 +322,18 @@ pub fn apply(
             }
         })
         .collect();
-    // Rows are grouped by sketch first, in small maps that stay in cache;
-    // then each sketch of the memtable is looked up once per batch, not
-    // once per row. Org hashes go in once per distinct (org, country, day).
+    // Rows are grouped by (org, country, day) first: every series of a
+    // row but the global one (its country, org, sectors and
+    // country/sectors) follows from that triple, so each series' group is
+    // found once per triple, not once per row. Then each sketch of the
+    // memtable is looked up once per batch. Org hashes go in once per
+    // triple.
     let n4 = batch.ipv4.len();
-    // The observation counters (all rows, and per country) are the
-    // lengths of the global and per-country groups.
+    let mut triples: FxHashMap<(u32, [u8; 2], u32), Vec<u64>> = FxHashMap::default();
     let mut groups: FxHashMap<(Family, u64, Day), Vec<u64>> = FxHashMap::default();
     // The global group of the day being read, out of `groups`: collectors
     // send rows in time order, so it changes rarely.
     let mut today: (Day, Vec<u64>) = (Day(0), Vec::new());
-    // (org, country, day) triples of the batch.
-    let mut seen: FxHashSet<(u32, [u8; 2], u32)> = FxHashSet::default();
     let (mut first, mut end) = (u32::MAX, 0u32);
     for row in 0..batch.rows() {
         let day = Day(batch.days[row]);
@@ -344,10 +344,6 @@ pub fn apply(
         } else {
             hash_ipv6(ns.seed, batch.ipv6[row - n4])
         };
-        let org_ref = batch.org_of_row[row];
-        let org = &orgs[org_ref as usize];
-        let code = batch.country_of_row[row];
-        let country = country_dim(code);
         if today.0 != day {
             let back = std::mem::take(&mut today.1);
             if !back.is_empty() {
@@ -357,51 +353,23 @@ pub fn apply(
             today = (day, ips.unwrap_or_default());
         }
         today.1.push(ip);
-        groups
-            .entry((Family::IpsCountry, country, day))
+        triples
+            .entry((batch.org_of_row[row], batch.country_of_row[row], day.0))
             .or_default()
             .push(ip);
-        groups
-            .entry((Family::IpsOrg, org.dim, day))
-            .or_default()
-            .push(ip);
-        for (sector, label) in &org.sectors {
-            groups
-                .entry((Family::IpsSector, *sector, day))
-                .or_default()
-                .push(ip);
-            groups
-                .entry((
-                    Family::IpsCountrySector,
-                    country_sector_dim(code, label),
-                    day,
-                ))
-                .or_default()
-                .push(ip);
-        }
-        seen.insert((org_ref, code, day.0));
     }
     if !today.1.is_empty() {
         groups.insert((Family::IpsGlobal, 0, today.0), today.1);
     }
-    for (&(family, dim, day), ips) in &groups {
-        let dim = match family {
-            Family::IpsGlobal => CounterKey::ALL,
-            Family::IpsCountry => dim,
-            _ => continue,
-        };
-        *mem.counters
-            .entry(CounterKey {
-                ns: ns.id,
-                dim,
-                day,
-            })
-            .or_insert(0) += ips.len() as u64;
-    }
     let presence = index.presence.entry(ns.id).or_default();
-    for &(org_ref, code, day) in &seen {
+    for ((org_ref, code, day), ips) in triples {
         let org = &orgs[org_ref as usize];
         let day = Day(day);
+        let country = country_dim(code);
+        groups
+            .entry((Family::IpsCountry, country, day))
+            .or_default()
+            .extend_from_slice(&ips);
         for (sector, label) in &org.sectors {
             let cs = country_sector_dim(code, label);
             if let Entry::Vacant(e) = index.names.entry((ns.id, cs)) {
@@ -409,6 +377,14 @@ pub fn apply(
                 e.insert(text.clone());
                 mem.names.insert((ns.id, cs), text);
             }
+            groups
+                .entry((Family::IpsSector, *sector, day))
+                .or_default()
+                .extend_from_slice(&ips);
+            groups
+                .entry((Family::IpsCountrySector, cs, day))
+                .or_default()
+                .extend_from_slice(&ips);
             groups
                 .entry((Family::OrgsSector, *sector, day))
                 .or_default()
@@ -418,6 +394,14 @@ pub fn apply(
                 .or_default()
                 .push(org.hash);
         }
+        // An org is mostly seen in one country a day: its triple's rows
+        // become its group without a copy.
+        match groups.entry((Family::IpsOrg, org.dim, day)) {
+            Entry::Occupied(mut e) => e.get_mut().extend_from_slice(&ips),
+            Entry::Vacant(e) => {
+                e.insert(ips);
+            }
+        }
         if !org.counted {
             continue;
         }
@@ -426,7 +410,7 @@ pub fn apply(
             .or_default()
             .push(org.hash);
         groups
-            .entry((Family::OrgsCountry, country_dim(code), day))
+            .entry((Family::OrgsCountry, country, day))
             .or_default()
             .push(org.hash);
         let oc = OrgCountry {
@@ -440,6 +424,22 @@ pub fn apply(
             days.insert(day);
             presence.insert(oc, day);
         }
+    }
+    // The observation counters (all rows, and per country) are the sizes
+    // of the global and per-country groups.
+    for (&(family, dim, day), ips) in &groups {
+        let dim = match family {
+            Family::IpsGlobal => CounterKey::ALL,
+            Family::IpsCountry => dim,
+            _ => continue,
+        };
+        *mem.counters
+            .entry(CounterKey {
+                ns: ns.id,
+                dim,
+                day,
+            })
+            .or_insert(0) += ips.len() as u64;
     }
     for ((family, dim, day), hashes) in groups {
         let sketch = match mem.sketches.entry(SketchKey::day(ns.id, family, dim, day)) {
