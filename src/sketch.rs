@@ -789,13 +789,22 @@ impl Sketch {
 
     /// Checks that `other` may be merged into `self`.
     pub fn check_compatible(&self, other: &Sketch) -> Result<(), SketchError> {
-        if self.hash_id != other.hash_id {
+        self.check_header(other.hash_id, other.seed_fingerprint, other.precision)
+    }
+
+    fn check_header(
+        &self,
+        hash_id: u8,
+        seed_fingerprint: u64,
+        precision: u8,
+    ) -> Result<(), SketchError> {
+        if self.hash_id != hash_id {
             return Err(SketchError::IncompatibleHash);
         }
-        if self.seed_fingerprint != other.seed_fingerprint {
+        if self.seed_fingerprint != seed_fingerprint {
             return Err(SketchError::IncompatibleSeed);
         }
-        if self.precision != other.precision {
+        if self.precision != precision {
             return Err(SketchError::IncompatiblePrecision);
         }
         Ok(())
@@ -938,6 +947,91 @@ impl Sketch {
 
     /// Decodes and fully validates an envelope.
     pub fn decode(bytes: &[u8]) -> Result<Sketch, SketchError> {
+        let envelope = Envelope::parse(bytes)?;
+        let Envelope {
+            hash_id,
+            seed_fingerprint,
+            precision,
+            layout,
+            payload,
+        } = envelope;
+        let repr = if layout == LAYOUT_EXACT {
+            let mut set = ExactSet::with_capacity_and_hasher(payload.len() / 8, Default::default());
+            set.extend(envelope.exact_hashes());
+            Repr::Exact(set)
+        } else {
+            let max = max_register(precision);
+            let mut regs = vec![0u8; 1usize << precision].into_boxed_slice();
+            for (out, packed) in regs.chunks_exact_mut(4).zip(payload.chunks_exact(3)) {
+                let v =
+                    u32::from(packed[0]) | u32::from(packed[1]) << 8 | u32::from(packed[2]) << 16;
+                out[0] = (v & 0x3f) as u8;
+                out[1] = ((v >> 6) & 0x3f) as u8;
+                out[2] = ((v >> 12) & 0x3f) as u8;
+                out[3] = ((v >> 18) & 0x3f) as u8;
+            }
+            // Branch-free scan first (vectorises), locate the culprit only
+            // on failure.
+            if regs.iter().fold(0u8, |acc, &r| acc.max(r)) > max {
+                let index = regs.iter().position(|&r| r > max).unwrap_or(0);
+                return Err(SketchError::BadRegister {
+                    index,
+                    value: regs[index],
+                });
+            }
+            Repr::Dense(regs)
+        };
+        Ok(Sketch {
+            precision,
+            hash_id,
+            seed_fingerprint,
+            repr,
+            cache: OnceLock::new(),
+        })
+    }
+
+    /// Merges an encoded sketch into `self`: the same as merging
+    /// [`Sketch::decode`]`(bytes)`, with the same validation, but an exact
+    /// payload's hashes go straight into `self` without building a set
+    /// first (a window over a flat series merges many small days). `self`
+    /// is unchanged on error.
+    pub fn merge_encoded(&mut self, bytes: &[u8]) -> Result<(), SketchError> {
+        let envelope = Envelope::parse(bytes)?;
+        if envelope.layout != LAYOUT_EXACT {
+            return self.merge(&Sketch::decode(bytes)?);
+        }
+        self.check_header(
+            envelope.hash_id,
+            envelope.seed_fingerprint,
+            envelope.precision,
+        )?;
+        for hash in envelope.exact_hashes() {
+            self.insert_hash(hash);
+        }
+        Ok(())
+    }
+}
+
+/// A validated envelope: header fields and payload. An exact payload's
+/// hashes are known to be strictly increasing; a dense payload has the
+/// right length (its registers are checked when unpacked).
+#[derive(Clone, Copy)]
+struct Envelope<'a> {
+    hash_id: u8,
+    seed_fingerprint: u64,
+    precision: u8,
+    layout: u8,
+    payload: &'a [u8],
+}
+
+impl<'a> Envelope<'a> {
+    fn exact_hashes(&self) -> impl Iterator<Item = u64> + 'a {
+        self.payload
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+    }
+
+    fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, SketchError> {
         if bytes.len() < ENVELOPE_HEADER_LEN + ENVELOPE_TRAILER_LEN {
             // A foreign short buffer is still better reported as bad magic.
             if bytes.len() >= 4 && bytes[..4] != ENVELOPE_MAGIC {
@@ -1006,51 +1100,23 @@ impl Sketch {
             return Err(SketchError::Checksum { stored, computed });
         }
         let payload = &bytes[ENVELOPE_HEADER_LEN..body_end];
-        let repr = if layout == LAYOUT_EXACT {
+        let envelope = Envelope {
+            hash_id,
+            seed_fingerprint,
+            precision,
+            layout,
+            payload,
+        };
+        if layout == LAYOUT_EXACT {
             let mut prev: Option<u64> = None;
-            for chunk in payload.chunks_exact(8) {
-                let h = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            for h in envelope.exact_hashes() {
                 if prev.is_some_and(|p| h <= p) {
                     return Err(SketchError::UnsortedExact);
                 }
                 prev = Some(h);
             }
-            let mut set = ExactSet::with_capacity_and_hasher(payload.len() / 8, Default::default());
-            set.extend(
-                payload
-                    .chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-            );
-            Repr::Exact(set)
-        } else {
-            let max = max_register(precision);
-            let mut regs = vec![0u8; 1usize << precision].into_boxed_slice();
-            for (out, packed) in regs.chunks_exact_mut(4).zip(payload.chunks_exact(3)) {
-                let v =
-                    u32::from(packed[0]) | u32::from(packed[1]) << 8 | u32::from(packed[2]) << 16;
-                out[0] = (v & 0x3f) as u8;
-                out[1] = ((v >> 6) & 0x3f) as u8;
-                out[2] = ((v >> 12) & 0x3f) as u8;
-                out[3] = ((v >> 18) & 0x3f) as u8;
-            }
-            // Branch-free scan first (vectorises), locate the culprit only
-            // on failure.
-            if regs.iter().fold(0u8, |acc, &r| acc.max(r)) > max {
-                let index = regs.iter().position(|&r| r > max).unwrap_or(0);
-                return Err(SketchError::BadRegister {
-                    index,
-                    value: regs[index],
-                });
-            }
-            Repr::Dense(regs)
-        };
-        Ok(Sketch {
-            precision,
-            hash_id,
-            seed_fingerprint,
-            repr,
-            cache: OnceLock::new(),
-        })
+        }
+        Ok(envelope)
     }
 }
 
@@ -1916,6 +1982,58 @@ mod tests {
             SketchError::IncompatiblePrecision
         );
         assert_eq!(s, base);
+    }
+
+    /// Merging the encoded bytes is merging the decoded sketch: the same
+    /// state for every pair of exact and dense sketches, the same errors,
+    /// and no change on error.
+    #[test]
+    fn merge_encoded_equals_merge_of_the_decoded_sketch() {
+        let sizes = [0, 1, 100, 1_000, 1_024, 5_000];
+        for (i, &na) in sizes.iter().enumerate() {
+            for (j, &nb) in sizes.iter().enumerate() {
+                let a = sketch_of(14, &random_hashes(80 + i as u64, na));
+                let b = sketch_of(14, &random_hashes(90 + j as u64, nb));
+                let mut by_sketch = a.clone();
+                by_sketch.merge(&b).unwrap();
+                let mut by_bytes = a.clone();
+                by_bytes.merge_encoded(&b.encode()).unwrap();
+                assert_eq!(by_bytes.encode(), by_sketch.encode(), "{na} + {nb}");
+                assert_eq!(by_bytes.estimate(), by_sketch.estimate());
+            }
+        }
+        let base = sketch_of(14, &random_hashes(61, 10));
+        let mut rng = StdRng::seed_from_u64(0x5eed_0e0c);
+        let envelopes = valid_envelopes();
+        for _ in 0..2_000 {
+            let mut bad = envelopes.choose(&mut rng).unwrap().clone();
+            let at = rng.gen_range(0..bad.len());
+            bad[at] ^= rng.gen_range(1..=255u8);
+            let mut s = base.clone();
+            assert_eq!(
+                s.merge_encoded(&bad).unwrap_err(),
+                Sketch::decode(&bad).unwrap_err()
+            );
+            assert_eq!(s, base, "a refused merge leaves the sketch unchanged");
+        }
+        for other in [
+            {
+                let mut other_seed = Sketch::new(14, HashSeed::new(1)).unwrap();
+                for h in random_hashes(62, 10) {
+                    other_seed.insert_hash(h);
+                }
+                other_seed
+            },
+            sketch_of(12, &random_hashes(63, 10)),
+            sketch_of(12, &random_hashes(64, 5_000)),
+        ] {
+            let mut s = base.clone();
+            assert_eq!(
+                s.merge_encoded(&other.encode()).unwrap_err(),
+                s.clone().merge(&other).unwrap_err()
+            );
+            assert_eq!(s, base);
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ use parking_lot::RwLock;
 use rustc_hash::FxHashSet;
 
 use crate::error::{Error, Result};
-use crate::sketch::Sketch;
+use crate::sketch::{Sketch, SketchError};
 use crate::time::{Block, Day, DayWindow};
 
 use cache::SketchCache;
@@ -456,9 +456,12 @@ impl Store {
             let to = SketchKey::day(ns, family, dim, window.to).encode();
             for item in self.data.range(from..to) {
                 let (k, bytes) = item?;
-                let day = Sketch::decode(&bytes)
-                    .map_err(|e| Error::Corrupt(format!("sketch {k:?}: {e}")))?;
-                acc.merge(&day)?;
+                acc.merge_encoded(&bytes).map_err(|e| match e {
+                    SketchError::IncompatibleHash
+                    | SketchError::IncompatibleSeed
+                    | SketchError::IncompatiblePrecision => Error::Sketch(e),
+                    e => Error::Corrupt(format!("sketch {:?}: {e}", SketchKey::decode(&k))),
+                })?;
             }
             return Ok(());
         };
