@@ -225,24 +225,20 @@ fn bench_query(c: &mut Criterion) {
     store.rebuild_rollups().unwrap();
     let window = DayWindow::new(Day(19_905), Day(19_935)).unwrap();
     let mut g = c.benchmark_group("query");
-    g.bench_function("merge_window/rollups_30d", |b| {
-        b.iter(|| {
-            let mut acc = Sketch::new(14, HashSeed::DEFAULT).unwrap();
-            store
-                .merge_window(&mut acc, 1, Family::IpsCountry, 42, window)
-                .unwrap();
-            acc.estimate()
-        })
-    });
-    g.bench_function("merge_window/flat_30d", |b| {
-        b.iter(|| {
-            let mut acc = Sketch::new(14, HashSeed::DEFAULT).unwrap();
-            store
-                .merge_window(&mut acc, 1, Family::IpsCountry, 7, window)
-                .unwrap();
-            acc.estimate()
-        })
-    });
+    for (name, dim) in [
+        ("merge_window/rollups_30d", 42),
+        ("merge_window/flat_30d", 7),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut acc = Sketch::new(14, HashSeed::DEFAULT).unwrap();
+                store
+                    .merge_window(&mut acc, 1, Family::IpsCountry, dim, window)
+                    .unwrap();
+                acc.estimate()
+            })
+        });
+    }
     g.bench_function("merge_window/days_30d", |b| {
         b.iter(|| {
             let mut acc = Sketch::new(14, HashSeed::DEFAULT).unwrap();
