@@ -1834,6 +1834,15 @@ mod tests {
                     SketchError::BadRegister { index, value },
                     "p={p}"
                 );
+                // Merging the bytes into a dense sketch refuses them too,
+                // and changes nothing.
+                let dense = sketch_of(p, &random_hashes(42, exact_limit(p) * 2));
+                let mut into = dense.clone();
+                assert_eq!(
+                    into.merge_encoded(&b).unwrap_err(),
+                    SketchError::BadRegister { index, value }
+                );
+                assert_eq!(into, dense);
                 // Without fixing the checksum the checksum fires first.
                 let mut unfixed = b.clone();
                 let n = unfixed.len();
