@@ -947,7 +947,11 @@ impl Sketch {
 
     /// Decodes and fully validates an envelope.
     pub fn decode(bytes: &[u8]) -> Result<Sketch, SketchError> {
-        let envelope = Envelope::parse(bytes)?;
+        Sketch::from_envelope(Envelope::parse(bytes)?)
+    }
+
+    /// The sketch of a parsed envelope (dense registers are checked here).
+    fn from_envelope(envelope: Envelope) -> Result<Sketch, SketchError> {
         let Envelope {
             hash_id,
             seed_fingerprint,
@@ -998,7 +1002,7 @@ impl Sketch {
     pub fn merge_encoded(&mut self, bytes: &[u8]) -> Result<(), SketchError> {
         let envelope = Envelope::parse(bytes)?;
         if envelope.layout != LAYOUT_EXACT {
-            return self.merge(&Sketch::decode(bytes)?);
+            return self.merge(&Sketch::from_envelope(envelope)?);
         }
         self.check_header(
             envelope.hash_id,
