@@ -119,8 +119,10 @@ pub const CHECKPOINT_THREADS: usize = 2;
 /// Default bound of the decoded-sketch cache.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Default size of sled's page cache.
-pub const DEFAULT_SLED_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Default size of sled's page cache. At scale 1, 32 MiB peaked at 460-470
+/// MiB RSS and 16 MiB at 439-467, at the same ingest rate; 8 MiB saved
+/// nothing more (docs/PERFORMANCE.md).
+pub const DEFAULT_SLED_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The sled database of one server.
 #[derive(Clone)]
@@ -646,8 +648,11 @@ impl Store {
     /// [`Store::write_checkpoint_sketches`] for `keys` (sorted, whole series).
     fn write_day_chunks(&self, mem: &Memtable, keys: &[&SketchKey]) -> Result<()> {
         /// Day sketches merged per sled batch (a batch holds their encoded
-        /// values: up to 12 KiB each, ~50 MiB at 4,096).
-        const CHUNK: usize = 1_024;
+        /// values, up to 12 KiB each, and sled's copies of the nodes it
+        /// rewrites). With 256 here and 128 blocks per rollup batch instead
+        /// of 1,024 and 512, scale 1 peaked at 421-446 MiB RSS instead of
+        /// 439-467, with no more CPU (docs/PERFORMANCE.md).
+        const CHUNK: usize = 256;
         let series_of = |key: &SketchKey| (key.ns, key.family, key.dim);
         for chunk in keys.chunks(CHUNK) {
             let mut batch = sled::Batch::default();
@@ -777,8 +782,9 @@ impl Store {
     /// [`Store::rebuild_rollups`] for the stale blocks of some whole series.
     fn rebuild_part(&self, todo: Vec<SketchKey>) -> Result<()> {
         /// Blocks rebuilt per sled batch, at least (whole series). The batch
-        /// and the blocks built hold up to ~28 KiB per block.
-        const CHUNK: usize = 512;
+        /// and the blocks built hold up to ~28 KiB per block (see
+        /// `write_day_chunks`).
+        const CHUNK: usize = 128;
         // `todo` is sorted: series by series, and within a series by level
         // (`Block` orders by level first), so children come before parents.
         let same_series =
