@@ -40,8 +40,8 @@ fn tune_allocator() {
 /// Turns transparent huge pages off for this process. mimalloc asks for
 /// them (`madvise(MADV_HUGEPAGE)` on its arenas), and a 2 MiB page stays
 /// resident while any of its 4 KiB pages holds a live object: at scale 1
-/// the server's peak RSS was 577 MiB with them and 462 MiB without, at the
-/// same ingest rate (docs/PERFORMANCE.md). `MIMALLOC_ALLOW_THP=1` keeps
+/// the server's peak RSS was 554-584 MiB with them and 460-470 MiB
+/// without, at the same ingest rate (docs/PERFORMANCE.md). `MIMALLOC_ALLOW_THP=1` keeps
 /// them. Only faults after this call are affected, and little has been
 /// touched yet.
 #[cfg(target_os = "linux")]

@@ -981,29 +981,14 @@ fn thp_enabled(pid: &str) -> Option<String> {
 #[cfg(target_os = "linux")]
 #[test]
 fn the_server_process_turns_transparent_huge_pages_off() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let Some(ours) = thp_enabled("self") else {
         eprintln!("skipped: this kernel does not report THP_enabled");
         return;
     };
     let server_thp = |allow: Option<&str>| -> String {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sketchd"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("data"))
-            .env("SKETCHD_LOG", "warn")
-            .env_remove("MIMALLOC_ALLOW_THP")
-            .stdout(Stdio::piped());
-        if let Some(allow) = allow {
-            cmd.env("MIMALLOC_ALLOW_THP", allow);
-        }
-        let mut child = cmd.spawn().expect("server starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("sketchd listening on "), "{line:?}");
+        let (mut child, _) =
+            common::spawn_server_with_env(dir.path(), "", &[("MIMALLOC_ALLOW_THP", allow)]);
         let thp = thp_enabled(&child.id().to_string()).expect("THP_enabled");
         child.kill().unwrap();
         child.wait().unwrap();

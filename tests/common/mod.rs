@@ -237,20 +237,35 @@ impl Coverage {
 /// Starts `sketchd serve` as a child process on an ephemeral port with the
 /// configuration `toml`, its data under `dir/data`; returns it and its URL.
 pub fn spawn_server(dir: &Path, toml: &str) -> (std::process::Child, String) {
+    spawn_server_with_env(dir, toml, &[])
+}
+
+/// [`spawn_server`] with environment variables set (`Some`) or removed
+/// (`None`).
+pub fn spawn_server_with_env(
+    dir: &Path,
+    toml: &str,
+    env: &[(&str, Option<&str>)],
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let config = dir.join("sketchd.toml");
     std::fs::write(&config, toml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sketchd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sketchd"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(dir.join("data"))
         .arg("--config")
         .arg(&config)
         .env("SKETCHD_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("server starts");
+        .stderr(Stdio::inherit());
+    for (name, value) in env {
+        match value {
+            Some(value) => cmd.env(name, value),
+            None => cmd.env_remove(name),
+        };
+    }
+    let mut child = cmd.spawn().expect("server starts");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
