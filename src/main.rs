@@ -41,9 +41,9 @@ fn tune_allocator() {
 /// them (`madvise(MADV_HUGEPAGE)` on its arenas), and a 2 MiB page stays
 /// resident while any of its 4 KiB pages holds a live object: at scale 1
 /// the server's peak RSS was 554-584 MiB with them and 460-470 MiB
-/// without, at the same ingest rate (docs/PERFORMANCE.md). `MIMALLOC_ALLOW_THP=1` keeps
-/// them. Only faults after this call are affected, and little has been
-/// touched yet.
+/// without, at the same ingest rate (docs/PERFORMANCE.md).
+/// `MIMALLOC_ALLOW_THP=1` keeps them. Only faults after this call are
+/// affected, and little has been touched yet.
 #[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments and only sets a
