@@ -2,12 +2,17 @@
 //!
 //! Every key starts with a one-byte kind, then the namespace id, so one tree
 //! holds everything a checkpoint writes and one `apply_batch` commits it
-//! atomically. Integers are big-endian so that byte order is numeric order:
-//! the days of one (namespace, family, dimension) are one contiguous range.
+//! atomically. Integers are big-endian so that byte order is numeric order.
+//! Sketch keys are day-major: the sketches of one (namespace, family, level,
+//! day) for every dimension are one contiguous range, so a checkpoint, whose
+//! days are the latest, writes into the few sled leaves of those days
+//! instead of into the last leaf of every series (sled keeps at most 16
+//! items per leaf and rewrites whole leaves: with series-major keys every
+//! checkpoint read back, from disk, a leaf per series it touched).
 //!
 //! | kind | layout | value |
 //! |---|---|---|
-//! | `s` | ns u32, family u8, dim u64, level u8, first day u32 | sketch envelope of a dyadic block of `2^level` days (levels of `store::ROLLUP_LEVELS`) |
+//! | `s` | ns u32, family u8, level u8, first day u32, dim u64 | sketch envelope of a dyadic block of `2^level` days (levels of `store::ROLLUP_LEVELS`) |
 //! | `c` | ns u32, dim u64 (country, 0 = all), day u32 | observations, u64 LE |
 //! | `o` | ns u32, dim u64 | name of an org, sector or `CC/sector` dimension (UTF-8) |
 //! | `v` | ns u32, version | empty: batches were attributed with these tables |
@@ -52,6 +57,14 @@ pub const META_UPSTREAM_ACKED: &[u8] = b"mupstream_acked";
 /// The metadata key holding the rollup levels the stored blocks were built
 /// with (one byte per level, as `store::ROLLUP_LEVELS`).
 pub const META_ROLLUP_LEVELS: &[u8] = b"mrollup_levels";
+
+/// The metadata key holding the layout of sketch keys the store was written
+/// with ([`KEY_LAYOUT`]).
+pub const META_KEY_LAYOUT: &[u8] = b"mkey_layout";
+
+/// The sketch key layout this build writes and reads: 2, day-major (1, in
+/// stores without [`META_KEY_LAYOUT`], was series-major).
+pub const KEY_LAYOUT: &[u8] = &[2];
 
 /// Seed of the dimension hashes (org and sector ids to key dimensions).
 /// Part of the on-disk format: never change it.
@@ -174,9 +187,12 @@ impl SketchKey {
 
     pub fn encode(&self) -> [u8; Self::LEN] {
         let mut key = [0u8; Self::LEN];
-        key[..14].copy_from_slice(&Self::series_prefix(self.ns, self.family, self.dim));
-        key[14] = self.block.level;
-        key[15..].copy_from_slice(&self.block.start.0.to_be_bytes());
+        key[0] = KIND_SKETCH;
+        key[1..5].copy_from_slice(&self.ns.to_be_bytes());
+        key[5] = self.family as u8;
+        key[6] = self.block.level;
+        key[7..11].copy_from_slice(&self.block.start.0.to_be_bytes());
+        key[11..].copy_from_slice(&self.dim.to_be_bytes());
         key
     }
 
@@ -187,12 +203,17 @@ impl SketchKey {
         Some(SketchKey {
             ns: u32::from_be_bytes(bytes[1..5].try_into().ok()?),
             family: Family::from_u8(bytes[5])?,
-            dim: u64::from_be_bytes(bytes[6..14].try_into().ok()?),
+            dim: u64::from_be_bytes(bytes[11..19].try_into().ok()?),
             block: Block {
-                level: bytes[14],
-                start: Day(u32::from_be_bytes(bytes[15..19].try_into().ok()?)),
+                level: bytes[6],
+                start: Day(u32::from_be_bytes(bytes[7..11].try_into().ok()?)),
             },
         })
+    }
+
+    /// The level byte of an encoded sketch key.
+    pub fn encoded_level(bytes: &[u8]) -> Option<u8> {
+        (bytes.len() == Self::LEN && bytes[0] == KIND_SKETCH).then(|| bytes[6])
     }
 
     /// The blocks a stored rollup block is the union of: those of the next
@@ -205,16 +226,16 @@ impl SketchKey {
             .flat_map(move |level| self.block.parts(level))
             .map(move |block| SketchKey { block, ..*self })
     }
+}
 
-    /// The prefix shared by all days of one (namespace, family, dim).
-    pub fn series_prefix(ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
-        let mut key = [0u8; 14];
-        key[0] = KIND_SKETCH;
-        key[1..5].copy_from_slice(&ns.to_be_bytes());
-        key[5] = family as u8;
-        key[6..14].copy_from_slice(&dim.to_be_bytes());
-        key
-    }
+/// The key of `kind` that names one series: kind, ns u32, family u8, dim u64.
+fn series_key(kind: u8, ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
+    let mut key = [0u8; 14];
+    key[0] = kind;
+    key[1..5].copy_from_slice(&ns.to_be_bytes());
+    key[5] = family as u8;
+    key[6..14].copy_from_slice(&dim.to_be_bytes());
+    key
 }
 
 /// The key of one day's exact observation counter.
@@ -295,9 +316,7 @@ pub fn org_name_key(ns: NamespaceId, dim: u64) -> [u8; 13] {
 
 /// The key of a series' stale days (see `store::Store::rebuild_rollups`).
 pub fn stale_days_key(ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
-    let mut key = SketchKey::series_prefix(ns, family, dim);
-    key[0] = KIND_STALE_ROLLUP;
-    key
+    series_key(KIND_STALE_ROLLUP, ns, family, dim)
 }
 
 /// The series a stale-days key names.
@@ -310,8 +329,7 @@ pub fn decode_dim_key(bytes: &[u8]) -> Option<(NamespaceId, Family, u64)> {
     decode_series_key(KIND_DIM, bytes)
 }
 
-/// The series of a 14-byte key of `kind` laid out like a sketch key's series
-/// prefix.
+/// The series of a 14-byte key of `kind` (see [`series_key`]).
 fn decode_series_key(kind: u8, bytes: &[u8]) -> Option<(NamespaceId, Family, u64)> {
     if bytes.len() != 14 || bytes[0] != kind {
         return None;
@@ -324,9 +342,7 @@ fn decode_series_key(kind: u8, bytes: &[u8]) -> Option<(NamespaceId, Family, u64
 }
 
 pub fn dim_key(ns: NamespaceId, family: Family, dim: u64) -> [u8; 14] {
-    let mut key = SketchKey::series_prefix(ns, family, dim);
-    key[0] = KIND_DIM;
-    key
+    series_key(KIND_DIM, ns, family, dim)
 }
 
 pub fn presence_key(ns: NamespaceId, org: u64, country: [u8; 2]) -> [u8; 15] {
@@ -413,9 +429,11 @@ mod tests {
         };
         assert_eq!(SketchKey::decode(&block.encode()), Some(block));
         assert!(a.encode() < b.encode());
-        assert!(a
-            .encode()
-            .starts_with(&SketchKey::series_prefix(7, Family::IpsCountry, a.dim)));
+        // Day-major: a day of every dimension sorts before the next day.
+        let other = SketchKey::day(7, Family::IpsCountry, country_dim(*b"US"), Day(20_000));
+        assert!(a.encode() < other.encode() && other.encode() < b.encode());
+        assert_eq!(SketchKey::encoded_level(&block.encode()), Some(3));
+        assert_eq!(SketchKey::encoded_level(&a.encode()), Some(0));
         let stale = stale_days_key(7, Family::IpsCountry, a.dim);
         assert_eq!(
             decode_stale_days_key(&stale),

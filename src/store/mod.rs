@@ -28,13 +28,13 @@
 //! A series has rollup blocks only once it needs them: while every day
 //! sketch it has stored is an exact set of at most [`FLAT_MAX_HASHES`]
 //! hashes (most org series), it is *flat*: its days are written, no block
-//! and no `u` record, and a window reads its days with one range scan. Its
+//! and no `u` record, and a window reads its days one by one. Its
 //! dimension record (`i` key) says which: [`DIM_FLAT`] or [`DIM_ROLLED`]
 //! (an empty value, written before flat series existed, is rolled). The
 //! checkpoint that stores a larger day turns the series rolled: in one
 //! sled batch it marks every stored day of the series stale and rewrites
 //! the record, so the next rollup pass builds its blocks; readers switch
-//! from the range scan to stale-aware blocks, which read the same days
+//! from reading days to stale-aware blocks, which read the same days
 //! until the blocks are built.
 //!
 //! sled calls block: callers run them off the async runtime.
@@ -248,6 +248,7 @@ impl Store {
             .open()?;
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
+        check_key_layout(&data)?;
         let (mut dims, mut flat) = (FxHashSet::default(), FxHashSet::default());
         for item in data.scan_prefix([KIND_DIM]) {
             let (k, v) = item?;
@@ -442,7 +443,7 @@ impl Store {
     }
 
     /// Merges into `acc` the stored sketches of one series over `window`:
-    /// for a flat series its days in the window (one range scan), else the
+    /// for a flat series its days in the window, else the
     /// fewest up-to-date rollup blocks that tile it, a stale block replaced
     /// by its children, down to days if need be.
     pub fn merge_window(
@@ -454,15 +455,18 @@ impl Store {
         window: DayWindow,
     ) -> Result<()> {
         let Some(blocks) = self.window_blocks(ns, family, dim, window) else {
-            let from = SketchKey::day(ns, family, dim, window.from).encode();
-            let to = SketchKey::day(ns, family, dim, window.to).encode();
-            for item in self.data.range(from..to) {
-                let (k, bytes) = item?;
+            // Keys are day-major (see `keys`): a day of one series is one
+            // point read. Callers clip the window to the days with data.
+            for day in window.days() {
+                let key = SketchKey::day(ns, family, dim, day);
+                let Some(bytes) = self.data.get(key.encode())? else {
+                    continue;
+                };
                 acc.merge_encoded(&bytes).map_err(|e| match e {
                     SketchError::IncompatibleHash
                     | SketchError::IncompatibleSeed
                     | SketchError::IncompatiblePrecision => Error::Sketch(e),
-                    e => Error::Corrupt(format!("sketch {:?}: {e}", SketchKey::decode(&k))),
+                    e => Error::Corrupt(format!("sketch {key:?}: {e}")),
                 })?;
             }
             return Ok(());
@@ -733,13 +737,16 @@ impl Store {
                     }
                 }
                 for &(ns, family, dim) in &to_roll {
-                    let from = SketchKey::day(ns, family, dim, Day(0)).encode();
-                    let to = SketchKey::day(ns, family, dim, Day(u32::MAX)).encode();
-                    for item in self.data.range(from..=to) {
-                        let (k, _) = item?;
-                        let key = SketchKey::decode(&k)
-                            .ok_or_else(|| Error::Corrupt("sketch key".into()))?;
-                        mark((ns, family, dim), key.block.start);
+                    // Its stored days lie within the namespace's stored
+                    // extent (the chunk's own days were marked above).
+                    let Some((first, end)) = self.extent(ns)? else {
+                        continue;
+                    };
+                    for day in (first.0..end.0).map(Day) {
+                        let key = SketchKey::day(ns, family, dim, day);
+                        if self.data.contains_key(key.encode())? {
+                            mark((ns, family, dim), day);
+                        }
                     }
                 }
             }
@@ -876,7 +883,7 @@ impl Store {
         })
         .filter_map(|item| match item {
             // Rollup blocks are derived: only days are replicated.
-            Ok((k, _)) if k[0] == keys::KIND_SKETCH && k.get(14) != Some(&0) => None,
+            Ok((k, _)) if SketchKey::encoded_level(&k).is_some_and(|level| level > 0) => None,
             Ok((k, v)) => Some(Ok((keys::record_of(&k), v))),
             Err(e) => Some(Err(e.into())),
         })
@@ -1056,6 +1063,31 @@ fn adopt_rollup_levels(db: &sled::Db, data: &sled::Tree, flat: &FxHashSet<Series
     Ok(())
 }
 
+/// Refuses a store whose sketch keys have another layout than
+/// [`keys::KEY_LAYOUT`], and records the layout in a new store.
+fn check_key_layout(data: &sled::Tree) -> Result<()> {
+    match data.get(keys::META_KEY_LAYOUT)? {
+        Some(v) if &v[..] == keys::KEY_LAYOUT => Ok(()),
+        Some(v) => Err(Error::Incompatible(format!(
+            "the data directory's sketch keys have layout {:?}; this build reads layout {:?}",
+            &v[..],
+            keys::KEY_LAYOUT
+        ))),
+        None if data.scan_prefix([keys::KIND_SKETCH]).next().is_some() => {
+            Err(Error::Incompatible(format!(
+                "the data directory was written by an earlier sketchd, with series-major sketch \
+                 keys (layout [1]); this build reads layout {:?} (day-major): ingest into a new \
+                 data directory",
+                keys::KEY_LAYOUT
+            )))
+        }
+        None => {
+            data.insert(keys::META_KEY_LAYOUT, keys::KEY_LAYOUT)?;
+            Ok(())
+        }
+    }
+}
+
 fn decode_u64(v: &[u8]) -> Result<u64> {
     Ok(u64::from_le_bytes(
         v.try_into()
@@ -1096,6 +1128,8 @@ mod tests {
                 .entry(key)
                 .or_insert_with(|| Sketch::new(12, HashSeed::DEFAULT).unwrap())
                 .insert_hash(hash.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            // As ingest does: the extent covers every day with a sketch.
+            mem.widen_extent(1, day, Day(day.0 + 1));
         }
         mem
     }
@@ -1119,6 +1153,7 @@ mod tests {
             for h in 0..=FLAT_MAX_HASHES as u64 {
                 sketch.insert_hash((50_000 + h).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             }
+            mem.widen_extent(1, day, Day(day.0 + 1));
         }
     }
 
@@ -1137,14 +1172,10 @@ mod tests {
     fn blocks_of(store: &Store, dim: u64) -> usize {
         store
             .data
-            .scan_prefix(SketchKey::series_prefix(1, Family::IpsCountry, dim))
-            .filter(|item| {
-                SketchKey::decode(&item.as_ref().unwrap().0)
-                    .unwrap()
-                    .block
-                    .level
-                    > 0
-            })
+            .scan_prefix([keys::KIND_SKETCH])
+            .map(|item| SketchKey::decode(&item.unwrap().0).unwrap())
+            .filter(|key| key.ns == 1 && key.family == Family::IpsCountry && key.dim == dim)
+            .filter(|key| key.block.level > 0)
             .count()
     }
 
@@ -1269,6 +1300,11 @@ mod tests {
     /// database dropped moments ago from its background threads, so a lock
     /// error is retried for a few seconds (as `tests/common` does).
     fn reopen(dir: &Path) -> Store {
+        try_reopen(dir).unwrap()
+    }
+
+    /// Opens the store once the previous handle's lock is gone.
+    fn try_reopen(dir: &Path) -> Result<Store> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match Store::open(dir) {
@@ -1278,9 +1314,48 @@ mod tests {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                other => return other.unwrap(),
+                other => return other,
             }
         }
+    }
+
+    #[test]
+    fn stores_with_another_sketch_key_layout_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = |store: &Store| store.data.get(keys::META_KEY_LAYOUT).unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(layout(&store).as_deref(), Some(keys::KEY_LAYOUT));
+            // What an earlier build left: sketch keys and no layout record.
+            store.data.remove(keys::META_KEY_LAYOUT).unwrap();
+            let key = SketchKey::day(1, Family::IpsGlobal, 0, Day(20_000));
+            store.data.insert(key.encode(), &b"s"[..]).unwrap();
+            store.flush().unwrap();
+        }
+        let err = try_reopen(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("series-major"), "{err}");
+        {
+            let store = Store::open_with_cache(dir.path(), 0, 1 << 20);
+            assert!(store.is_err(), "still refused, nothing changed");
+        }
+        // A layout this build does not know.
+        {
+            let db = sled::open(dir.path().join("sled")).unwrap();
+            let data = db.open_tree("data").unwrap();
+            data.insert(keys::META_KEY_LAYOUT, &[9u8][..]).unwrap();
+            db.flush().unwrap();
+        }
+        let err = try_reopen(dir.path()).err().expect("refused");
+        assert!(err.to_string().contains("layout [9]"), "{err}");
+        // An empty store from before the record is adopted.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.data.remove(keys::META_KEY_LAYOUT).unwrap();
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_eq!(layout(&store).as_deref(), Some(keys::KEY_LAYOUT));
     }
 
     fn checkpoint(store: &Store, mem: &Memtable, lsn: u64) {
