@@ -1277,13 +1277,7 @@ mod tests {
         assert_eq!(store.rebuild_rollups().unwrap(), dim1_blocks);
         assert_eq!((blocks_of(&store, 0), blocks_of(&store, 2)), (0, 0));
         assert_eq!(blocks_of(&store, 1), dim1_blocks);
-        for (key, window) in blocks_over_the_days(&ROLLUP_LEVELS[1..]) {
-            if key.dim == 1 {
-                let stored = store.block_sketch(&key).unwrap().expect("block stored");
-                let by_day = union_of_days(&store, 1, window);
-                assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
-            }
-        }
+        assert_blocks_of_dim_equal_unions_of_days(&store, 1);
         assert_windows_equal_unions_of_days(&store);
         // A new rolled day of dim 1 makes its blocks stale as before.
         let mut mem = random_memtable(&mut rng, 700, 1_000);
@@ -1294,6 +1288,47 @@ mod tests {
         store.rebuild_rollups().unwrap();
         assert_eq!((blocks_of(&store, 0), blocks_of(&store, 2)), (0, 0));
         assert_windows_equal_unions_of_days(&store);
+    }
+
+    #[test]
+    fn a_series_turning_rolled_marks_every_stored_day_stale_with_or_without_a_restart() {
+        for restart in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = 0x7011_ed00u64;
+            let mut store = Store::open(dir.path()).unwrap();
+            // ~20 hashes a day: every series is flat.
+            checkpoint(&store, &random_memtable(&mut rng, 700, 40_000), 1);
+            if restart {
+                store.flush().unwrap();
+                drop(store);
+                store = reopen(dir.path());
+            }
+            // Only a large day of dim 1: every stored day of dim 1 must
+            // go stale, in the same process and after a restart.
+            let mut mem = Memtable::default();
+            add_big_day(&mut mem, &[1], Day(20_350));
+            checkpoint(&store, &mem, 2);
+            let dim1_blocks = blocks_over_the_days(&ROLLUP_LEVELS[1..])
+                .iter()
+                .filter(|(key, _)| key.dim == 1)
+                .count();
+            assert_eq!(store.stale_rollups(), dim1_blocks, "restart: {restart}");
+            assert_windows_equal_unions_of_days(&store);
+            assert_eq!(store.rebuild_rollups().unwrap(), dim1_blocks);
+            assert_blocks_of_dim_equal_unions_of_days(&store, 1);
+            assert_windows_equal_unions_of_days(&store);
+        }
+    }
+
+    /// Every stored block of series `dim` equals the union of its days.
+    fn assert_blocks_of_dim_equal_unions_of_days(store: &Store, dim: u64) {
+        for (key, window) in blocks_over_the_days(&ROLLUP_LEVELS[1..]) {
+            if key.dim == dim {
+                let stored = store.block_sketch(&key).unwrap().expect("block stored");
+                let by_day = union_of_days(store, dim, window);
+                assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+            }
+        }
     }
 
     /// Opens the store under `dir` again. sled releases the file lock of a
