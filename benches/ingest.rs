@@ -11,7 +11,7 @@
 //! * `query/merge_window`: a 30-day window of one dense series read from
 //!   sled rollups (12 blocks: 6 days, 6 blocks of 4 days) versus day by
 //!   day (30 sketches), each merged and estimated; `flat_30d`: the same
-//!   window of a flat series (100 IPs a day, no blocks: one range scan);
+//!   window of a flat series (100 IPs a day, no blocks: a point read a day);
 //! * `rollups/rebuild`: the rollup pass after a checkpoint of 256 new days
 //!   of one dense series (fresh store; sled writes, not flushed).
 //!

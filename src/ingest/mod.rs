@@ -329,7 +329,15 @@ pub fn apply(
     // memtable is looked up once per batch. Org hashes go in once per
     // triple.
     let n4 = batch.ipv4.len();
-    let mut triples: FxHashMap<(u32, [u8; 2], u32), Vec<u64>> = FxHashMap::default();
+    // The triples in the order first seen; `last` is each dictionary org's
+    // latest triple, which most rows hit (an org is mostly seen in one
+    // country, and a batch mostly covers one day), so most rows skip the
+    // map.
+    /// (dictionary org, country, day).
+    type Triple = (u32, [u8; 2], u32);
+    let mut triples: Vec<(Triple, Vec<u64>)> = Vec::new();
+    let mut triple_at: FxHashMap<Triple, usize> = FxHashMap::default();
+    let mut last = vec![usize::MAX; orgs.len()];
     let mut groups: FxHashMap<(Family, u64, Day), Vec<u64>> = FxHashMap::default();
     // The global group of the day being read, out of `groups`: collectors
     // send rows in time order, so it changes rarely.
@@ -353,10 +361,20 @@ pub fn apply(
             today = (day, ips.unwrap_or_default());
         }
         today.1.push(ip);
-        triples
-            .entry((batch.org_of_row[row], batch.country_of_row[row], day.0))
-            .or_default()
-            .push(ip);
+        let org = batch.org_of_row[row];
+        let key = (org, batch.country_of_row[row], day.0);
+        let at = match last[org as usize] {
+            at if at != usize::MAX && triples[at].0 == key => at,
+            _ => {
+                let at = *triple_at.entry(key).or_insert_with(|| {
+                    triples.push((key, Vec::new()));
+                    triples.len() - 1
+                });
+                last[org as usize] = at;
+                at
+            }
+        };
+        triples[at].1.push(ip);
     }
     if !today.1.is_empty() {
         groups.insert((Family::IpsGlobal, 0, today.0), today.1);
