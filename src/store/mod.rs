@@ -456,7 +456,14 @@ impl Store {
     ) -> Result<()> {
         let Some(blocks) = self.window_blocks(ns, family, dim, window) else {
             // Keys are day-major (see `keys`): a day of one series is one
-            // point read. Callers clip the window to the days with data.
+            // point read, over the days with data.
+            let Some((first, end)) = self.extent(ns)? else {
+                return Ok(());
+            };
+            let window = window.intersect(&DayWindow {
+                from: first,
+                to: end,
+            });
             for day in window.days() {
                 let key = SketchKey::day(ns, family, dim, day);
                 let Some(bytes) = self.data.get(key.encode())? else {
@@ -738,9 +745,14 @@ impl Store {
                 }
                 for &(ns, family, dim) in &to_roll {
                     // Its stored days lie within the namespace's stored
-                    // extent (the chunk's own days were marked above).
-                    let Some((first, end)) = self.extent(ns)? else {
-                        continue;
+                    // extent, or within this memtable's: earlier chunks of
+                    // this checkpoint may have written some (the chunk's
+                    // own days were marked above).
+                    let (first, end) = match (self.extent(ns)?, mem.extents.get(&ns)) {
+                        (Some((f, e)), Some(&(mf, me))) => (f.min(mf), e.max(me)),
+                        (Some(stored), None) => stored,
+                        (None, Some(&written)) => written,
+                        (None, None) => continue,
                     };
                     for day in (first.0..end.0).map(Day) {
                         let key = SketchKey::day(ns, family, dim, day);
@@ -1292,6 +1304,26 @@ mod tests {
 
     #[test]
     fn a_series_turning_rolled_marks_every_stored_day_stale_with_or_without_a_restart() {
+        // In one checkpoint: a series' 700 days span several sled batches
+        // of `write_day_chunks`, flat in the first ones; the large day in
+        // a later one turns it rolled, and the days the earlier batches
+        // wrote must go stale too.
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = 0x7011_ed01u64;
+            let store = Store::open(dir.path()).unwrap();
+            let mut mem = random_memtable(&mut rng, 700, 40_000);
+            add_big_day(&mut mem, &[1], Day(20_650));
+            checkpoint(&store, &mem, 1);
+            let dim1_blocks = blocks_over_the_days(&ROLLUP_LEVELS[1..])
+                .iter()
+                .filter(|(key, _)| key.dim == 1)
+                .count();
+            assert_eq!(store.stale_rollups(), dim1_blocks, "one checkpoint");
+            assert_eq!(store.rebuild_rollups().unwrap(), dim1_blocks);
+            assert_blocks_of_dim_equal_unions_of_days(&store, 1);
+            assert_windows_equal_unions_of_days(&store);
+        }
         for restart in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let mut rng = 0x7011_ed00u64;
