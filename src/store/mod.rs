@@ -1269,10 +1269,7 @@ mod tests {
         let mut mem = random_memtable(&mut rng, 700, 5_000);
         add_big_day(&mut mem, &[1], Day(20_350));
         checkpoint(&store, &mem, 2);
-        let dim1_blocks = blocks_over_the_days(&ROLLUP_LEVELS[1..])
-            .iter()
-            .filter(|(key, _)| key.dim == 1)
-            .count();
+        let dim1_blocks = dim1_blocks();
         assert_eq!(store.stale_rollups(), dim1_blocks);
         assert_eq!(
             (dim_record(&store, 0), dim_record(&store, 1)),
@@ -1315,14 +1312,7 @@ mod tests {
             let mut mem = random_memtable(&mut rng, 700, 40_000);
             add_big_day(&mut mem, &[1], Day(20_650));
             checkpoint(&store, &mem, 1);
-            let dim1_blocks = blocks_over_the_days(&ROLLUP_LEVELS[1..])
-                .iter()
-                .filter(|(key, _)| key.dim == 1)
-                .count();
-            assert_eq!(store.stale_rollups(), dim1_blocks, "one checkpoint");
-            assert_eq!(store.rebuild_rollups().unwrap(), dim1_blocks);
-            assert_blocks_of_dim_equal_unions_of_days(&store, 1);
-            assert_windows_equal_unions_of_days(&store);
+            assert_dim1_turned_rolled(&store, "one checkpoint");
         }
         for restart in [false, true] {
             let dir = tempfile::tempdir().unwrap();
@@ -1340,16 +1330,27 @@ mod tests {
             let mut mem = Memtable::default();
             add_big_day(&mut mem, &[1], Day(20_350));
             checkpoint(&store, &mem, 2);
-            let dim1_blocks = blocks_over_the_days(&ROLLUP_LEVELS[1..])
-                .iter()
-                .filter(|(key, _)| key.dim == 1)
-                .count();
-            assert_eq!(store.stale_rollups(), dim1_blocks, "restart: {restart}");
-            assert_windows_equal_unions_of_days(&store);
-            assert_eq!(store.rebuild_rollups().unwrap(), dim1_blocks);
-            assert_blocks_of_dim_equal_unions_of_days(&store, 1);
-            assert_windows_equal_unions_of_days(&store);
+            assert_dim1_turned_rolled(&store, &format!("restart: {restart}"));
         }
+    }
+
+    /// The blocks of the stored levels above the days of series 1.
+    fn dim1_blocks() -> usize {
+        blocks_over_the_days(&ROLLUP_LEVELS[1..])
+            .iter()
+            .filter(|(key, _)| key.dim == 1)
+            .count()
+    }
+
+    /// Series 1 has just turned rolled: every block above its days is
+    /// stale, windows read through them exactly, and the pass rebuilds
+    /// them all.
+    fn assert_dim1_turned_rolled(store: &Store, case: &str) {
+        assert_eq!(store.stale_rollups(), dim1_blocks(), "{case}");
+        assert_windows_equal_unions_of_days(store);
+        assert_eq!(store.rebuild_rollups().unwrap(), dim1_blocks(), "{case}");
+        assert_blocks_of_dim_equal_unions_of_days(store, 1);
+        assert_windows_equal_unions_of_days(store);
     }
 
     /// Every stored block of series `dim` equals the union of its days.
