@@ -442,8 +442,9 @@ impl Store {
         self.cache.usage()
     }
 
-    /// Merges into `acc` the stored sketches of one series over `window`:
-    /// for a flat series its days in the window, else the
+    /// Merges into `acc` the stored sketches of one series over `window`
+    /// (clipped by the caller to the namespace's days with data): for a
+    /// flat series its days in the window, else the
     /// fewest up-to-date rollup blocks that tile it, a stale block replaced
     /// by its children, down to days if need be.
     pub fn merge_window(
@@ -456,14 +457,8 @@ impl Store {
     ) -> Result<()> {
         let Some(blocks) = self.window_blocks(ns, family, dim, window) else {
             // Keys are day-major (see `keys`): a day of one series is one
-            // point read, over the days with data.
-            let Some((first, end)) = self.extent(ns)? else {
-                return Ok(());
-            };
-            let window = window.intersect(&DayWindow {
-                from: first,
-                to: end,
-            });
+            // point read. Callers clip the window to the days with data
+            // (`query` does, once per query rather than once per series).
             for day in window.days() {
                 let key = SketchKey::day(ns, family, dim, day);
                 let Some(bytes) = self.data.get(key.encode())? else {
