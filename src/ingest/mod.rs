@@ -26,7 +26,7 @@ use crate::store::keys::{
     country_dim, country_sector_dim, org_dim, sector_dim, CounterKey, DedupeKey, Family,
     NamespaceId, SketchKey,
 };
-use crate::store::memtable::MemState;
+use crate::store::memtable::{row_source, MemState, MIXED_SOURCES};
 use crate::time::{Day, SECONDS_PER_DAY};
 use rustc_hash::FxHashMap;
 
@@ -323,11 +323,14 @@ pub fn apply(
         })
         .collect();
     // Rows are grouped by (org, country, day) first: every series of a
-    // row but the global one (its country, org, sectors and
-    // country/sectors) follows from that triple, so each series' group is
-    // found once per triple, not once per row. Then each sketch of the
-    // memtable is looked up once per batch. Org hashes go in once per
-    // triple.
+    // row follows from that triple, so each series' group is found once
+    // per triple, not once per row. Each triple's hashes go into its org
+    // sketch first; while that sketch holds rows of this source only
+    // (`Memtable::org_sources`), the hashes that leave it unchanged (a
+    // repeated IP, or a register already as high) would leave the
+    // source's global, country and sector sketches unchanged too, so only
+    // the others are passed on. Then each sketch of the memtable is looked
+    // up once per batch. Org hashes go in once per triple.
     let n4 = batch.ipv4.len();
     // The triples in the order first seen; `last` is each dictionary org's
     // latest triple, which most rows hit (an org is mostly seen in one
@@ -338,31 +341,18 @@ pub fn apply(
     let mut triples: Vec<(Triple, Vec<u64>)> = Vec::new();
     let mut triple_at: FxHashMap<Triple, usize> = FxHashMap::default();
     let mut last = vec![usize::MAX; orgs.len()];
-    let mut groups: FxHashMap<(Family, u64, Day), Vec<u64>> = FxHashMap::default();
-    // The global group of the day being read, out of `groups`: collectors
-    // send rows in time order, so it changes rarely.
-    let mut today: (Day, Vec<u64>) = (Day(0), Vec::new());
     let (mut first, mut end) = (u32::MAX, 0u32);
     for row in 0..batch.rows() {
-        let day = Day(batch.days[row]);
-        first = first.min(day.0);
-        end = end.max(day.0 + 1);
+        let day = batch.days[row];
+        first = first.min(day);
+        end = end.max(day + 1);
         let ip = if row < n4 {
             hash_ipv4(ns.seed, batch.ipv4[row])
         } else {
             hash_ipv6(ns.seed, batch.ipv6[row - n4])
         };
-        if today.0 != day {
-            let back = std::mem::take(&mut today.1);
-            if !back.is_empty() {
-                groups.insert((Family::IpsGlobal, 0, today.0), back);
-            }
-            let ips = groups.remove(&(Family::IpsGlobal, 0, day));
-            today = (day, ips.unwrap_or_default());
-        }
-        today.1.push(ip);
         let org = batch.org_of_row[row];
-        let key = (org, batch.country_of_row[row], day.0);
+        let key = (org, batch.country_of_row[row], day);
         let at = match last[org as usize] {
             at if at != usize::MAX && triples[at].0 == key => at,
             _ => {
@@ -376,18 +366,54 @@ pub fn apply(
         };
         triples[at].1.push(ip);
     }
-    if !today.1.is_empty() {
-        groups.insert((Family::IpsGlobal, 0, today.0), today.1);
-    }
+    let mut groups: FxHashMap<(Family, u64, Day), Vec<u64>> = FxHashMap::default();
     let presence = index.presence.entry(ns.id).or_default();
-    for ((org_ref, code, day), ips) in triples {
+    for ((org_ref, code, day), mut ips) in triples {
         let org = &orgs[org_ref as usize];
         let day = Day(day);
         let country = country_dim(code);
-        groups
-            .entry((Family::IpsCountry, country, day))
-            .or_default()
-            .extend_from_slice(&ips);
+        // The observation counters (all rows, and per country) count
+        // every row, repeated or not.
+        for dim in [CounterKey::ALL, country] {
+            *mem.counters
+                .entry(CounterKey {
+                    ns: ns.id,
+                    dim,
+                    day,
+                })
+                .or_insert(0) += ips.len() as u64;
+        }
+        let org_key = SketchKey::day(ns.id, Family::IpsOrg, org.dim, day);
+        let (sketch, created) = match mem.sketches.entry(org_key) {
+            Entry::Occupied(e) => (e.into_mut(), false),
+            Entry::Vacant(e) => {
+                index
+                    .dims
+                    .entry((ns.id, Family::IpsOrg))
+                    .or_default()
+                    .insert(org.dim);
+                (e.insert(Sketch::new(ns.policy.precision, ns.seed)?), true)
+            }
+        };
+        let source = row_source(code, org.sectors.iter().map(|&(dim, _)| dim));
+        let sole = match mem.org_sources.entry(org_key) {
+            Entry::Occupied(mut e) => {
+                if *e.get() != source {
+                    e.insert(MIXED_SOURCES);
+                }
+                *e.get() == source
+            }
+            Entry::Vacant(e) => *e.insert(if created { source } else { MIXED_SOURCES }) == source,
+        };
+        let before = sketch.heap_bytes();
+        if sole {
+            ips.retain(|&h| sketch.insert_hash(h));
+        } else {
+            for &h in &ips {
+                sketch.insert_hash(h);
+            }
+        }
+        mem.sketch_bytes = (mem.sketch_bytes + sketch.heap_bytes()).saturating_sub(before);
         for (sector, label) in &org.sectors {
             let cs = country_sector_dim(code, label);
             if let Entry::Vacant(e) = index.names.entry((ns.id, cs)) {
@@ -412,9 +438,11 @@ pub fn apply(
                 .or_default()
                 .push(org.hash);
         }
-        // An org is mostly seen in one country a day: its triple's rows
-        // become its group without a copy.
-        match groups.entry((Family::IpsOrg, org.dim, day)) {
+        groups
+            .entry((Family::IpsGlobal, 0, day))
+            .or_default()
+            .extend_from_slice(&ips);
+        match groups.entry((Family::IpsCountry, country, day)) {
             Entry::Occupied(mut e) => e.get_mut().extend_from_slice(&ips),
             Entry::Vacant(e) => {
                 e.insert(ips);
@@ -443,23 +471,12 @@ pub fn apply(
             presence.insert(oc, day);
         }
     }
-    // The observation counters (all rows, and per country) are the sizes
-    // of the global and per-country groups.
-    for (&(family, dim, day), ips) in &groups {
-        let dim = match family {
-            Family::IpsGlobal => CounterKey::ALL,
-            Family::IpsCountry => dim,
-            _ => continue,
-        };
-        *mem.counters
-            .entry(CounterKey {
-                ns: ns.id,
-                dim,
-                day,
-            })
-            .or_insert(0) += ips.len() as u64;
-    }
     for ((family, dim, day), hashes) in groups {
+        if hashes.is_empty() {
+            // Every hash was known to the org sketches: nothing changes
+            // (the series exists already, from the rows that did).
+            continue;
+        }
         let sketch = match mem.sketches.entry(SketchKey::day(ns.id, family, dim, day)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
@@ -569,3 +586,212 @@ pub fn parse_country(code: &str) -> std::result::Result<[u8; 2], String> {
 
 /// The 249 officially assigned ISO 3166-1 alpha-2 codes.
 const ISO_3166_ALPHA2: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NamespacePolicy;
+    use crate::replication::{apply_merge, MergeBatch};
+    use crate::sketch::HashSeed;
+    use crate::store::keys::{self, KIND_SKETCH};
+    use crate::store::memtable::Memtable;
+    use crate::store::Store;
+
+    fn namespace() -> Namespace {
+        Namespace {
+            id: 1,
+            name: "t".into(),
+            policy: NamespacePolicy::default(),
+            seed: HashSeed::DEFAULT,
+        }
+    }
+
+    /// One row: (org index, country, day, ip).
+    type Row = (u32, [u8; 2], u32, u32);
+
+    fn batch(sequence: u64, orgs: &[(&str, &[&str])], rows: &[Row]) -> PreparedBatch {
+        let mut names = vec![UNATTRIBUTED_ORG.to_owned()];
+        let mut sectors = vec![Vec::new()];
+        for (id, labels) in orgs {
+            names.push((*id).to_owned());
+            sectors.push(labels.iter().map(|s| (*s).to_owned()).collect());
+        }
+        PreparedBatch {
+            ns: 1,
+            collector: "c".into(),
+            sequence,
+            ipv4: rows.iter().map(|r| r.3).collect(),
+            ipv6: Vec::new(),
+            days: rows.iter().map(|r| r.2).collect(),
+            orgs: names,
+            org_sectors: sectors,
+            org_of_row: rows.iter().map(|r| r.0).collect(),
+            country_of_row: rows.iter().map(|r| r.1).collect(),
+            attributed: 0,
+            unattributed: 0,
+            tables_version: "v".into(),
+        }
+    }
+
+    /// What `apply` must leave in the memtable: every row's IP hash
+    /// inserted into each of its series, one row at a time, plus what was
+    /// merged (`merged`: sketches a region sent, already in the memtable).
+    fn reference(ns: &Namespace, batches: &[PreparedBatch], merged: &Memtable) -> Memtable {
+        let mut mem = Memtable::default();
+        for (key, sketch) in &merged.sketches {
+            mem.sketches.insert(*key, sketch.clone());
+        }
+        let insert = |mem: &mut Memtable, family, dim, day, hash| {
+            mem.sketches
+                .entry(SketchKey::day(ns.id, family, dim, day))
+                .or_insert_with(|| Sketch::new(ns.policy.precision, ns.seed).unwrap())
+                .insert_hash(hash);
+        };
+        for b in batches {
+            for row in 0..b.rows() {
+                let (org, code, day) = (
+                    b.org_of_row[row] as usize,
+                    b.country_of_row[row],
+                    Day(b.days[row]),
+                );
+                let ip = hash_ipv4(ns.seed, b.ipv4[row]);
+                let org_hash = hash_org(ns.seed, &b.orgs[org]);
+                insert(&mut mem, Family::IpsGlobal, 0, day, ip);
+                insert(&mut mem, Family::IpsCountry, country_dim(code), day, ip);
+                insert(&mut mem, Family::IpsOrg, org_dim(&b.orgs[org]), day, ip);
+                for label in &b.org_sectors[org] {
+                    let (sector, cs) = (sector_dim(label), country_sector_dim(code, label));
+                    insert(&mut mem, Family::IpsSector, sector, day, ip);
+                    insert(&mut mem, Family::IpsCountrySector, cs, day, ip);
+                    insert(&mut mem, Family::OrgsSector, sector, day, org_hash);
+                    insert(&mut mem, Family::OrgsCountrySector, cs, day, org_hash);
+                }
+                if org != 0 {
+                    insert(&mut mem, Family::OrgsGlobal, 0, day, org_hash);
+                    insert(
+                        &mut mem,
+                        Family::OrgsCountry,
+                        country_dim(code),
+                        day,
+                        org_hash,
+                    );
+                }
+                for dim in [CounterKey::ALL, country_dim(code)] {
+                    *mem.counters
+                        .entry(CounterKey {
+                            ns: ns.id,
+                            dim,
+                            day,
+                        })
+                        .or_insert(0) += 1;
+                }
+            }
+        }
+        mem
+    }
+
+    fn assert_same_sketches(got: &Memtable, want: &Memtable) {
+        assert_eq!(got.counters, want.counters);
+        let mut keys: Vec<_> = want.sketches.keys().collect();
+        keys.sort_by_key(|k| k.encode());
+        for key in keys {
+            let g = got.sketches.get(key);
+            assert!(g == Some(&want.sketches[key]), "sketch {key:?} differs");
+        }
+        assert_eq!(got.sketches.len(), want.sketches.len());
+    }
+
+    const DAY: u32 = 20_000;
+
+    /// Rows of the shapes that skipping must get right: repeated IPs, an
+    /// org past the exact limit (dense), an org seen in two countries on a
+    /// day, an org whose sector labels change between batches, several
+    /// days, and the unattributed org.
+    fn batches() -> Vec<PreparedBatch> {
+        let orgs: &[(&str, &[&str])] = &[
+            ("AS1", &["government"]),
+            ("AS2", &[]),
+            ("AS3", &["finance", "telecom"]),
+            ("AS4", &[]),
+        ];
+        let relabelled: &[(&str, &[&str])] = &[
+            ("AS1", &["government", "education"]),
+            ("AS2", &["finance"]),
+            ("AS3", &["finance", "telecom"]),
+            ("AS4", &[]),
+        ];
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        for i in 0..6_000u32 {
+            // AS4: 3,000 distinct IPs a day, each twice (dense).
+            a.push((4, *b"US", DAY, 1_000_000 + i % 3_000));
+            // AS1: 40 IPs, repeated; AS3 in DE and, for some rows, in FR.
+            a.push((1, *b"DE", DAY + i % 2, 2_000_000 + i % 40));
+            let country = if i % 7 == 0 { *b"FR" } else { *b"DE" };
+            a.push((3, country, DAY, 3_000_000 + i % 50));
+            // Unattributed rows, and AS2 in GB.
+            a.push((0, *b"ZZ", DAY, 4_000_000 + i % 30));
+            b.push((2, *b"GB", DAY, 5_000_000 + i % 60));
+            // The same IPs again, some now under other labels or countries.
+            b.push((4, *b"US", DAY, 1_000_000 + (i * 7) % 4_000));
+            b.push((1, *b"DE", DAY, 2_000_000 + i % 45));
+            b.push((4, *b"CA", DAY + 1, 1_000_000 + i % 3_000));
+        }
+        vec![
+            batch(1, orgs, &a),
+            batch(2, relabelled, &b),
+            batch(3, orgs, &a),
+        ]
+    }
+
+    #[test]
+    fn apply_leaves_every_series_as_inserting_each_row_would() {
+        let ns = namespace();
+        let batches = batches();
+        let mut state = MemState::default();
+        for b in &batches {
+            apply(&mut state, &ns, b, 0).unwrap();
+        }
+        let want = reference(&ns, &batches, &Memtable::default());
+        assert_same_sketches(&state.active, &want);
+        // The repeated rows were skipped, not merely inserted twice: the
+        // dense org took most of its hashes once.
+        let dense = SketchKey::day(1, Family::IpsOrg, org_dim("AS4"), Day(DAY));
+        assert!(want.sketches[&dense].dense_registers().is_some());
+    }
+
+    #[test]
+    fn rows_after_a_merge_into_their_org_sketch_reach_every_series() {
+        // A region's org sketch holds IPs that no other series of this
+        // memtable has seen: a later row with one of them must still go
+        // into its global and country sketches.
+        let ns = namespace();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let orgs: &[(&str, &[&str])] = &[("AS9", &["finance"])];
+        let day = Day(DAY);
+        let mut state = MemState::default();
+        let first = batch(1, orgs, &[(1, *b"NL", DAY, 7)]);
+        apply(&mut state, &ns, &first, 0).unwrap();
+        let mut region = Sketch::new(ns.policy.precision, ns.seed).unwrap();
+        for ip in 100..200u32 {
+            region.insert_hash(hash_ipv4(ns.seed, ip));
+        }
+        let key = SketchKey::day(1, Family::IpsOrg, org_dim("AS9"), day);
+        let merge = MergeBatch {
+            ns: 1,
+            region: "eu".into(),
+            revision: 1,
+            merged_at: 0,
+            records: vec![(keys::record_of(&key.encode()), region.encode())],
+        };
+        assert_eq!(merge.records[0].0[0], KIND_SKETCH);
+        apply_merge(&mut state, &store, &ns, &merge).unwrap();
+        let later = batch(2, orgs, &[(1, *b"NL", DAY, 150), (1, *b"NL", DAY, 7)]);
+        apply(&mut state, &ns, &later, 0).unwrap();
+        let mut merged = Memtable::default();
+        merged.sketches.insert(key, region);
+        let want = reference(&ns, &[first, later], &merged);
+        assert_same_sketches(&state.active, &want);
+    }
+}

@@ -221,6 +221,10 @@ pub fn apply_merge(
             keys::KIND_SKETCH => {
                 let sk = SketchKey::decode(&full).ok_or_else(|| corrupt("sketch key"))?;
                 let incoming = Sketch::decode(value)?;
+                // Hashes merged into an org sketch were not inserted into
+                // its rows' other series: ingest must pass every later row
+                // of it on (see `Memtable::org_sources`).
+                mem.org_sources.remove(&sk);
                 let (before, after) = match mem.sketches.entry(sk) {
                     Entry::Occupied(mut e) => {
                         let before = e.get().heap_bytes();

@@ -34,6 +34,17 @@ pub struct Memtable {
     /// Approximate heap bytes of `sketches` (checkpoint pacing, the memory
     /// budget).
     pub sketch_bytes: usize,
+    /// What each org day sketch ([`crate::store::keys::Family::IpsOrg`]) of
+    /// `sketches` was built from: the [`row_source`] of every row inserted
+    /// into it since it was created in this memtable, or
+    /// [`MIXED_SOURCES`] once rows of two sources (another country, other
+    /// sector labels) or a merge from a region went in. While it names
+    /// one source, every hash that changed the org sketch was also inserted
+    /// into the sketches of that source's other series (global, country,
+    /// sectors), so a hash that leaves the org sketch unchanged would leave
+    /// them unchanged too, and ingest skips it there. A sketch with no
+    /// entry is treated as mixed.
+    pub org_sources: FxHashMap<SketchKey, u64>,
     /// Records merged from regions since the checkpoint: (namespace,
     /// region, record key) -> what the upstream now holds from it.
     pub origins: FxHashMap<(NamespaceId, String, Vec<u8>), OriginRecord>,
@@ -98,6 +109,20 @@ impl RegionMark {
             records: u64::from_le_bytes(bytes[16..].try_into().ok()?),
         })
     }
+}
+
+/// The `org_sources` value of an org sketch that took rows of more than one
+/// source, or merged records.
+pub const MIXED_SOURCES: u64 = 0;
+
+/// The source of a row in an org sketch: its country and the org's sector
+/// dimensions, which decide the row's other series. Never [`MIXED_SOURCES`].
+pub fn row_source(country: [u8; 2], sector_dims: impl Iterator<Item = u64>) -> u64 {
+    let mut h = u64::from(u16::from_be_bytes(country)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for dim in sector_dims {
+        h = (h.rotate_left(23) ^ dim).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    h | 1
 }
 
 impl Memtable {
