@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost over contiguous slices (see src/wire.rs).
+        .codec_path("crate::wire::SliceCodec")
         .compile_fds(fds)?;
     Ok(())
 }

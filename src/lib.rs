@@ -26,7 +26,8 @@
 //! ```
 //!
 //! `pb` holds the generated protobuf types; they are used only by
-//! `service`, `server` and `client`.
+//! `service`, `server` and `client`. `wire` is the codec their services
+//! and clients use.
 
 pub mod attribution;
 pub mod auth;
@@ -44,6 +45,7 @@ pub mod service;
 pub mod sketch;
 pub mod store;
 pub mod time;
+pub mod wire;
 
 /// Generated protobuf and gRPC types of `sketchd.v1`.
 pub mod pb {

@@ -1001,3 +1001,46 @@ fn the_server_process_turns_transparent_huge_pages_off() {
         assert_eq!(server_thp(Some("1")), "1", "MIMALLOC_ALLOW_THP=1");
     }
 }
+
+/// The server's codec (prost over slices, `sketchd::wire`) speaks the same
+/// bytes as tonic's own prost codec: a client generated with the stock
+/// codec gets its batch applied and its answer decoded.
+#[tokio::test]
+async fn a_client_with_tonics_own_prost_codec_is_understood() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let rows = world(11, 5_000, 3, 800);
+    let mut b = BatchBuilder::new();
+    rows.iter().for_each(|r| b.push(r));
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let reply: pb::IngestResponse = grpc
+        .unary(
+            tonic::Request::new(b.build(NS, "stock-codec", 1)),
+            "/sketchd.v1.Ingest/Ingest".parse().unwrap(),
+            tonic_prost::ProstCodec::<pb::IngestRequest, pb::IngestResponse>::default(),
+        )
+        .await
+        .expect("batch accepted")
+        .into_inner();
+    assert_eq!(reply.rows_accepted, rows.len() as u64);
+    assert!(!reply.duplicate);
+    let w = window(0, 3);
+    for scope in [Scope::Global, Scope::Country(*b"DE")] {
+        let got = server
+            .client
+            .count(NS, Metric::Ips, &scope, w)
+            .await
+            .unwrap()
+            .estimate;
+        let exact = truth(&rows, w, Metric::Ips, &scope) as f64;
+        assert!(got.exact, "{scope:?}: small sets are exact");
+        assert_eq!(got.value, exact, "{scope:?}");
+    }
+    server.stop().await;
+}
