@@ -121,17 +121,35 @@ impl Catalog {
         all
     }
 
-    /// The namespace a batch goes to, created with the default policy on
-    /// first use when the configuration allows it.
-    pub fn for_ingest(&self, name: &str) -> Result<Arc<Namespace>> {
+    /// The namespace a batch goes to: `Ok(ns)` when it exists, or
+    /// `Err(new)` with the namespace that creating it with the default
+    /// policy would make (id 0, nothing stored), so that the batch can be
+    /// checked before anything is created. Refused when the configuration
+    /// does not create namespaces on first use.
+    pub fn for_ingest(&self, name: &str) -> Result<std::result::Result<Arc<Namespace>, Namespace>> {
         validate_name("namespace", name)?;
         if let Some(ns) = self.get(name) {
-            return Ok(ns);
+            return Ok(Ok(ns));
         }
         if !self.auto_create {
             return Err(Error::NamespaceAutoCreateDisabled(name.to_owned()));
         }
-        self.create(name, self.default_policy)
+        Ok(Err(Namespace {
+            id: 0,
+            name: name.to_owned(),
+            policy: self.default_policy,
+            seed: self.seeds.seed_for(name),
+        }))
+    }
+
+    /// The fingerprint (hex) of the seed this server hashes `name` with.
+    pub fn seed_fingerprint(&self, name: &str) -> String {
+        fingerprint_hex(self.seeds.seed_for(name))
+    }
+
+    /// Where the seed of `name` comes from, for messages.
+    pub fn seed_source(&self, name: &str) -> String {
+        self.seeds.source_of(name)
     }
 
     /// Creates a namespace; creating it again with the same policy returns

@@ -81,6 +81,8 @@ pub struct RawConfig {
     pub default_policy: Option<RawPolicy>,
     pub tables: Option<TableFiles>,
     pub replication: Option<RawReplication>,
+    /// `[cluster]`: run as a node of a cluster on NATS JetStream.
+    pub cluster: Option<RawCluster>,
     /// Listen on a non-loopback address although no authentication is
     /// configured.
     pub allow_insecure_remote: Option<bool>,
@@ -108,6 +110,30 @@ pub struct RawReplication {
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
     pub tls_domain: Option<String>,
+}
+
+/// `[cluster]`: one node of a cluster whose log is a NATS JetStream stream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// NATS server URLs (`nats://host:port`), any number of the cluster's.
+    pub nats: Option<Vec<String>>,
+    /// This node's name, unique in the cluster.
+    pub node: Option<String>,
+    /// Replicas of the stream, the snapshot store and the node registry.
+    pub replicas: Option<usize>,
+    /// Name of the cluster: the stream is `SKETCHD_<name>`.
+    pub name: Option<String>,
+    /// NATS credentials file (JWT and NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the NATS servers' TLS.
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Queries are refused when this node may be further behind the log.
+    pub max_staleness_ms: Option<u64>,
+    /// How often a snapshot is stored for nodes that catch up.
+    pub snapshot_interval_s: Option<u64>,
 }
 
 /// `[tls]`: PEM files read at start.
@@ -253,11 +279,13 @@ impl RawConfig {
                 Some(r)
             }
         };
+        let cluster = self.cluster.map(ClusterConfig::from_raw).transpose()?;
         let tls = self.tls.map(read_tls).transpose()?;
         let tokens = read_tokens(self.auth.unwrap_or_default())?;
         let seeds = read_seeds(self.default_seed, self.namespaces.unwrap_or_default())?;
         let config = ServerConfig {
             replication,
+            cluster,
             listen,
             data_dir: self.data_dir.unwrap_or(defaults.data_dir),
             auto_create_namespaces: self
@@ -503,6 +531,8 @@ pub struct ServerConfig {
     pub tables: TableFiles,
     /// Where to push this server's state, if anywhere.
     pub replication: Option<ReplicationConfig>,
+    /// The cluster this server is a node of, if any.
+    pub cluster: Option<ClusterConfig>,
     /// Serve TLS (and require client certificates when it has a client CA).
     pub tls: Option<TlsConfig>,
     /// Bearer tokens and their roles; empty: no token authentication.
@@ -536,6 +566,134 @@ impl ServerConfig {
              authentication, listen on 127.0.0.1, or set allow_insecure_remote = true \
              (--allow-insecure-remote) to serve anyone who can reach it"
         )))
+    }
+}
+
+/// A cluster node's settings (see `cluster`).
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// NATS server URLs.
+    pub nats: Vec<String>,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// Replicas of the stream, the snapshot store and the node registry.
+    pub replicas: usize,
+    /// The cluster's name: the stream is `SKETCHD_<name>`.
+    pub name: String,
+    pub credentials_file: Option<PathBuf>,
+    pub ca_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Reads are refused when this node may be further behind the log.
+    pub max_staleness: Duration,
+    /// How often a snapshot is stored for nodes that catch up.
+    pub snapshot_interval: Duration,
+}
+
+impl ClusterConfig {
+    /// The settings for `nats` (URLs separated by commas) and `node`, with
+    /// defaults for the rest.
+    pub fn new(nats: &str, node: &str) -> Result<ClusterConfig> {
+        let nats: Vec<String> = nats
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        let config = ClusterConfig {
+            nats,
+            node: node.to_owned(),
+            replicas: 3,
+            name: "main".into(),
+            credentials_file: None,
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            max_staleness: Duration::from_secs(5),
+            snapshot_interval: Duration::from_secs(600),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn from_raw(raw: RawCluster) -> Result<ClusterConfig> {
+        let (Some(nats), Some(node)) = (raw.nats, raw.node) else {
+            return Err(Error::Config(
+                "[cluster] needs nats = [\"nats://host:port\", ...] and node = \"name\"".into(),
+            ));
+        };
+        let mut config = ClusterConfig::new(&nats.join(","), &node)?;
+        if let Some(r) = raw.replicas {
+            config.replicas = r;
+        }
+        if let Some(name) = raw.name {
+            config.name = name;
+        }
+        config.credentials_file = raw.credentials_file;
+        config.ca_cert = raw.ca_cert;
+        config.client_cert = raw.client_cert;
+        config.client_key = raw.client_key;
+        if let Some(ms) = raw.max_staleness_ms {
+            config.max_staleness = Duration::from_millis(ms.max(100));
+        }
+        if let Some(s) = raw.snapshot_interval_s {
+            config.snapshot_interval = Duration::from_secs(s.max(1));
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks every field; errors say what to write instead.
+    pub fn check(&self) -> Result<()> {
+        if self.nats.is_empty() {
+            return Err(Error::Config(
+                "cluster: no NATS server given; write --cluster nats://HOST:PORT[,nats://HOST:PORT...]"
+                    .into(),
+            ));
+        }
+        for url in &self.nats {
+            let rest = url
+                .strip_prefix("nats://")
+                .or_else(|| url.strip_prefix("tls://"))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "cluster: {url:?} is not a NATS URL; write nats://HOST:PORT (or tls://HOST:PORT)"
+                    ))
+                })?;
+            let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+                Error::Config(format!(
+                    "cluster: {url:?} has no port; write nats://HOST:PORT (NATS listens on 4222 by default)"
+                ))
+            })?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(Error::Config(format!(
+                    "cluster: {url:?} is not HOST:PORT with a port number"
+                )));
+            }
+        }
+        for (what, value) in [("node", &self.node), ("name", &self.name)] {
+            let ok = !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !ok {
+                return Err(Error::Config(format!(
+                    "cluster: {what} {value:?} must be 1 to 64 letters, digits, '-' or '_'"
+                )));
+            }
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(Error::Config(format!(
+                "cluster: replicas = {} is outside 1..=5 (JetStream's limit); use 3 to survive one lost machine",
+                self.replicas
+            )));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(Error::Config(
+                "cluster: client_cert and client_key go together".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -592,6 +750,7 @@ impl Default for ServerConfig {
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),
             replication: None,
+            cluster: None,
             tls: None,
             tokens: TokenTable::new(),
             allow_insecure_remote: false,

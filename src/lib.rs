@@ -14,9 +14,12 @@
 //! server, service        gRPC adapter, limits, status codes
 //! auth                   TLS, bearer tokens, roles per namespace
 //! replication            pushes to an upstream; merges from regions
-//! engine                 shared state of a running server
+//! engine                 shared state of a running server; a cluster
+//!                        node follows the cluster's shared log
 //! ingest, query          batch validation / group commit; counts
 //! catalog, store         namespaces; sled, write-ahead log, memtable
+//! cluster                the shared log a cluster's nodes apply (NATS
+//!                        JetStream), snapshots, node positions
 //! attribution            prefix tables and the org registry
 //! sketch, time           HLL sketches and envelopes; days and windows
 //! config, error          validated configuration; the one error type
@@ -33,6 +36,7 @@ pub mod attribution;
 pub mod auth;
 pub mod catalog;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

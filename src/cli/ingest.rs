@@ -23,7 +23,8 @@ use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct IngestArgs {
-    /// Server URL.
+    /// Server URL; several nodes of a cluster separated by commas
+    /// (URL,URL,...): a batch that fails on one is retried on the next.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]

@@ -154,6 +154,13 @@ struct ServeArgs {
     /// File holding the bearer token (role peer) sent to the upstream.
     #[arg(long)]
     upstream_token_file: Option<PathBuf>,
+    /// Run as a node of a cluster whose log is NATS JetStream at these
+    /// servers: nats://HOST:PORT[,nats://HOST:PORT...] (with --node).
+    #[arg(long, requires = "node", value_name = "URLS")]
+    cluster: Option<String>,
+    /// This node's name in the cluster (unique; with --cluster).
+    #[arg(long, requires = "cluster")]
+    node: Option<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -182,6 +189,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if args.allow_insecure_remote {
         raw.allow_insecure_remote = Some(true);
+    }
+    if let (Some(nats), Some(node)) = (&args.cluster, &args.node) {
+        let cluster = raw.cluster.get_or_insert_with(Default::default);
+        cluster.nats = Some(nats.split(',').map(|u| u.trim().to_owned()).collect());
+        cluster.node = Some(node.clone());
     }
     let mut config = raw.validate()?;
     table_flags(&args, &mut config.tables)?;
@@ -216,6 +228,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let data_dir = config.data_dir.clone();
+    let log = match &config.cluster {
+        Some(cluster) => {
+            let log: Arc<dyn sketchd::cluster::SharedLog> =
+                Arc::new(sketchd::cluster::nats::JetStreamLog::connect(cluster).await?);
+            tracing::info!(node = %cluster.node, log = %log.describe(), "cluster node");
+            sketchd::engine::cluster::prepare_data_dir(&data_dir, log.as_ref()).await?;
+            Some(log)
+        }
+        None => None,
+    };
     let engine = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || Engine::open(&config, tables)).await??
@@ -225,6 +247,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // One plain line on stdout, for scripts and tests that start the server.
     println!("sketchd listening on {addr}");
     let engine = Arc::new(engine);
+    if let (Some(log), Some(cluster)) = (log, &config.cluster) {
+        sketchd::engine::cluster::start(&engine, log, cluster.clone());
+    }
     reload_on_sighup(Arc::downgrade(&engine));
     if let Some(addr) = args.metrics_listen {
         let metrics = tokio::net::TcpListener::bind(addr)

@@ -132,11 +132,15 @@ pub fn classify(error: &ClientError) -> Disposition {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_millis);
     match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled => Disposition::Retry {
-            reconnect: true,
-            hint,
-        },
-        Code::DeadlineExceeded | Code::Aborted => Disposition::Retry {
+        // A server that did not answer within the attempt's time may hang:
+        // a new connection (to the next server, when several are given).
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+            Disposition::Retry {
+                reconnect: true,
+                hint,
+            }
+        }
+        Code::Aborted => Disposition::Retry {
             reconnect: false,
             hint,
         },
@@ -334,16 +338,27 @@ impl Collector {
         Self::connecting_with(url, crate::client::ClientOptions::default(), options)
     }
 
-    /// [`Collector::connecting`] with a bearer token and/or TLS.
+    /// [`Collector::connecting`] with a bearer token and/or TLS. `urls` may
+    /// name several servers (nodes of one cluster), separated by commas:
+    /// each new connection, after a failed attempt, goes to the next one.
     pub fn connecting_with(
-        url: &str,
+        urls: &str,
         client: crate::client::ClientOptions,
         options: CollectorOptions,
     ) -> Result<Collector, CollectorError> {
-        let url = url.to_owned();
+        let urls: Vec<String> = urls
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(CollectorError::Options("no server URL given".into()));
+        }
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         Self::with_connector(
             Arc::new(move || {
-                let url = url.clone();
+                let i = next.fetch_add(1, Ordering::Relaxed) % urls.len();
+                let url = urls[i].clone();
                 let client = client.clone();
                 Box::pin(async move { Client::connect_with(&url, client).await })
             }),
@@ -746,7 +761,7 @@ mod tests {
         );
         assert_eq!(
             classify(&status(tonic::Code::DeadlineExceeded)),
-            retry(false, None)
+            retry(true, None)
         );
         assert_eq!(
             classify(&ClientError::Connect {

@@ -36,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::replication::{self, MergeBatch};
 use crate::store::keys::DedupeKey;
 use crate::store::memtable::{MemState, Memtable};
+use crate::store::snapshot::SnapshotSummary;
 use crate::store::wal::Wal;
 use crate::store::Store;
 use crate::time::Clock;
@@ -93,6 +94,8 @@ struct Job {
     batch: Work,
     /// The encoded batch, as logged.
     payload: Vec<u8>,
+    /// On a cluster node: the batch's position in the cluster's log.
+    position: Option<u64>,
     reply: oneshot::Sender<Result<Applied>>,
 }
 
@@ -100,6 +103,9 @@ enum Msg {
     Batch(Box<Job>),
     /// Checkpoint everything applied so far and wait for it.
     Checkpoint(oneshot::Sender<Result<()>>),
+    /// Checkpoint everything applied so far, then write a snapshot of sled
+    /// to the file while no checkpoint writes sled.
+    Snapshot(PathBuf, oneshot::Sender<Result<SnapshotSummary>>),
 }
 
 /// What the commit and checkpoint threads share with the rest of the engine.
@@ -188,8 +194,59 @@ impl GroupCommit {
             ns,
             batch,
             payload,
+            position: None,
             reply,
         })))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the commit thread stopped".into()))?
+    }
+
+    /// Queues an entry of the cluster's log at `position` (waiting while
+    /// the queue is full, never refusing it); the receiver gets the result
+    /// once it is logged and applied. Entries are applied in the order
+    /// they are queued.
+    pub async fn enqueue_entry(
+        &self,
+        ns: Arc<Namespace>,
+        batch: Work,
+        payload: Vec<u8>,
+        position: u64,
+    ) -> Result<oneshot::Receiver<Result<Applied>>> {
+        let (reply, rx) = oneshot::channel();
+        let mut msg = Msg::Batch(Box::new(Job {
+            ns,
+            batch,
+            payload,
+            position: Some(position),
+            reply,
+        }));
+        loop {
+            let sent = {
+                let guard = self.tx.lock();
+                let tx = guard
+                    .as_ref()
+                    .ok_or_else(|| Error::Unavailable("the server is shutting down".into()))?;
+                tx.try_send(msg)
+            };
+            match sent {
+                Ok(()) => return Ok(rx),
+                Err(TrySendError::Full(back)) => {
+                    msg = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(Error::Unavailable("the commit thread stopped".into()))
+                }
+            }
+        }
+    }
+
+    /// Checkpoints everything applied so far and writes a snapshot of the
+    /// store to `path` (see `store::snapshot`). Ingest goes on meanwhile;
+    /// the next checkpoint waits for the snapshot.
+    pub async fn snapshot(&self, path: PathBuf) -> Result<SnapshotSummary> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Snapshot(path, reply))?;
         rx.await
             .map_err(|_| Error::Unavailable("the commit thread stopped".into()))?
     }
@@ -269,14 +326,19 @@ impl Writer {
                 }
             }
             let mut checkpoint_waiters = Vec::new();
+            let mut snapshots = Vec::new();
             let mut batches = Vec::new();
             for msg in group {
                 match msg {
                     Msg::Batch(job) => batches.push(*job),
                     Msg::Checkpoint(reply) => checkpoint_waiters.push(reply),
+                    Msg::Snapshot(path, reply) => snapshots.push((path, reply)),
                 }
             }
             self.commit(batches);
+            for (path, reply) in snapshots {
+                self.snapshot(path, reply);
+            }
             if checkpoint_waiters.is_empty() {
                 self.checkpoint_if_due(false);
             } else {
@@ -309,13 +371,16 @@ impl Writer {
         let logged = Instant::now();
         let mut pending = Vec::with_capacity(batches.len());
         let mut error = None;
+        let mut position = None;
         for Job {
             ns,
             batch,
             payload,
+            position: at,
             reply,
         } in batches
         {
+            position = at.max(position);
             let id = batch.id();
             let duplicate = id.as_ref().is_some_and(|id| self.applied.contains(id));
             if !duplicate && error.is_none() {
@@ -352,6 +417,9 @@ impl Writer {
         let mut results = Vec::with_capacity(pending.len());
         {
             let mut mem = self.mem.write();
+            if let Some(p) = position {
+                mem.active.log_position = mem.active.log_position.max(p);
+            }
             for p in &pending {
                 let result = if p.duplicate {
                     Ok(Applied {
@@ -387,6 +455,34 @@ impl Writer {
         }
         for (p, result) in pending.into_iter().zip(results) {
             let _ = p.reply.send(result);
+        }
+    }
+
+    /// Checkpoints everything applied so far and starts writing a snapshot
+    /// to `path` on the checkpoint thread's slot: the next checkpoint waits
+    /// for it, so sled does not change while it is read.
+    fn snapshot(&mut self, path: PathBuf, reply: oneshot::Sender<Result<SnapshotSummary>>) {
+        if let Err(e) = self.checkpoint(true) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let store = self.store.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sketchd-snapshot".into())
+            .spawn(move || {
+                let result = std::fs::File::create(&path)
+                    .map_err(|e| Error::io(&path, e))
+                    .and_then(|file| {
+                        let summary = store.export_snapshot(&file)?;
+                        file.sync_all().map_err(|e| Error::io(&path, e))?;
+                        Ok(summary)
+                    });
+                let _ = reply.send(result);
+                Ok(())
+            });
+        match spawned {
+            Ok(handle) => self.in_flight = Some(handle),
+            Err(e) => tracing::error!(error = %e, "cannot start the snapshot thread"),
         }
     }
 

@@ -189,6 +189,18 @@ where
     result
 }
 
+/// [`blocking`] for reads: a cluster node that may be too far behind the
+/// cluster's log refuses them (UNAVAILABLE) so that the client asks
+/// another node.
+async fn reading<T, F>(engine: &Arc<Engine>, rpc: &'static str, f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
+{
+    engine.check_readable().map_err(status)?;
+    blocking(engine, rpc, f).await
+}
+
 #[derive(Clone)]
 pub struct IngestService {
     engine: Arc<Engine>,
@@ -254,7 +266,7 @@ impl pb::query_server::Query for QueryService {
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
         let confidence = confidence(r.confidence);
         let namespace = r.namespace;
-        let answer = blocking(&self.engine, "count", move |e| {
+        let answer = reading(&self.engine, "count", move |e| {
             query::count(e, &namespace, metric, &scope, window, confidence)
         })
         .await?;
@@ -274,7 +286,7 @@ impl pb::query_server::Query for QueryService {
         let scope = scope(r.scope).map_err(status)?;
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
         let namespace = r.namespace;
-        let observations = blocking(&self.engine, "observations", move |e| {
+        let observations = reading(&self.engine, "observations", move |e| {
             query::observations(e, &namespace, &scope, window)
         })
         .await?;
@@ -292,7 +304,7 @@ impl pb::query_server::Query for QueryService {
         let spec = group_spec(r.metric, r.by, r.within, r.confidence, r.limit)?;
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
         let namespace = r.namespace;
-        let rows = blocking(&self.engine, "group_by", move |e| {
+        let rows = reading(&self.engine, "group_by", move |e| {
             query::group(e, &namespace, &spec, window)
         })
         .await?;
@@ -313,7 +325,7 @@ impl pb::query_server::Query for QueryService {
         let spec = group_spec(r.metric, r.by, r.within, r.confidence, r.limit)?;
         let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
         let namespace = r.namespace;
-        let rows = blocking(&self.engine, "compare", move |e| {
+        let rows = reading(&self.engine, "compare", move |e| {
             query::compare(e, &namespace, &spec, a, b)
         })
         .await?;
@@ -334,7 +346,7 @@ impl pb::query_server::Query for QueryService {
         let scope = scope(r.scope).map_err(status)?;
         let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
         let namespace = r.namespace;
-        let ret = blocking(&self.engine, "retention", move |e| {
+        let ret = reading(&self.engine, "retention", move |e| {
             query::retention(e, &namespace, &scope, a, b)
         })
         .await?;
@@ -356,7 +368,7 @@ impl pb::query_server::Query for QueryService {
         let (a, b) = two_windows(&r.a_from, &r.a_to, &r.b_from, &r.b_to)?;
         let confidence = confidence(r.confidence);
         let namespace = r.namespace;
-        let o = blocking(&self.engine, "overlap", move |e| {
+        let o = reading(&self.engine, "overlap", move |e| {
             query::overlap(e, &namespace, &scope, a, b, confidence)
         })
         .await?;
@@ -380,7 +392,7 @@ impl pb::query_server::Query for QueryService {
         let step = Step::parse("step", &r.step).map_err(status)?;
         let confidence = confidence(r.confidence);
         let namespace = r.namespace;
-        let points = blocking(&self.engine, "series", move |e| {
+        let points = reading(&self.engine, "series", move |e| {
             query::series(e, &namespace, metric, &scope, window, step, confidence)
         })
         .await?;
@@ -489,8 +501,12 @@ impl pb::admin_server::Admin for AdminService {
                 p.max_future_skew_seconds
             },
         };
+        let ns = self
+            .engine
+            .create_namespace(&r.name, policy)
+            .await
+            .map_err(status)?;
         let info = blocking(&self.engine, "create_namespace", move |e| {
-            let ns = e.catalog().create(&r.name, policy)?;
             namespace_info(e, &ns)
         })
         .await?;
@@ -503,7 +519,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         authorize(&request, &request.get_ref().name, Role::Reader)?;
         let name = request.into_inner().name;
-        let info = blocking(&self.engine, "get_namespace", move |e| {
+        let info = reading(&self.engine, "get_namespace", move |e| {
             let ns = e.catalog().require("name", &name)?;
             namespace_info(e, &ns)
         })
@@ -516,7 +532,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListNamespacesRequest>,
     ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
         let caller = authorize_somewhere(&request, Role::Reader)?;
-        let namespaces = blocking(&self.engine, "list_namespaces", move |e| {
+        let namespaces = reading(&self.engine, "list_namespaces", move |e| {
             e.catalog()
                 .list()
                 .iter()

@@ -31,7 +31,7 @@ impl ReplicationService {
 
 /// The namespace a region pushes into: created with the region's policy
 /// when new; refused when its precision or hash seed differs.
-fn target_namespace(engine: &Engine, chunk: &pb::PushChunk) -> Result<Arc<Namespace>, Error> {
+async fn target_namespace(engine: &Engine, chunk: &pb::PushChunk) -> Result<Arc<Namespace>, Error> {
     let ns = match engine.catalog().get(&chunk.namespace) {
         Some(ns) => ns,
         None => {
@@ -48,7 +48,7 @@ fn target_namespace(engine: &Engine, chunk: &pb::PushChunk) -> Result<Arc<Namesp
                 },
                 None => engine.catalog().default_policy(),
             };
-            engine.catalog().create(&chunk.namespace, policy)?
+            engine.create_namespace(&chunk.namespace, policy).await?
         }
     };
     let ours = fingerprint_hex(ns.seed);
@@ -73,7 +73,7 @@ fn target_namespace(engine: &Engine, chunk: &pb::PushChunk) -> Result<Arc<Namesp
 /// Validates a whole chunk, then logs and merges it.
 async fn merge_chunk(engine: &Arc<Engine>, chunk: pb::PushChunk) -> Result<pb::PushAck, Error> {
     replication::validate_region("region", &chunk.region)?;
-    let ns = target_namespace(engine, &chunk)?;
+    let ns = target_namespace(engine, &chunk).await?;
     let mut records = Vec::with_capacity(chunk.records.len());
     for (i, r) in chunk.records.into_iter().enumerate() {
         replication::validate_record(&ns, i, &r.key, &r.value)?;

@@ -50,6 +50,10 @@ pub const KIND_STALE_ROLLUP: u8 = b'u';
 /// The metadata key holding the last WAL position included in sled.
 pub const META_CHECKPOINT_LSN: &[u8] = b"mcheckpoint_lsn";
 
+/// The metadata key holding, on a cluster node, the last position of the
+/// cluster's log included in sled (u64 LE).
+pub const META_CLUSTER_POSITION: &[u8] = b"mcluster_position";
+
 /// The metadata key holding the revision the upstream acknowledged last
 /// (u64 LE) and when (i64 LE).
 pub const META_UPSTREAM_ACKED: &[u8] = b"mupstream_acked";

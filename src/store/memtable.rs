@@ -50,6 +50,9 @@ pub struct Memtable {
     pub origins: FxHashMap<(NamespaceId, String, Vec<u8>), OriginRecord>,
     /// Regions merged since the checkpoint, with their new totals.
     pub regions: HashMap<String, RegionMark>,
+    /// On a cluster node: the last position of the cluster's log applied
+    /// into this memtable (0: none).
+    pub log_position: u64,
 }
 
 /// What a server holds of one record from one region: the hash of the

@@ -43,6 +43,7 @@ pub mod cache;
 pub mod index;
 pub mod keys;
 pub mod memtable;
+pub mod snapshot;
 pub mod wal;
 
 use std::collections::HashMap;
@@ -297,6 +298,11 @@ impl Store {
         self.changelog.store(true, Ordering::SeqCst);
     }
 
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn wal_dir(&self) -> PathBuf {
         self.dir.join("wal")
     }
@@ -329,6 +335,15 @@ impl Store {
                     .try_into()
                     .map_err(|_| Error::Corrupt("checkpoint position".into()))?,
             ),
+            None => 0,
+        })
+    }
+
+    /// On a cluster node: the last position of the cluster's log included
+    /// in sled (0: none).
+    pub fn cluster_position(&self) -> Result<u64> {
+        Ok(match self.data.get(keys::META_CLUSTER_POSITION)? {
+            Some(v) => decode_u64(&v)?,
             None => 0,
         })
     }
@@ -629,6 +644,12 @@ impl Store {
             }
         }
         batch.insert(META_CHECKPOINT_LSN, &lsn.to_le_bytes()[..]);
+        if mem.log_position > 0 {
+            batch.insert(
+                keys::META_CLUSTER_POSITION,
+                &mem.log_position.to_le_bytes()[..],
+            );
+        }
         Ok(Checkpoint { batch })
     }
 

@@ -4,22 +4,32 @@
 //! memtable and starts the commit thread. The gRPC services hold an
 //! `Arc<Engine>`; ingest and query functions take `&Engine`.
 //! [`Engine::shutdown`] stops taking batches, checkpoints and flushes.
+//!
+//! On a cluster node ([`cluster`]) the engine is the same, but what it
+//! would append to its log goes to the cluster's shared log first, and its
+//! commit thread is fed from there, in the log's order, by the node's
+//! reader; its own write-ahead log then records each entry with its
+//! position in the cluster's log.
+
+pub mod cluster;
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 
 use crate::attribution::{Attributor, TableFiles};
 use crate::catalog::{Catalog, Namespace};
-use crate::config::ServerConfig;
+use crate::config::{NamespacePolicy, ServerConfig};
 use crate::error::{Error, Result};
 use crate::ingest::commit::{Applied, CheckpointPolicy, GroupCommit, Shared, Work};
 use crate::ingest::{self, codec, BatchLimits, ObservationBatch};
 use crate::metrics::Metrics;
 use crate::replication::{self, MergeBatch};
 use crate::store::memtable::MemState;
+use crate::store::snapshot::SnapshotSummary;
 use crate::store::wal::Wal;
 use crate::store::Store;
 use crate::time::{Clock, SystemClock};
@@ -42,6 +52,11 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
+    /// The last position of the cluster's log held at open (sled plus the
+    /// replayed log); 0 when not a cluster node or nothing was applied.
+    opened_at_position: u64,
+    /// Set once, when this server runs as a cluster node.
+    cluster: OnceLock<Arc<cluster::Node>>,
 }
 
 /// Sizes read at scrape time.
@@ -90,6 +105,11 @@ impl Engine {
         };
         let now = clock.now_unix_seconds();
         let replayed = records.len();
+        let mut position = store.cluster_position()?;
+        let opened_at_position = records
+            .last()
+            .and_then(|r| cluster::unframe(&r.payload))
+            .map_or(position, |(p, _)| p.max(position));
         for record in records {
             let unknown = |id| {
                 Error::Corrupt(format!(
@@ -97,13 +117,21 @@ impl Engine {
                     record.lsn
                 ))
             };
-            if record.payload.first() == Some(&replication::LOG_VERSION) {
-                let merge = replication::decode(&record.payload)?;
+            let payload = match cluster::unframe(&record.payload) {
+                Some((p, inner)) => {
+                    position = position.max(p);
+                    mem.active.log_position = position;
+                    inner
+                }
+                None => &record.payload[..],
+            };
+            if payload.first() == Some(&replication::LOG_VERSION) {
+                let merge = replication::decode(payload)?;
                 let ns = catalog.by_id(merge.ns).ok_or_else(|| unknown(merge.ns))?;
                 replication::apply_merge(&mut mem, &store, &ns, &merge)?;
                 continue;
             }
-            let batch = codec::decode(&record.payload)?;
+            let batch = codec::decode(payload)?;
             let ns = catalog.by_id(batch.ns).ok_or_else(|| unknown(batch.ns))?;
             ingest::apply(&mut mem, &ns, &batch, now)?;
             applied.insert(batch.id());
@@ -151,6 +179,8 @@ impl Engine {
                 max_rows: config.max_rows_per_batch,
             },
             metrics,
+            opened_at_position,
+            cluster: OnceLock::new(),
         })
     }
 
@@ -237,25 +267,118 @@ impl Engine {
     }
 
     async fn ingest_inner(&self, batch: ObservationBatch) -> Result<Applied> {
-        let ns: Arc<Namespace> = self.catalog.for_ingest(&batch.namespace)?;
+        let node = self.cluster.get();
+        if let Some(node) = node {
+            node.check_writable()?;
+        }
         let tables = self.tables();
-        let prepared = ingest::prepare(
-            batch,
-            &ns,
-            self.limits,
-            self.clock.now_unix_seconds(),
-            &tables,
-        )?;
+        let now = self.clock.now_unix_seconds();
+        let digest = node.map(|_| cluster::batch_digest(&batch));
+        // A batch for a namespace that does not exist yet is checked
+        // against the namespace it would create first: a refused batch
+        // creates nothing.
+        let (ns, prepared) = match self.catalog.for_ingest(&batch.namespace)? {
+            Ok(ns) => {
+                let prepared = ingest::prepare(batch, &ns, self.limits, now, &tables)?;
+                (ns, prepared)
+            }
+            Err(new) => {
+                let again = batch.clone();
+                ingest::prepare(batch, &new, self.limits, now, &tables)?;
+                let ns = self.create_namespace(&new.name, new.policy).await?;
+                let prepared = ingest::prepare(again, &ns, self.limits, now, &tables)?;
+                (ns, prepared)
+            }
+        };
         let payload = codec::encode(&prepared);
-        self.commit.submit(ns, Work::Batch(prepared), payload).await
+        match node {
+            Some(node) => {
+                let fallback = Applied {
+                    duplicate: false,
+                    rows: prepared.rows() as u64,
+                    attributed: prepared.attributed,
+                    unattributed: prepared.unattributed,
+                };
+                let id = format!(
+                    "b/{}/{}/{}/{:016x}",
+                    ns.name,
+                    prepared.collector,
+                    prepared.sequence,
+                    digest.unwrap_or_default()
+                );
+                node.append_batch(&ns.name, id, payload, fallback).await
+            }
+            None => self.commit.submit(ns, Work::Batch(prepared), payload).await,
+        }
+    }
+
+    /// Creates a namespace (on every node of a cluster: through its log).
+    /// Creating it again with the same policy returns the existing one.
+    pub async fn create_namespace(
+        &self,
+        name: &str,
+        policy: NamespacePolicy,
+    ) -> Result<Arc<Namespace>> {
+        match self.cluster.get() {
+            None => self.catalog.create(name, policy),
+            Some(node) => {
+                crate::catalog::validate_name("name", name)?;
+                policy.validate("policy")?;
+                if let Some(ns) = self.catalog.get(name) {
+                    return if ns.policy == policy {
+                        Ok(ns)
+                    } else {
+                        Err(Error::NamespaceExists(name.to_owned()))
+                    };
+                }
+                node.check_writable()?;
+                node.append_namespace(name, policy, self.catalog.seed_fingerprint(name))
+                    .await?;
+                let ns = self.catalog.get(name).ok_or_else(|| {
+                    Error::Unavailable(format!(
+                        "namespace {name:?} is in the cluster's log but not applied on this node yet; retry"
+                    ))
+                })?;
+                if ns.policy == policy {
+                    Ok(ns)
+                } else {
+                    Err(Error::NamespaceExists(name.to_owned()))
+                }
+            }
+        }
     }
 
     /// Logs and merges a chunk of records from a region; returns once it is
     /// durable. The caller validated every record against `ns`.
     pub async fn merge(&self, ns: Arc<Namespace>, merge: MergeBatch) -> Result<u64> {
         let payload = replication::encode(&merge);
+        if let Some(node) = self.cluster.get() {
+            node.check_writable()?;
+            let rows = merge.records.len() as u64;
+            return node.append_merge(&ns.name, payload, rows).await;
+        }
         let applied = self.commit.submit(ns, Work::Merge(merge), payload).await?;
         Ok(applied.rows)
+    }
+
+    /// Checkpoints and writes a snapshot of the whole store to `path` (see
+    /// `store::snapshot`); ingest goes on meanwhile.
+    pub async fn snapshot_to(&self, path: PathBuf) -> Result<SnapshotSummary> {
+        self.commit.snapshot(path).await
+    }
+
+    /// Refuses reads on a cluster node that may be further behind the
+    /// cluster's log than its configured bound (see `engine::cluster`).
+    pub fn check_readable(&self) -> Result<()> {
+        match self.cluster.get() {
+            Some(node) => node.check_readable(),
+            None => Ok(()),
+        }
+    }
+
+    /// The cluster node this server runs as, if any.
+    pub fn cluster_node(&self) -> Option<&Arc<cluster::Node>> {
+        self.cluster.get()
     }
 
     /// The current revision: the log position sled holds.
@@ -288,6 +411,9 @@ impl Engine {
 
     /// Stops taking batches, checkpoints and flushes. Blocks.
     pub fn shutdown(&self) {
+        if let Some(node) = self.cluster.get() {
+            node.stop();
+        }
         self.commit.shutdown();
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "flushing sled at shutdown failed");
