@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command};
@@ -64,148 +63,6 @@ fn regional(dir: &Path, region: &str, upstream: &str) -> ServerConfig {
     }
 }
 
-/// Every stored record a server's state is made of (not its log position,
-/// batch ids or replication bookkeeping), by key.
-fn dump(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let db = loop {
-        match sled::Config::new().path(dir.join("sled")).open() {
-            Ok(db) => break db,
-            Err(e) if std::time::Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("open {}: {e}", dir.display()),
-        }
-    };
-    let data = db.open_tree("data").unwrap();
-    data.iter()
-        .map(|r| r.unwrap())
-        .filter(|(k, _)| b"scpoive".contains(&k[0]))
-        .map(|(k, v)| (k.to_vec(), v.to_vec()))
-        .collect()
-}
-
-fn day(unix: i64) -> String {
-    Day::from_unix_seconds(unix).unwrap().to_string()
-}
-
-/// The answers of a server to a broad set of queries, as text.
-async fn answers(client: &Client, now: i64) -> Vec<String> {
-    let mut q = client.query_client();
-    let mut out = Vec::new();
-    let windows = [
-        (now - 60 * DAY, now + DAY),
-        (now - 30 * DAY, now + DAY),
-        (now - 9 * DAY, now - 2 * DAY),
-        (now - DAY, now + DAY),
-    ];
-    let scopes = [
-        pb::Scope::default(),
-        pb::Scope {
-            country: "DE".into(),
-            ..Default::default()
-        },
-        pb::Scope {
-            org: "AS64007".into(),
-            ..Default::default()
-        },
-    ];
-    for (from, to) in windows {
-        for scope in &scopes {
-            for metric in [pb::Metric::Ips, pb::Metric::Orgs] {
-                let r = q
-                    .count(pb::CountRequest {
-                        namespace: NS.into(),
-                        metric: metric as i32,
-                        scope: Some(scope.clone()),
-                        from: day(from),
-                        to: day(to),
-                        confidence: 0.95,
-                    })
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(|s| (s.code(), s.message().to_owned()));
-                out.push(format!("count {from} {to} {scope:?} {metric:?}: {r:?}"));
-            }
-            let r = q
-                .observations(pb::ObservationsRequest {
-                    namespace: NS.into(),
-                    scope: Some(scope.clone()),
-                    from: day(from),
-                    to: day(to),
-                })
-                .await;
-            let r = r
-                .map(|r| r.into_inner())
-                .map_err(|s| (s.code(), s.message().to_owned()));
-            out.push(format!("observations {from} {to} {scope:?}: {r:?}"));
-        }
-        for by in [pb::GroupKind::Country, pb::GroupKind::Org] {
-            let mut rows = q
-                .group_by(pb::GroupByRequest {
-                    namespace: NS.into(),
-                    metric: pb::Metric::Ips as i32,
-                    by: by as i32,
-                    from: day(from),
-                    to: day(to),
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            while let Some(row) = rows.message().await.unwrap() {
-                out.push(format!("group {by:?} {from} {to}: {row:?}"));
-            }
-        }
-    }
-    let mut rows = q
-        .compare(pb::CompareRequest {
-            namespace: NS.into(),
-            metric: pb::Metric::Ips as i32,
-            by: pb::GroupKind::Country as i32,
-            a_from: day(now - 60 * DAY),
-            a_to: day(now - 30 * DAY),
-            b_from: day(now - 30 * DAY),
-            b_to: day(now + DAY),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    while let Some(row) = rows.message().await.unwrap() {
-        out.push(format!("compare: {row:?}"));
-    }
-    let r = q
-        .retention(pb::RetentionRequest {
-            namespace: NS.into(),
-            scope: Some(pb::Scope::default()),
-            a_from: day(now - 60 * DAY),
-            a_to: day(now - 30 * DAY),
-            b_from: day(now - 30 * DAY),
-            b_to: day(now + DAY),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    out.push(format!("retention: {r:?}"));
-    let r = q
-        .series(pb::SeriesRequest {
-            namespace: NS.into(),
-            metric: pb::Metric::Ips as i32,
-            scope: Some(pb::Scope::default()),
-            from: day(now - 60 * DAY),
-            to: day(now + DAY),
-            step: "week".into(),
-            confidence: 0.95,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    out.push(format!("series: {r:?}"));
-    out
-}
-
 async fn observations(client: &Client) -> u64 {
     client
         .query_client()
@@ -222,8 +79,8 @@ async fn observations(client: &Client) -> u64 {
 }
 
 fn assert_same_records(global: &Path, single: &Path) {
-    let g = dump(global);
-    let s = dump(single);
+    let g = common::dump(global);
+    let s = common::dump(single);
     assert!(
         s.keys().any(|k| k[0] == b's') && s.keys().any(|k| k[0] == b'c'),
         "the reference holds sketches and counters"
@@ -280,8 +137,8 @@ async fn regions_converge_to_the_single_server_byte_for_byte() {
         }
         assert_eq!(observations(&global.client).await, sent);
         assert_eq!(
-            answers(&global.client, NOW).await,
-            answers(&single.client, NOW).await,
+            common::answers(NS, &global.client, NOW).await,
+            common::answers(NS, &single.client, NOW).await,
             "phase {phase}"
         );
     }
@@ -355,8 +212,8 @@ async fn anti_entropy_repairs_a_global_server_that_lost_its_data() {
     assert!(synced.records_pushed > 0);
     assert_eq!(observations(&global.client).await, 12_000);
     assert_eq!(
-        answers(&global.client, NOW).await,
-        answers(&single.client, NOW).await
+        common::answers(NS, &global.client, NOW).await,
+        common::answers(NS, &single.client, NOW).await
     );
     // A further sync finds nothing to repair.
     assert_eq!(eu.client.sync().await.unwrap().records_pushed, 0);
@@ -403,7 +260,7 @@ async fn bad_pushes_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path()).await;
     send(&server.client, 1, 0, 1_000, NOW).await;
-    let before = answers(&server.client, NOW).await;
+    let before = common::answers(NS, &server.client, NOW).await;
     let ns = server
         .client
         .admin_client()
@@ -439,7 +296,7 @@ async fn bad_pushes_are_refused_and_change_nothing() {
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("records[1].key"), "{err:?}");
-    assert_eq!(answers(&server.client, NOW).await, before);
+    assert_eq!(common::answers(NS, &server.client, NOW).await, before);
 
     // A good counter, pushed three times, counts once; a lower value later
     // (a stale push) changes nothing.
@@ -546,8 +403,8 @@ async fn a_regional_server_killed_mid_push_converges_without_double_counting() {
     eu.sync().await.expect("sync after restart");
     assert_eq!(observations(&global.client).await, sent);
     assert_eq!(
-        answers(&global.client, now).await,
-        answers(&single.client, now).await
+        common::answers(NS, &global.client, now).await,
+        common::answers(NS, &single.client, now).await
     );
     drop(child);
     global.stop().await;

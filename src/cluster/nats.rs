@@ -82,7 +82,8 @@ impl JetStreamLog {
             ))
         })?;
         let mut js = jetstream::new(client);
-        js.set_timeout(Duration::from_secs(5));
+        // An acknowledgement lost to a leader change is asked again after this.
+        js.set_timeout(Duration::from_secs(3));
         let stream_name = format!("SKETCHD_{}", config.name);
         let subject = format!("sketchd.{}.log", config.name);
         let replicas = config.replicas;

@@ -1,15 +1,18 @@
 //! Starts the real server on 127.0.0.1:0 with a temp data dir, in-process.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sketchd::attribution::Attributor;
 use sketchd::client::{Client, ClientOptions};
 use sketchd::config::ServerConfig;
 use sketchd::engine::Engine;
-use sketchd::time::{Clock, ManualClock};
+use sketchd::pb;
+use sketchd::time::{Clock, Day, ManualClock};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -276,4 +279,147 @@ pub fn spawn_server_with_env(
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
     (child, format!("http://{addr}"))
+}
+
+/// Every stored record a server's state is made of (not its log position,
+/// batch ids or replication bookkeeping), by key.
+pub fn dump(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new().path(dir.join("sled")).open() {
+            Ok(db) => break db,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("open {}: {e}", dir.display()),
+        }
+    };
+    let data = db.open_tree("data").unwrap();
+    data.iter()
+        .map(|r| r.unwrap())
+        .filter(|(k, _)| b"scpoive".contains(&k[0]))
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
+}
+
+pub fn day(unix: i64) -> String {
+    Day::from_unix_seconds(unix).unwrap().to_string()
+}
+
+/// The answers of a server to a broad set of queries over namespace `ns`
+/// (windows around `now`), as text.
+pub async fn answers(ns: &str, client: &Client, now: i64) -> Vec<String> {
+    let mut q = client.query_client();
+    let mut out = Vec::new();
+    let windows = [
+        (now - 60 * DAY, now + DAY),
+        (now - 30 * DAY, now + DAY),
+        (now - 9 * DAY, now - 2 * DAY),
+        (now - DAY, now + DAY),
+    ];
+    let scopes = [
+        pb::Scope::default(),
+        pb::Scope {
+            country: "DE".into(),
+            ..Default::default()
+        },
+        pb::Scope {
+            org: "AS64007".into(),
+            ..Default::default()
+        },
+    ];
+    for (from, to) in windows {
+        for scope in &scopes {
+            for metric in [pb::Metric::Ips, pb::Metric::Orgs] {
+                let r = q
+                    .count(pb::CountRequest {
+                        namespace: ns.into(),
+                        metric: metric as i32,
+                        scope: Some(scope.clone()),
+                        from: day(from),
+                        to: day(to),
+                        confidence: 0.95,
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| (s.code(), s.message().to_owned()));
+                out.push(format!("count {from} {to} {scope:?} {metric:?}: {r:?}"));
+            }
+            let r = q
+                .observations(pb::ObservationsRequest {
+                    namespace: ns.into(),
+                    scope: Some(scope.clone()),
+                    from: day(from),
+                    to: day(to),
+                })
+                .await;
+            let r = r
+                .map(|r| r.into_inner())
+                .map_err(|s| (s.code(), s.message().to_owned()));
+            out.push(format!("observations {from} {to} {scope:?}: {r:?}"));
+        }
+        for by in [pb::GroupKind::Country, pb::GroupKind::Org] {
+            let mut rows = q
+                .group_by(pb::GroupByRequest {
+                    namespace: ns.into(),
+                    metric: pb::Metric::Ips as i32,
+                    by: by as i32,
+                    from: day(from),
+                    to: day(to),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            while let Some(row) = rows.message().await.unwrap() {
+                out.push(format!("group {by:?} {from} {to}: {row:?}"));
+            }
+        }
+    }
+    let mut rows = q
+        .compare(pb::CompareRequest {
+            namespace: ns.into(),
+            metric: pb::Metric::Ips as i32,
+            by: pb::GroupKind::Country as i32,
+            a_from: day(now - 60 * DAY),
+            a_to: day(now - 30 * DAY),
+            b_from: day(now - 30 * DAY),
+            b_to: day(now + DAY),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(row) = rows.message().await.unwrap() {
+        out.push(format!("compare: {row:?}"));
+    }
+    let r = q
+        .retention(pb::RetentionRequest {
+            namespace: ns.into(),
+            scope: Some(pb::Scope::default()),
+            a_from: day(now - 60 * DAY),
+            a_to: day(now - 30 * DAY),
+            b_from: day(now - 30 * DAY),
+            b_to: day(now + DAY),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    out.push(format!("retention: {r:?}"));
+    let r = q
+        .series(pb::SeriesRequest {
+            namespace: ns.into(),
+            metric: pb::Metric::Ips as i32,
+            scope: Some(pb::Scope::default()),
+            from: day(now - 60 * DAY),
+            to: day(now + DAY),
+            step: "week".into(),
+            confidence: 0.95,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    out.push(format!("series: {r:?}"));
+    out
 }
