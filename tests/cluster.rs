@@ -10,14 +10,13 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Rng, DAY, NOW};
+use common::NOW;
 use sketchd::client::{Client, Collector, CollectorOptions, Observation, RetryPolicy, Sequences};
 use sketchd::pb;
 
@@ -242,22 +241,8 @@ fn nodes(root: &Path, nats: &Nats, toml: &str) -> Vec<Node> {
         .collect()
 }
 
-/// The rows of one batch: days over the 60 before `NOW`, 420 orgs (20 of
-/// them unnamed), five countries (every seventh org without one).
 fn rows(collector: u64, batch: u64, n: usize) -> Vec<Observation> {
-    let mut rng = Rng(collector << 40 | batch);
-    (0..n)
-        .map(|_| {
-            let org = rng.below(420);
-            Observation {
-                ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + rng.below(200_000) as u32)),
-                unix_seconds: NOW - 1 - rng.below(60 * DAY as u64) as i64,
-                org: (org < 400).then(|| format!("AS{}", 64_000 + org)),
-                country: (!org.is_multiple_of(7))
-                    .then(|| ["DE", "GB", "IT", "US", "FR"][(org % 5) as usize].to_owned()),
-            }
-        })
-        .collect()
+    common::study_rows(collector, batch, n, NOW)
 }
 
 /// What collectors had acknowledged, as they go.

@@ -7,40 +7,22 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{Rng, TestServer, DAY, NOW};
-use sketchd::client::{BatchBuilder, Client, Observation};
+use common::{TestServer, DAY, NOW};
+use sketchd::client::{BatchBuilder, Client};
 use sketchd::config::{ReplicationConfig, ServerConfig};
 use sketchd::pb;
 use sketchd::time::Day;
 
 const NS: &str = "study";
 
-/// One batch of a collector: rows over the 60 days before `now`, 400 orgs,
-/// five countries, some rows without org or country.
-fn rows(collector: u64, sequence: u64, n: usize, now: i64) -> Vec<Observation> {
-    let mut rng = Rng(collector << 40 | sequence);
-    (0..n)
-        .map(|_| {
-            let org = rng.below(420);
-            Observation {
-                ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + rng.below(200_000) as u32)),
-                unix_seconds: now - 1 - rng.below(60 * DAY as u64) as i64,
-                org: (org < 400).then(|| format!("AS{}", 64_000 + org)),
-                country: (!org.is_multiple_of(7))
-                    .then(|| ["DE", "GB", "IT", "US", "FR"][(org % 5) as usize].to_owned()),
-            }
-        })
-        .collect()
-}
-
 fn request(collector: u64, sequence: u64, n: usize, now: i64) -> pb::IngestRequest {
     let mut b = BatchBuilder::new();
-    for o in rows(collector, sequence, n, now) {
+    for o in common::study_rows(collector, sequence, n, now) {
         b.push(&o);
     }
     b.build(NS, &format!("collector-{collector}"), sequence)

@@ -1,5 +1,6 @@
 //! Command-line interface: `serve`, `ingest`, `query`.
 
+mod backup;
 mod demo;
 mod ingest;
 mod loadgen;
@@ -108,6 +109,8 @@ enum Command {
     Status(status::StatusArgs),
     /// Make a regional node checkpoint and push everything to its upstream now.
     Sync(status::SyncArgs),
+    /// Write an online backup of a server into a new data directory.
+    Backup(backup::BackupArgs),
 }
 
 #[derive(clap::Args)]
@@ -173,6 +176,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Loadgen(a) => loadgen::run(a).await,
         Command::Status(a) => status::status(a).await,
         Command::Sync(a) => status::sync(a).await,
+        Command::Backup(a) => backup::run(a).await,
     }
 }
 

@@ -6,6 +6,7 @@
 //! `Status` in one exhaustive match ([`status`]). Generated types do not
 //! leave this module.
 
+mod backup;
 mod replication;
 
 use std::sync::Arc;
@@ -559,6 +560,16 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::TablesInfo>, Status> {
         authorize_everywhere(&request, Role::Admin)?;
         Ok(Response::new(tables_info(&self.engine.tables())))
+    }
+
+    type BackupStream = RowStream<pb::BackupChunk>;
+
+    async fn backup(
+        &self,
+        request: Request<pb::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        authorize_everywhere(&request, Role::Admin)?;
+        backup::stream(self.engine.clone()).await
     }
 }
 

@@ -2,13 +2,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sketchd::attribution::Attributor;
-use sketchd::client::{Client, ClientOptions};
+use sketchd::client::{Client, ClientOptions, Observation};
 use sketchd::config::ServerConfig;
 use sketchd::engine::Engine;
 use sketchd::pb;
@@ -422,4 +422,22 @@ pub async fn answers(ns: &str, client: &Client, now: i64) -> Vec<String> {
         .into_inner();
     out.push(format!("series: {r:?}"));
     out
+}
+
+/// One batch of a collector: rows over the 60 days before `now`, 420 orgs
+/// (20 of them unnamed), five countries (every seventh org without one).
+pub fn study_rows(collector: u64, sequence: u64, n: usize, now: i64) -> Vec<Observation> {
+    let mut rng = Rng(collector << 40 | sequence);
+    (0..n)
+        .map(|_| {
+            let org = rng.below(420);
+            Observation {
+                ip: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + rng.below(200_000) as u32)),
+                unix_seconds: now - 1 - rng.below(60 * DAY as u64) as i64,
+                org: (org < 400).then(|| format!("AS{}", 64_000 + org)),
+                country: (!org.is_multiple_of(7))
+                    .then(|| ["DE", "GB", "IT", "US", "FR"][(org % 5) as usize].to_owned()),
+            }
+        })
+        .collect()
 }
