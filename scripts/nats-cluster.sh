@@ -14,7 +14,8 @@
 #
 # Every server runs with `jetstream { sync_interval: always }`: JetStream's
 # default flushes to disk every two minutes, and acknowledged messages can
-# be lost when machines fail together.
+# be lost when machines fail together. `max_payload: 8MB` lets a batch of
+# 100,000 rows (about 1.4 MB in the log) through; the default is 1 MB.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cmd="${1:-}"
@@ -47,6 +48,7 @@ start)
         cat > "$dir/$n.conf" <<CONF
 server_name: $n
 listen: 127.0.0.1:${client[$i]}
+max_payload: 8MB
 jetstream {
   store_dir: "$dir/$n"
   sync_interval: always

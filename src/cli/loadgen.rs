@@ -45,7 +45,8 @@ use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct LoadgenArgs {
-    /// Server URL.
+    /// Server URL; nodes of a cluster separated by commas (collector i
+    /// sends to node i mod n; queries go to the first).
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
@@ -100,6 +101,13 @@ pub struct LoadgenArgs {
     results: Option<PathBuf>,
 }
 
+impl LoadgenArgs {
+    /// The server queries go to: the first of `--server`.
+    fn first_server(&self) -> &str {
+        self.server.split(',').next().unwrap_or_default().trim()
+    }
+}
+
 /// Oldest accepted observation in the namespace the load generator creates:
 /// the world's days are in 2024.
 const MAX_AGE_DAYS: u32 = 3650;
@@ -133,7 +141,7 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let client = args.connect.connect(&args.server).await?;
+    let client = args.connect.connect(args.first_server()).await?;
     prepare_namespace(&client, &args).await?;
 
     let server_before = args.server_pid.map(proc_sample).transpose()?;
@@ -489,8 +497,9 @@ async fn ingest(args: &LoadgenArgs, world: &Arc<World>) -> anyhow::Result<Ingest
         collectors: args.collectors,
     });
     let mut clients = Vec::with_capacity(args.collectors);
-    for _ in 0..args.collectors {
-        clients.push(args.connect.connect(&args.server).await?);
+    let servers: Vec<&str> = args.server.split(',').map(str::trim).collect();
+    for i in 0..args.collectors {
+        clients.push(args.connect.connect(servers[i % servers.len()]).await?);
     }
     eprintln!(
         "loadgen: {} observations in {} batches of {} rows, {} collectors",
@@ -977,12 +986,12 @@ fn query_phase(
         runtime.block_on(async {
             let queries = match truth {
                 Some(truth) => {
-                    let client = args.connect.connect(&args.server).await?;
+                    let client = args.connect.connect(args.first_server()).await?;
                     Some(run_queries(&client, args, truth).await?)
                 }
                 None => None,
             };
-            Ok((queries, rpc_floor(&args.server).await?))
+            Ok((queries, rpc_floor(args.first_server()).await?))
         })
     };
     let on_own_thread = || {

@@ -46,6 +46,8 @@ pub struct JetStreamLog {
     snapshots: object_store::ObjectStore,
     nodes: jetstream::kv::Store,
     servers: String,
+    /// The largest message the NATS servers take (their `max_payload`).
+    max_payload: usize,
 }
 
 impl JetStreamLog {
@@ -81,6 +83,7 @@ impl JetStreamLog {
                  with JetStream enabled? (scripts/nats-cluster.sh starts a local one)"
             ))
         })?;
+        let max_payload = client.server_info().max_payload;
         let mut js = jetstream::new(client);
         // An acknowledgement lost to a leader change is asked again after this.
         js.set_timeout(Duration::from_secs(3));
@@ -168,6 +171,7 @@ impl JetStreamLog {
             snapshots,
             nodes,
             servers,
+            max_payload,
         })
     }
 
@@ -205,6 +209,17 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
 impl SharedLog for JetStreamLog {
     fn append(&self, id: String, payload: Bytes) -> BoxFuture<'_, Result<Appended>> {
         Box::pin(async move {
+            // Room for the message id and JetStream's headers.
+            let limit = self.max_payload.saturating_sub(1024);
+            if payload.len() > limit {
+                return Err(Error::LimitExceeded(format!(
+                    "the batch takes {} bytes in the cluster log, more than the {} bytes the \
+                     NATS servers accept (max_payload); send smaller batches (sketchd ingest \
+                     --batch-rows) or raise max_payload in the NATS servers' configuration",
+                    payload.len(),
+                    limit
+                )));
+            }
             let started = Instant::now();
             let mut delay = Duration::from_millis(50);
             loop {
