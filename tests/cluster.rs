@@ -452,6 +452,7 @@ fn a_node_with_an_empty_data_directory_catches_up_from_the_snapshot() {
         let reference = common::start(ref_dir.path()).await;
         send_reference(&reference.client, 0..4, 10, 400).await;
         assert_answers_like(&[&nodes[0], &nodes[2]], &reference.client).await;
+        reference.stop().await;
     });
 }
 
@@ -503,6 +504,7 @@ fn killing_the_stream_leader_pauses_ingest_briefly_and_loses_nothing() {
         let reference = common::start(ref_dir.path()).await;
         send_reference(&reference.client, 0..4, 30, 300).await;
         assert_answers_like(&[&nodes[0], &nodes[1], &nodes[2]], &reference.client).await;
+        reference.stop().await;
     });
 }
 
@@ -566,5 +568,43 @@ fn a_paused_node_fails_over_and_never_answers_staler_than_its_bound() {
         send_reference(&reference.client, 0..3, 2, 300).await;
         send_reference(&reference.client, 3..6, 6, 300).await;
         assert_answers_like(&[&nodes[0], &nodes[1], &nodes[2]], &reference.client).await;
+        reference.stop().await;
+    });
+}
+
+/// A regional server pushes into a cluster (to one node): every node of
+/// the cluster merges the region's records and answers as a single server
+/// that ingested the region's rows.
+#[test]
+fn a_region_pushes_into_a_cluster_and_every_node_merges_it() {
+    run(async {
+        let Some(nats) = Nats::start() else { return };
+        let root = tempfile::tempdir().unwrap();
+        let nodes = nodes(root.path(), &nats, TOML);
+        let region_dir = tempfile::tempdir().unwrap();
+        let mut replication =
+            sketchd::config::ReplicationConfig::new("eu".into(), nodes[0].url()).unwrap();
+        replication.push_interval = Duration::from_millis(150);
+        let region = common::start_with(sketchd::config::ServerConfig {
+            replication: Some(replication),
+            ..common::config(region_dir.path())
+        })
+        .await;
+        send_reference(&region.client, 0..3, 6, 300).await;
+        region
+            .client
+            .sync()
+            .await
+            .expect("the region's push is acknowledged");
+        let total = 3 * 6 * 300;
+        for node in &nodes {
+            until_caught_up(&node.url(), total).await;
+        }
+        let ref_dir = tempfile::tempdir().unwrap();
+        let reference = common::start(ref_dir.path()).await;
+        send_reference(&reference.client, 0..3, 6, 300).await;
+        assert_answers_like(&[&nodes[0], &nodes[1], &nodes[2]], &reference.client).await;
+        region.stop().await;
+        reference.stop().await;
     });
 }
