@@ -404,6 +404,11 @@ fn a_killed_node_loses_nothing_and_every_node_answers_as_one_server() {
         }
         nodes[1].start();
         until_caught_up(&nodes[1].url(), total).await;
+        let status = nodes[1].client().await.replication_status().await.unwrap();
+        let cluster = status.cluster.expect("a cluster node says so");
+        assert_eq!(cluster.node, "b");
+        assert!(cluster.applied_position >= 4 * 30, "{cluster:?}");
+        assert!((0..=1000).contains(&cluster.staleness_ms), "{cluster:?}");
         assert_answers_like(&[&nodes[0], &nodes[1], &nodes[2]], &reference.client).await;
 
         nodes[1].stop();

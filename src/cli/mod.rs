@@ -105,7 +105,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Replay a peers world file against a server and measure ingest and queries.
     Loadgen(loadgen::LoadgenArgs),
-    /// Replication state: this node's pushes and the regions merged into it.
+    /// Replication and cluster state: pushes, regions merged, the cluster log position and staleness.
     Status(status::StatusArgs),
     /// Make a regional node checkpoint and push everything to its upstream now.
     Sync(status::SyncArgs),

@@ -1,4 +1,5 @@
-//! `sketchd status` and `sketchd sync`: replication state and a push on demand.
+//! `sketchd status` and `sketchd sync`: replication and cluster state, and a
+//! push on demand.
 
 use time::OffsetDateTime;
 
@@ -63,11 +64,39 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             "pending_records": s.pending_records,
             "last_error": s.last_error,
             "regions": regions,
+            "cluster": s.cluster.as_ref().map(|c| serde_json::json!({
+                "node": c.node,
+                "log": c.log,
+                "applied_position": c.applied_position,
+                "staleness_ms": (c.staleness_ms >= 0).then_some(c.staleness_ms),
+                "max_staleness_ms": c.max_staleness_ms,
+                "failed": (!c.failed.is_empty()).then_some(&c.failed),
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
     println!("revision          {}", s.revision);
+    if let Some(c) = &s.cluster {
+        println!("cluster node      {} ({})", c.node, c.log);
+        println!("applied position  {}", c.applied_position);
+        if c.staleness_ms < 0 {
+            println!("staleness         catching up (reads refused)");
+        } else {
+            let refused = if c.staleness_ms > c.max_staleness_ms {
+                " (reads refused)"
+            } else {
+                ""
+            };
+            println!(
+                "staleness         {} ms, bound {} ms{refused}",
+                c.staleness_ms, c.max_staleness_ms
+            );
+        }
+        if !c.failed.is_empty() {
+            println!("stopped applying  {} (restart this node)", c.failed);
+        }
+    }
     if s.upstream.is_empty() {
         println!("upstream          none");
     } else {

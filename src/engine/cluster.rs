@@ -180,6 +180,16 @@ impl Node {
         })
     }
 
+    /// The configured bound on stale reads.
+    pub fn max_staleness(&self) -> Duration {
+        self.config.max_staleness
+    }
+
+    /// Why this node stopped applying the log, if it did.
+    pub fn failed(&self) -> Option<String> {
+        self.failed.lock().clone()
+    }
+
     fn fail(&self, why: String) {
         tracing::error!(reason = %why, "this cluster node stopped applying the log");
         self.failed.lock().get_or_insert(why);

@@ -201,9 +201,18 @@ impl pb::replication_server::Replication for ReplicationService {
                 records: m.records,
             })
             .collect();
+        let cluster = self.engine.cluster_node().map(|n| pb::ClusterStatus {
+            node: n.node_name().to_owned(),
+            log: n.log().describe(),
+            applied_position: n.applied_position(),
+            staleness_ms: n.staleness().map_or(-1, |d| d.as_millis() as i64),
+            max_staleness_ms: n.max_staleness().as_millis() as i64,
+            failed: n.failed().unwrap_or_default(),
+        });
         let mut out = pb::ReplicationStatus {
             revision,
             regions,
+            cluster,
             ..Default::default()
         };
         if let Some(pusher) = &self.pusher {
