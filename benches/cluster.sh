@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One sketchd node against a 3-node cluster on NATS JetStream, on the same
 # world, in the same run: ingest obs/s, ack p50/p99, and the CPU seconds of
-# every server process (sketchd nodes and nats-servers).
+# the sketchd and the nats-server processes (ingest and the query set).
 #
 #   benches/cluster.sh [SCALE]        default SCALE=0.01 (0.1: a few minutes)
 #
@@ -69,29 +69,26 @@ serve() { # NAME PORT [cluster args...]
   log "$name did not start; see $RUN/$name.log"; exit 1
 }
 
-loadgen() { # LABEL URLS PIDS...
-  local label=$1 urls=$2; shift 2
-  local before after
-  before=$(cpu "$@")
+loadgen() { # LABEL URLS SKETCHD_PIDS [NATS_PIDS]
+  local label=$1 urls=$2 sk=$3 nats=${4:-}
+  local sk0 sk1 n0=0 n1=0
+  sk0=$(cpu $sk); [ -n "$nats" ] && n0=$(cpu $nats)
   "$BIN" loadgen --server "$urls" --world "$DATA/observations.bin" --truth "$DATA/truth.json" \
     --namespace peers --collectors "${COLLECTORS:-4}" --batch-rows "${BATCH_ROWS:-100000}" \
     --repeats "${REPEATS:-3}" --settle-timeout 0 --json >"$RUN/$label.json"
-  after=$(cpu "$@")
-  python3 - "$RUN/$label.json" "$label" "$before" "$after" <<'PY'
+  sk1=$(cpu $sk); [ -n "$nats" ] && n1=$(cpu $nats)
+  python3 - "$RUN/$label.json" "$label" "$sk0" "$sk1" "$n0" "$n1" <<'PY'
 import json, sys
-path, label, before, after = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-r = json.load(open(path))
-i = r.get("ingest", r)
-def g(*keys):
-    for k in keys:
-        if k in i: return i[k]
-    return None
-print(f"| {label} | {g('obs_per_s', 'ingest_obs_per_s') or 0:,.0f} | {g('ack_p50_ms')} | {g('ack_p99_ms')} | {after - before:.1f} |")
+path, label = sys.argv[1], sys.argv[2]
+sk0, sk1, n0, n1 = map(float, sys.argv[3:7])
+i = json.load(open(path))
+print(f"| {label} | {i['ingest_obs_per_s']:,.0f} | {i['ack_p50_ms']:.0f} | {i['ack_p99_ms']:.0f} "
+      f"| {sk1 - sk0:.1f} | {n1 - n0:.1f} |")
 PY
 }
 
-echo "| setup | ingest obs/s | ack p50 ms | ack p99 ms | server CPU s (all processes) |"
-echo "|---|---|---|---|---|"
+echo "| setup | ingest obs/s | ack p50 ms | ack p99 ms | sketchd CPU s | nats-server CPU s |"
+echo "|---|---|---|---|---|---|"
 serve single $BASE
 loadgen "1 node (sled only)" "http://127.0.0.1:$BASE" "${PIDS[0]}"
 kill "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true; PIDS=()
@@ -103,4 +100,4 @@ for n in 1 2 3; do
   serve "node$n" $((BASE+n)) --cluster "$NATS" --node "node$n"
   URLS="$URLS${URLS:+,}http://127.0.0.1:$((BASE+n))"
 done
-loadgen "3 nodes + 3 nats-servers (R3)" "$URLS" "${PIDS[@]}" "${NATS_PIDS[@]}"
+loadgen "3 nodes + 3 nats-servers (R3)" "$URLS" "${PIDS[*]}" "${NATS_PIDS[*]}"

@@ -251,6 +251,21 @@ struct Acked {
     rows: AtomicU64,
 }
 
+/// The longest time without a new acknowledgement until `sending` ends.
+async fn longest_pause(acked: &Acked, sending: &tokio::task::JoinHandle<u64>) -> Duration {
+    let (mut last, mut seen, mut longest) = (Instant::now(), 0, Duration::ZERO);
+    while !sending.is_finished() {
+        let now = acked.rows.load(Ordering::Relaxed);
+        if now != seen {
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+            seen = now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    longest
+}
+
 /// Sends `batches` batches of `per_batch` rows from each of `collectors`
 /// collectors (ids `first_collector..`), each through `urls` rotated by its
 /// index so that they start on different nodes; returns the rows
@@ -391,6 +406,11 @@ fn a_killed_node_loses_nothing_and_every_node_answers_as_one_server() {
         }
         nodes[1].kill();
         let at_kill = acked.rows.load(Ordering::Relaxed);
+        let longest = longest_pause(&acked, &sending).await;
+        eprintln!(
+            "node b killed; longest pause between acknowledgements {} ms",
+            longest.as_millis()
+        );
         let total = sending.await.unwrap();
         assert_eq!(total, 4 * 30 * 300);
         assert!(at_kill < total, "the kill happened while collectors sent");
@@ -479,17 +499,7 @@ fn killing_the_stream_leader_pauses_ingest_briefly_and_loses_nothing() {
         let leader = nats.stream_leader().await;
         signal(nats.pid(&leader), libc::SIGKILL);
         let killed = Instant::now();
-        // The longest time without a new acknowledgement after the kill.
-        let (mut last, mut seen, mut longest) = (Instant::now(), 0, Duration::ZERO);
-        while !sending.is_finished() {
-            let now = acked.rows.load(Ordering::Relaxed);
-            if now != seen {
-                longest = longest.max(last.elapsed());
-                last = Instant::now();
-                seen = now;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let longest = longest_pause(&acked, &sending).await;
         let total = sending.await.unwrap();
         eprintln!(
             "stream leader {leader} killed; longest pause between acknowledgements {} ms; \
