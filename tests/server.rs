@@ -780,6 +780,37 @@ async fn health_and_reflection_are_served() {
     ] {
         assert!(names.contains(service), "{service} missing from {names:?}");
     }
+
+    // v1alpha too, for clients that know only it (grpcurl 1.8, Python's
+    // grpcio-reflection).
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let mut alpha = AlphaClient::new(
+        tonic::transport::Endpoint::from_shared(server.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let reply = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(AlphaResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected v1alpha reflection answer");
+    };
+    let names: HashSet<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains("sketchd.v1.Ingest"), "{names:?}");
     server.stop().await;
 }
 
