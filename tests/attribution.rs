@@ -267,7 +267,7 @@ async fn reload_under_concurrent_ingest_loses_nothing() {
         let client = server.client.clone();
         senders.push(tokio::spawn(async move {
             let mut sent = 0u64;
-            for seq in 0..40u64 {
+            for seq in 1..=40u64 {
                 let mut b = BatchBuilder::new();
                 for i in 0..500u32 {
                     // Addresses in the custom network, which the reload remaps.

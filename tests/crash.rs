@@ -67,7 +67,7 @@ async fn sigkill_while_collectors_send_loses_no_acknowledged_batch() {
         let client = client.clone();
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            for seq in 0..10_000u64 {
+            for seq in 1..=10_000u64 {
                 match client.ingest(request(c, seq, now)).await {
                     Ok(reply) => {
                         assert!(!reply.duplicate);

@@ -106,7 +106,7 @@ async fn loaded() -> (tempfile::TempDir, TestServer, Vec<Observation>) {
         chunk.iter().for_each(|r| b.push(r));
         server
             .client
-            .ingest(b.build(NS, "c", i as u64))
+            .ingest(b.build(NS, "c", i as u64 + 1))
             .await
             .unwrap();
     }

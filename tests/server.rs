@@ -137,7 +137,7 @@ async fn ingest_then_count_matches_truth_within_bounds() {
     let rows = world(1, 120_000, 10, 40_000);
     let mut acked = 0;
     for (i, chunk) in rows.chunks(25_000).enumerate() {
-        let reply = send(&server, chunk, "c1", i as u64).await;
+        let reply = send(&server, chunk, "c1", i as u64 + 1).await;
         assert!(!reply.duplicate);
         acked += reply.rows_accepted;
     }
@@ -195,7 +195,7 @@ async fn restart_gives_the_same_answers() {
     let rows = world(2, 60_000, 5, 30_000);
     let server = common::start(dir.path()).await;
     for (i, chunk) in rows.chunks(20_000).enumerate() {
-        send(&server, chunk, "c1", i as u64).await;
+        send(&server, chunk, "c1", i as u64 + 1).await;
     }
     let w = window(0, 5);
     let before = server
@@ -824,7 +824,7 @@ async fn concurrent_collectors_share_group_commits_and_lose_nothing() {
         let client = server.client.clone();
         let mut b = BatchBuilder::new();
         chunk.iter().for_each(|r| b.push(r));
-        let req = b.build(NS, &format!("collector-{}", i % 8), i as u64);
+        let req = b.build(NS, &format!("collector-{}", i % 8), i as u64 + 1);
         tasks.push(tokio::spawn(async move {
             client.ingest(req).await.unwrap().rows_accepted
         }));
@@ -954,13 +954,13 @@ async fn the_memtable_keeps_to_its_byte_budget() {
     let mut sent = 0;
     let mut peak = 0.0f64;
     let mut first_batch = 0.0f64;
-    for seq in 0..12 {
+    for seq in 1..=12 {
         // Dense global and country sketches on 30 days: ~1.5 MiB per batch.
         let rows = world(1_000 + seq, 40_000, 30, 500_000);
         send(&server, &rows, "budget", seq).await;
         sent += rows.len() as u64;
         let bytes = metric(&scrape(&server).await, "sketchd_memtable_bytes");
-        if seq == 0 {
+        if seq == 1 {
             first_batch = bytes;
         }
         peak = peak.max(bytes);

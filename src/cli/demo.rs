@@ -341,7 +341,8 @@ async fn send(client: &Client, rows: Vec<(i64, u32)>, collectors: usize) -> anyh
                 let request = pb::IngestRequest {
                     namespace: "demo".into(),
                     collector_id: format!("demo-{c}"),
-                    sequence: seq as u64,
+                    // Sequences start at 1 (0 is refused).
+                    sequence: seq as u64 + 1,
                     ipv4: chunk.iter().map(|r| r.1).collect(),
                     unix_seconds: chunk.iter().map(|r| r.0).collect(),
                     ..Default::default()

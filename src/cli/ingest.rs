@@ -51,8 +51,8 @@ pub struct IngestArgs {
     /// One attempt without an answer for this long is retried (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     attempt_timeout: Duration,
-    /// Number batches from here instead of hashing their content and position.
-    #[arg(long)]
+    /// Number batches from here (at least 1) instead of hashing their content and position.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     first_sequence: Option<u64>,
     /// No summary line (errors still go to stderr).
     #[arg(long, conflicts_with = "json")]

@@ -5,7 +5,7 @@
 //! records `ts u32 | ip u32 | org u32 | cc 2 bytes`, little-endian) is cut
 //! into chunks of `--batch-rows` records. Collector `i` of `N` sends chunks
 //! `i, i + N, i + 2N, …` on its own connection, with its own collector id
-//! (`loadgen-<i>`) and sequence numbers `0, 1, 2, …`, one batch in flight at
+//! (`loadgen-<i>`) and sequence numbers `1, 2, 3, …`, one batch in flight at
 //! a time; the next batch is read (positioned reads, the file is never
 //! loaded whole) and encoded on a blocking thread while the current one
 //! waits for its acknowledgement, which the server sends only once the batch
@@ -618,7 +618,7 @@ async fn send_chunks(
     let id = format!("loadgen-{index}");
     let step = plan.collectors as u64;
     let mut k = index as u64;
-    let mut sequence = 0u64;
+    let mut sequence = 1u64;
     if k >= plan.chunks() {
         return Ok(());
     }

@@ -64,7 +64,7 @@ use crate::pb;
 pub enum Sequences {
     /// A hash of the batch's content and input position (the default).
     ContentHash,
-    /// `n, n + 1, …` in the order batches are cut.
+    /// `n, n + 1, …` in the order batches are cut; `n` is at least 1.
     From(u64),
 }
 
@@ -367,6 +367,11 @@ impl Collector {
                 "the batch delay must be positive".into(),
             ));
         }
+        if options.sequences == Sequences::From(0) {
+            return Err(CollectorError::Options(
+                "sequences start at 1: the server refuses sequence 0".into(),
+            ));
+        }
         let options = Arc::new(options);
         let progress = Arc::new(Progress::default());
         let (tx, rx) = mpsc::channel(1);
@@ -439,8 +444,10 @@ impl Collector {
         let mut request = builder.build(&self.options.namespace, &self.options.collector_id, 0);
         request.sequence = match &mut self.next_sequence {
             Some(n) => {
-                *n += 1;
-                *n - 1
+                let sequence = *n;
+                // After u64::MAX comes 1: 0 is refused.
+                *n = n.wrapping_add(1).max(1);
+                sequence
             }
             None => content_sequence(&request, first_row),
         };
@@ -559,7 +566,8 @@ impl Collector {
 }
 
 /// The content-hash sequence of a batch whose first row is `first_row` of
-/// its input: xxh3 over the position and every column, length-prefixed.
+/// its input: xxh3 over the position and every column, length-prefixed;
+/// never 0, which the server refuses.
 pub fn content_sequence(request: &pb::IngestRequest, first_row: u64) -> u64 {
     let mut h = Xxh3::new();
     h.update(b"sketchd batch v1");
@@ -588,7 +596,7 @@ pub fn content_sequence(request: &pb::IngestRequest, first_row: u64) -> u64 {
         let codes: Vec<u8> = index.iter().flat_map(|c| c.to_le_bytes()).collect();
         column(&codes);
     }
-    h.digest()
+    h.digest().max(1)
 }
 
 /// The task that sends queued batches, one at a time, with retries.

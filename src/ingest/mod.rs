@@ -111,6 +111,14 @@ pub fn prepare(
     tables: &Attributor,
 ) -> Result<PreparedBatch> {
     validate_collector(&batch.collector)?;
+    if batch.sequence == 0 {
+        return Err(Error::invalid(
+            "sequence",
+            "0 is not a batch number: number batches from 1 (each (namespace, collector_id, \
+             sequence) is applied once, so batches that leave it unset would be dropped as \
+             repeats of the first)",
+        ));
+    }
     if !batch.ipv6.len().is_multiple_of(16) {
         return Err(Error::invalid(
             "ipv6",

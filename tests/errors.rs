@@ -1,0 +1,75 @@
+//! Every refusal of the API, table-driven, over gRPC against the real
+//! server: the exact wrong input, the status code, and a stable part of
+//! the message (which names the field, and says what to do).
+
+mod common;
+
+use common::APRIL_1;
+use sketchd::client::{BatchBuilder, Client, Observation};
+use sketchd::pb;
+use tonic::{Code, Status};
+
+const NS: &str = "errors";
+
+/// One request of any RPC the table uses.
+enum Call {
+    Ingest(pb::IngestRequest),
+}
+
+/// The status of `call` (OK when it succeeded).
+async fn status(client: &Client, call: Call) -> Status {
+    let result = match call {
+        Call::Ingest(r) => client.ingest_client().ingest(r).await.map(|_| ()),
+    };
+    match result {
+        Ok(()) => Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+/// A batch of `rows` IPv4 rows from 10.0.0.1 at `APRIL_1`.
+fn batch(collector: &str, sequence: u64, rows: u32, first_ip: u32) -> pb::IngestRequest {
+    let mut b = BatchBuilder::new();
+    for i in 0..rows {
+        b.push(&Observation {
+            ip: std::net::Ipv4Addr::from(0x0a00_0000 + first_ip + i).into(),
+            unix_seconds: APRIL_1,
+            org: Some("AS64500".into()),
+            country: Some("DE".into()),
+        });
+    }
+    b.build(NS, collector, sequence)
+}
+
+#[tokio::test]
+async fn api_misuse_is_refused_with_a_status_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(&dir.path().join("data")).await;
+    let client = &server.client;
+    // Data to query, and a batch whose id a later case reuses.
+    client.ingest(batch("c", 1, 10, 0)).await.unwrap();
+
+    let cases: Vec<(&str, Call, Code, &[&str])> = vec![(
+        "a client that never sets sequence",
+        Call::Ingest(batch("c", 0, 5, 100)),
+        Code::InvalidArgument,
+        &["invalid sequence", "number batches from 1"],
+    )];
+    for (what, call, code, parts) in cases {
+        let got = status(client, call).await;
+        assert_eq!(got.code(), code, "{what}: {got:?}");
+        for part in parts {
+            assert!(
+                got.message().contains(part),
+                "{what}: {:?} lacks {part:?}",
+                got.message()
+            );
+        }
+        assert!(
+            got.message().len() <= 1_024,
+            "{what}: a message of {} bytes",
+            got.message().len()
+        );
+    }
+    server.stop().await;
+}
