@@ -5,7 +5,6 @@
 //! `Arc<Engine>`; ingest and query functions take `&Engine`.
 //! [`Engine::shutdown`] stops taking batches, checkpoints and flushes.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use crate::catalog::{Catalog, Namespace};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::ingest::commit::{Applied, CheckpointPolicy, GroupCommit, Shared, Work};
+use crate::ingest::dedupe::AppliedBatches;
 use crate::ingest::{self, codec, BatchLimits, ObservationBatch};
 use crate::metrics::Metrics;
 use crate::replication::{self, MergeBatch};
@@ -83,7 +83,7 @@ impl Engine {
         }
         let checkpoint_lsn = store.checkpoint_lsn()?;
         let (wal, records) = Wal::open(&store.wal_dir(), checkpoint_lsn)?;
-        let mut applied: HashSet<_> = store.applied_batches()?.into_iter().collect();
+        let mut applied: AppliedBatches = store.applied_batches()?.into_iter().collect();
         let mut mem = MemState {
             index: store.load_index()?,
             ..MemState::default()

@@ -29,6 +29,15 @@ pub enum Error {
     #[error("{0}")]
     LimitExceeded(String),
 
+    /// A batch id (namespace, collector, sequence) came again with other
+    /// rows; nothing of the batch was applied.
+    #[error(
+        "collector {collector:?} already sent sequence {sequence} with other rows; nothing of \
+         this batch was applied: give every batch its own sequence (a retry must resend the \
+         same rows)"
+    )]
+    SequenceReused { collector: String, sequence: u64 },
+
     #[error("namespace {0:?} does not exist")]
     NamespaceNotFound(String),
 

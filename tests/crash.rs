@@ -119,6 +119,19 @@ async fn sigkill_while_collectors_send_loses_no_acknowledged_batch() {
         rows(acked.len()),
         rows(in_flight.len())
     );
+    // The last acknowledged batch (in the log, or in sled) keeps the
+    // digest of its rows: its id with other rows is refused, the same
+    // rows again are a duplicate.
+    let &(c, seq) = acked.last().unwrap();
+    let mut other = request(c + 100, seq, now);
+    other.collector_id = format!("collector-{c}");
+    match client.ingest(other).await {
+        Err(sketchd::client::ClientError::Status(s)) => {
+            assert_eq!(s.code(), tonic::Code::AlreadyExists, "{s:?}")
+        }
+        other => panic!("a reused id with other rows: {other:?}"),
+    }
+    assert!(client.ingest(request(c, seq, now)).await.unwrap().duplicate);
     // Collectors re-send what they did not see acknowledged.
     for &(c, seq) in &in_flight {
         client.ingest(request(c, seq, now)).await.unwrap();

@@ -49,12 +49,24 @@ async fn api_misuse_is_refused_with_a_status_naming_the_field() {
     // Data to query, and a batch whose id a later case reuses.
     client.ingest(batch("c", 1, 10, 0)).await.unwrap();
 
-    let cases: Vec<(&str, Call, Code, &[&str])> = vec![(
-        "a client that never sets sequence",
-        Call::Ingest(batch("c", 0, 5, 100)),
-        Code::InvalidArgument,
-        &["invalid sequence", "number batches from 1"],
-    )];
+    let cases: Vec<(&str, Call, Code, &[&str])> = vec![
+        (
+            "a client that never sets sequence",
+            Call::Ingest(batch("c", 0, 5, 100)),
+            Code::InvalidArgument,
+            &["invalid sequence", "number batches from 1"],
+        ),
+        (
+            "(namespace, collector, sequence) reused with other rows",
+            Call::Ingest(batch("c", 1, 10, 1)),
+            Code::AlreadyExists,
+            &[
+                "collector \"c\" already sent sequence 1 with other rows",
+                "nothing of this batch was applied",
+                "its own sequence",
+            ],
+        ),
+    ];
     for (what, call, code, parts) in cases {
         let got = status(client, call).await;
         assert_eq!(got.code(), code, "{what}: {got:?}");

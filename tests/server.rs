@@ -268,6 +268,18 @@ async fn a_retried_batch_is_not_double_counted_even_after_restart() {
     let server = common::start(dir.path()).await;
     let after_restart = send(&server, &rows, "eu-1", 7).await;
     assert!(after_restart.duplicate);
+    // The id with other rows is another batch that reuses it: refused,
+    // also after the restart (the digest of the rows is kept with the id).
+    let mut b = BatchBuilder::new();
+    rows[1..].iter().for_each(|r| b.push(r));
+    let reused = server.client.ingest(b.build(NS, "eu-1", 7)).await;
+    match reused {
+        Err(sketchd::client::ClientError::Status(s)) => {
+            assert_eq!(s.code(), Code::AlreadyExists, "{s:?}");
+            assert!(s.message().contains("sequence 7"), "{s:?}");
+        }
+        other => panic!("a reused id: {other:?}"),
+    }
     assert_eq!(
         server
             .client

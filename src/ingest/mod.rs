@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod commit;
+pub mod dedupe;
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::sketch::{hash_ipv4, hash_ipv6, hash_org, Sketch};
 use crate::store::index::OrgCountry;
 use crate::store::keys::{
-    country_dim, country_sector_dim, org_dim, sector_dim, CounterKey, DedupeKey, Family,
+    country_dim, country_sector_dim, org_dim, sector_dim, BatchId, CounterKey, DedupeKey, Family,
     NamespaceId, SketchKey,
 };
 use crate::store::memtable::{row_source, MemState, MIXED_SOURCES};
@@ -62,6 +63,9 @@ pub struct PreparedBatch {
     pub ns: NamespaceId,
     pub collector: String,
     pub sequence: u64,
+    /// [`dedupe::rows_digest`] of the batch as sent; `None` in log records
+    /// written before digests were kept.
+    pub digest: Option<u64>,
     pub ipv4: Vec<u32>,
     pub ipv6: Vec<[u8; 16]>,
     /// Per row (IPv4 rows first, then IPv6 rows).
@@ -85,11 +89,14 @@ impl PreparedBatch {
         self.days.len()
     }
 
-    pub fn id(&self) -> DedupeKey {
-        DedupeKey {
-            ns: self.ns,
-            collector: self.collector.clone(),
-            sequence: self.sequence,
+    pub fn id(&self) -> BatchId {
+        BatchId {
+            key: DedupeKey {
+                ns: self.ns,
+                collector: self.collector.clone(),
+                sequence: self.sequence,
+            },
+            digest: self.digest,
         }
     }
 }
@@ -133,6 +140,7 @@ pub fn prepare(
             limits.max_rows
         )));
     }
+    let digest = dedupe::rows_digest(&batch);
     check_column_len("unix_seconds", batch.unix_seconds.len(), rows, false)?;
     check_column_len("org_index", batch.org_index.len(), rows, true)?;
     check_column_len("country_index", batch.country_index.len(), rows, true)?;
@@ -268,6 +276,7 @@ pub fn prepare(
         ns: ns.id,
         collector: batch.collector,
         sequence: batch.sequence,
+        digest: Some(digest),
         ipv4: batch.ipv4,
         ipv6,
         days,
@@ -629,6 +638,7 @@ mod tests {
             ns: 1,
             collector: "c".into(),
             sequence,
+            digest: None,
             ipv4: rows.iter().map(|r| r.3).collect(),
             ipv6: Vec::new(),
             days: rows.iter().map(|r| r.2).collect(),
