@@ -31,6 +31,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::catalog::validate_name;
+use crate::error::quoted;
 
 /// What a caller may do. `Admin` implies every other role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -408,8 +409,9 @@ pub fn authorize<T>(request: &Request<T>, namespace: &str, role: Role) -> Result
         "permission denied"
     );
     Err(Status::permission_denied(format!(
-        "{:?} may not do this on namespace {namespace:?} (needs role {role})",
-        caller.name()
+        "{:?} may not do this on namespace {} (needs role {role})",
+        caller.name(),
+        quoted(namespace)
     )))
 }
 

@@ -15,7 +15,7 @@
 
 use crate::catalog::Namespace;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::sketch::{Estimate, Sketch};
 use std::collections::HashSet;
 
@@ -43,6 +43,19 @@ pub enum Scope {
     /// Orgs with this sector label in the org registry.
     Sector(String),
     CountrySector([u8; 2], String),
+}
+
+impl Scope {
+    /// What kind of scope it is, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scope::Global => "the global scope",
+            Scope::Country(_) => "a country",
+            Scope::Org(_) => "an org",
+            Scope::Sector(_) => "a sector",
+            Scope::CountrySector(..) => "a country and sector",
+        }
+    }
 }
 
 /// A count and the part of the window that holds data.
@@ -276,6 +289,16 @@ pub enum GroupBy {
     Sector,
 }
 
+impl GroupBy {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupBy::Country => "country",
+            GroupBy::Org => "org",
+            GroupBy::Sector => "sector",
+        }
+    }
+}
+
 /// One group's estimate.
 #[derive(Clone, Debug)]
 pub struct GroupRow {
@@ -374,7 +397,12 @@ fn group_dims(
         }
         (_, by, within) => Err(Error::invalid(
             "within",
-            format!("grouping by {by:?} within {within:?} is not supported"),
+            format!(
+                "grouping by {} within {} is not supported: group within nothing, a country or \
+                 a sector",
+                by.name(),
+                within.kind()
+            ),
         )),
     }
 }
@@ -704,7 +732,10 @@ impl Step {
                 .filter(|&n| n > 0)
                 .map(Step::Days)
                 .ok_or_else(|| {
-                    Error::invalid(field, format!("{text:?}: use day, week, month or Nd"))
+                    Error::invalid(
+                        field,
+                        format!("{} is not a step: use day, week, month or Nd", quoted(text)),
+                    )
                 }),
         }
     }

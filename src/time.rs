@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use time::{macros::format_description, Date, OffsetDateTime};
 
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 
 /// Seconds in a UTC day.
 pub const SECONDS_PER_DAY: i64 = 86_400;
@@ -35,9 +35,9 @@ impl Day {
     pub fn parse(text: &str) -> std::result::Result<Day, String> {
         let format = format_description!("[year]-[month]-[day]");
         let date = Date::parse(text, &format)
-            .map_err(|e| format!("{text:?} is not a date YYYY-MM-DD ({e})"))?;
+            .map_err(|e| format!("{} is not a date YYYY-MM-DD ({e})", quoted(text)))?;
         let unix = date.midnight().assume_utc().unix_timestamp();
-        Day::from_unix_seconds(unix).ok_or_else(|| format!("{text:?} is before 1970-01-01"))
+        Day::from_unix_seconds(unix).ok_or_else(|| format!("{} is before 1970-01-01", quoted(text)))
     }
 
     /// Parses a field of a request, naming the field in the error.

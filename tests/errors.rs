@@ -14,12 +14,14 @@ const NS: &str = "errors";
 /// One request of any RPC the table uses.
 enum Call {
     Ingest(pb::IngestRequest),
+    Count(pb::CountRequest),
 }
 
 /// The status of `call` (OK when it succeeded).
 async fn status(client: &Client, call: Call) -> Status {
     let result = match call {
         Call::Ingest(r) => client.ingest_client().ingest(r).await.map(|_| ()),
+        Call::Count(r) => client.query_client().count(r).await.map(|_| ()),
     };
     match result {
         Ok(()) => Status::ok(""),
@@ -39,6 +41,24 @@ fn batch(collector: &str, sequence: u64, rows: u32, first_ip: u32) -> pb::Ingest
         });
     }
     b.build(NS, collector, sequence)
+}
+
+fn count(namespace: &str, scope: pb::Scope, from: &str, to: &str) -> pb::CountRequest {
+    pb::CountRequest {
+        namespace: namespace.into(),
+        metric: pb::Metric::Ips as i32,
+        scope: Some(scope),
+        from: from.into(),
+        to: to.into(),
+        confidence: 0.0,
+    }
+}
+
+fn country(cc: &str) -> pb::Scope {
+    pb::Scope {
+        country: cc.into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -65,6 +85,26 @@ async fn api_misuse_is_refused_with_a_status_naming_the_field() {
                 "nothing of this batch was applied",
                 "its own sequence",
             ],
+        ),
+        (
+            "a 70 KB value is quoted short",
+            Call::Count(count(NS, country("DE"), &"x".repeat(70_000), "2026-05-01")),
+            Code::InvalidArgument,
+            &[
+                "invalid from: \"xxxxxxxx",
+                "…\" (70000 bytes) is not a date YYYY-MM-DD",
+            ],
+        ),
+        (
+            "a 70 KB country is quoted short",
+            Call::Count(count(
+                NS,
+                country(&"Q".repeat(70_000)),
+                "2026-04-01",
+                "2026-05-01",
+            )),
+            Code::InvalidArgument,
+            &["invalid scope.country", "(70000 bytes) is not a two-letter"],
         ),
     ];
     for (what, call, code, parts) in cases {

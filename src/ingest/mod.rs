@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use crate::attribution::{Attribution, Attributor, OrgIdx};
 use crate::catalog::Namespace;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::sketch::{hash_ipv4, hash_ipv6, hash_org, Sketch};
 use crate::store::index::OrgCountry;
 use crate::store::keys::{
@@ -575,7 +575,7 @@ fn validate_org(org: &str) -> std::result::Result<(), String> {
         ));
     }
     if org.chars().any(char::is_control) {
-        return Err(format!("{org:?} contains a control character"));
+        return Err(format!("{} contains a control character", quoted(org)));
     }
     if org == UNATTRIBUTED_ORG {
         return Err(format!("{org:?} is reserved for rows no table covers"));
@@ -586,10 +586,12 @@ fn validate_org(org: &str) -> std::result::Result<(), String> {
 /// Parses an ISO 3166-1 alpha-2 code (officially assigned, plus `EU` and
 /// the user-assigned `ZZ` that marks unattributed rows).
 pub fn parse_country(code: &str) -> std::result::Result<[u8; 2], String> {
-    let bytes: [u8; 2] = code
-        .as_bytes()
-        .try_into()
-        .map_err(|_| format!("{code:?} is not a two-letter ISO 3166-1 alpha-2 code"))?;
+    let bytes: [u8; 2] = code.as_bytes().try_into().map_err(|_| {
+        format!(
+            "{} is not a two-letter ISO 3166-1 alpha-2 code",
+            quoted(code)
+        )
+    })?;
     if !bytes.iter().all(u8::is_ascii_uppercase) {
         return Err(format!("{code:?} is not upper-case ISO 3166-1 alpha-2"));
     }

@@ -19,16 +19,33 @@ use crate::auth::{authorize, authorize_everywhere, authorize_somewhere, Role};
 use crate::catalog::{fingerprint_hex, Namespace};
 use crate::config::NamespacePolicy;
 use crate::engine::Engine;
-use crate::error::Error;
+use crate::error::{quoted, Error};
 use crate::ingest::{parse_country, ObservationBatch};
 use crate::pb;
 use crate::query::{self, GroupBy, GroupSpec, Metric, Scope, Step, DEFAULT_CONFIDENCE};
 use crate::sketch::Estimate;
 use crate::time::DayWindow;
 
+/// Longest status message sent, in bytes: it travels in a header. Values
+/// are quoted short (`error::quoted`); this bounds everything else.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes on a character boundary.
+pub fn capped(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut cut = MAX_STATUS_MESSAGE - "…".len();
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
+
 /// Maps a domain error to a gRPC status.
 pub fn status(err: Error) -> Status {
-    let message = err.to_string();
+    let message = capped(err.to_string());
     match err {
         Error::InvalidArgument { .. } | Error::InvalidRow { .. } => {
             Status::invalid_argument(message)
@@ -118,7 +135,8 @@ fn validate_sector(sector: &str) -> Result<(), String> {
             .any(|c| c.is_control() || c == '/' || c.is_uppercase())
     {
         return Err(format!(
-            "{sector:?} is not a sector label (lower case, no '/', at most 64 bytes)"
+            "{} is not a sector label (lower case, no '/', at most 64 bytes)",
+            quoted(sector)
         ));
     }
     Ok(())
