@@ -44,6 +44,21 @@ pub enum Error {
     #[error("namespace {} does not exist", quoted(.0))]
     NamespaceNotFound(String),
 
+    /// A query's scope names an org, sector or country the namespace has
+    /// never seen (its count would be a zero that looks real).
+    #[error(
+        "{field}: namespace {} has no observation of {kind} {}; check the spelling (GroupBy \
+         by {kind} lists the ones it has)",
+        quoted(namespace),
+        quoted(value)
+    )]
+    UnknownInScope {
+        field: String,
+        kind: &'static str,
+        value: String,
+        namespace: String,
+    },
+
     #[error("namespace {} already exists with a different policy", quoted(.0))]
     NamespaceExists(String),
 

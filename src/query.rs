@@ -12,6 +12,11 @@
 //! counts, group-by and compare by country, series, retention. It holds the
 //! same facts as the org sketch families, so the answers are theirs without
 //! the error. Sector scopes read the sketches.
+//!
+//! A scope that names an org, sector or country the namespace has never
+//! seen is refused (`known`), not answered with a zero that looks real.
+
+mod known;
 
 use crate::catalog::Namespace;
 use crate::engine::Engine;
@@ -92,6 +97,12 @@ fn series_of(metric: Metric, scope: &Scope) -> Result<(Family, u64)> {
     })
 }
 
+/// Refuses `scope` (the request field `field`) if it names an org, sector
+/// or country `ns` has never seen.
+fn require_known(engine: &Engine, ns: &Namespace, field: &str, scope: &Scope) -> Result<()> {
+    known::require_known(&engine.mem.read().index, ns, field, scope)
+}
+
 /// The namespace's days with data, clipped to `window`.
 fn covered(engine: &Engine, ns: &Namespace, window: DayWindow) -> Result<DayWindow> {
     let mut extent = engine.store.extent(ns.id)?;
@@ -128,6 +139,7 @@ pub fn count(
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
     let (family, dim) = series_of(metric, scope)?;
+    require_known(engine, &ns, "scope", scope)?;
     let covered = covered(engine, &ns, window)?;
     let exact = presence_orgs(&engine.mem.read().index, &ns, metric, scope, covered);
     let estimate = match exact {
@@ -241,6 +253,7 @@ pub fn observations(
             ))
         }
     };
+    require_known(engine, &ns, "scope", scope)?;
     let window = covered(engine, &ns, window)?;
     let _gate = engine.checkpoint_gate.read();
     let mem = engine.mem.read();
@@ -442,6 +455,7 @@ pub fn group(
     } = *spec;
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
+    require_known(engine, &ns, "within", within)?;
     let covered = covered(engine, &ns, window)?;
     if let Some(counts) = presence_orgs_by_country(engine, &ns, spec, [covered]) {
         let mut rows: Vec<GroupRow> = counts
@@ -499,6 +513,7 @@ pub fn compare(
     } = *spec;
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
+    require_known(engine, &ns, "within", within)?;
     let (a, b) = (covered(engine, &ns, a)?, covered(engine, &ns, b)?);
     if let Some(counts) = presence_orgs_by_country(engine, &ns, spec, [a, b]) {
         let mut rows: Vec<CompareRow> = counts
@@ -614,6 +629,7 @@ pub fn retention(
             ))
         }
     };
+    require_known(engine, &ns, "scope", scope)?;
     let tables = engine.tables();
     let mem = engine.mem.read();
     let index = &mem.index;
@@ -665,6 +681,7 @@ pub fn overlap(
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
     let (family, dim) = series_of(Metric::Ips, scope)?;
+    require_known(engine, &ns, "scope", scope)?;
     let sa = series_sketch(engine, &ns, family, dim, covered(engine, &ns, a)?)?;
     let sb = series_sketch(engine, &ns, family, dim, covered(engine, &ns, b)?)?;
     let mut union = sa.clone();
@@ -773,6 +790,7 @@ pub fn series(
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
     let (family, dim) = series_of(metric, scope)?;
+    require_known(engine, &ns, "scope", scope)?;
     let steps = step.windows(window);
     if steps.len() > MAX_SERIES_POINTS {
         return Err(Error::invalid(
@@ -936,9 +954,15 @@ mod tests {
             for cc in COUNTRIES.iter().chain(&["ZZ", "IT"]) {
                 let code: [u8; 2] = cc.as_bytes().try_into().unwrap();
                 let want = truth(w, Some(cc));
-                let one = count(engine, "orgs", Metric::Orgs, &Scope::Country(code), w, 0.95)
-                    .unwrap()
-                    .estimate;
+                let counted = count(engine, "orgs", Metric::Orgs, &Scope::Country(code), w, 0.95);
+                if let Err(Error::UnknownInScope { .. }) = counted {
+                    // Never seen in the namespace (IT): refused, in no group.
+                    assert_eq!(truth(window(0, DAYS), Some(cc)), 0, "{cc}");
+                    assert!(!groups.contains_key(*cc));
+                    assert!(!compared.iter().any(|r| r.group == *cc));
+                    continue;
+                }
+                let one = counted.unwrap().estimate;
                 assert!(one.exact && one.lower == one.upper);
                 assert_eq!(one.value, want as f64, "{cc} {w:?}");
                 let by_sketch = sketch(Family::OrgsCountry, country_dim(code), w);

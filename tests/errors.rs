@@ -87,6 +87,53 @@ async fn api_misuse_is_refused_with_a_status_naming_the_field() {
             ],
         ),
         (
+            "an unknown country in a query",
+            Call::Count(count(NS, country("BR"), "2026-04-01", "2026-05-01")),
+            Code::NotFound,
+            &[
+                "scope.country: namespace \"errors\" has no observation of country \"BR\"",
+                "GroupBy by country",
+            ],
+        ),
+        (
+            "an unknown org in a query",
+            Call::Count(count(
+                NS,
+                pb::Scope {
+                    org: "AS6450".into(),
+                    ..Default::default()
+                },
+                "2026-04-01",
+                "2026-05-01",
+            )),
+            Code::NotFound,
+            &["scope.org: namespace \"errors\" has no observation of org \"AS6450\""],
+        ),
+        (
+            "an unknown sector in a query",
+            Call::Count(count(
+                NS,
+                pb::Scope {
+                    country: "DE".into(),
+                    sector: "goverment".into(),
+                    ..Default::default()
+                },
+                "2026-04-01",
+                "2026-05-01",
+            )),
+            Code::NotFound,
+            &[
+                "scope.sector: namespace \"errors\" has no observation of sector \"goverment\"",
+                "check the spelling",
+            ],
+        ),
+        (
+            "a known country outside its days is a real zero",
+            Call::Count(count(NS, country("DE"), "2026-06-01", "2026-07-01")),
+            Code::Ok,
+            &[],
+        ),
+        (
             "a 70 KB value is quoted short",
             Call::Count(count(NS, country("DE"), &"x".repeat(70_000), "2026-05-01")),
             Code::InvalidArgument,

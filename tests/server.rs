@@ -607,22 +607,20 @@ async fn query_errors_name_what_is_wrong() {
         .into_inner();
     let e = reply.estimate.unwrap();
     assert_eq!((e.estimate, e.exact), (0.0, true));
-    // An unknown org is simply zero.
+    // An org no row ever had is NOT_FOUND, not a zero that looks real.
     let mut unknown = base;
     unknown.scope = Some(pb::Scope {
         org: "AS999999".into(),
         ..Default::default()
     });
-    let e = server
+    let err = server
         .client
         .query_client()
         .count(unknown)
         .await
-        .unwrap()
-        .into_inner()
-        .estimate
-        .unwrap();
-    assert_eq!(e.estimate, 0.0);
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("\"AS999999\""), "{}", err.message());
     server.stop().await;
 }
 

@@ -59,7 +59,7 @@ pub fn status(err: Error) -> Status {
             );
             s
         }
-        Error::NamespaceNotFound(_) => Status::not_found(message),
+        Error::NamespaceNotFound(_) | Error::UnknownInScope { .. } => Status::not_found(message),
         Error::NamespaceExists(_) | Error::SequenceReused { .. } => Status::already_exists(message),
         Error::NamespaceAutoCreateDisabled(_) => Status::failed_precondition(message),
         Error::Incompatible(_) => Status::failed_precondition(message),
