@@ -225,12 +225,15 @@ impl TokenTable {
         let text = token.expose();
         if text.len() < MIN_TOKEN_LEN {
             return Err(format!(
-                "token {name:?} is shorter than {MIN_TOKEN_LEN} characters"
+                "the token of {name:?} is {} characters long; a token has at least \
+                 {MIN_TOKEN_LEN} (make one with `openssl rand -hex 24`)",
+                text.len()
             ));
         }
         if !text.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!(
-                "token {name:?} has characters other than visible ASCII"
+                "the token of {name:?} has characters other than visible ASCII (it travels \
+                 in a header; make one with `openssl rand -hex 24`)"
             ));
         }
         let digest = digest(text);

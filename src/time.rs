@@ -17,6 +17,23 @@ use crate::error::{quoted, Error, Result};
 /// Seconds in a UTC day.
 pub const SECONDS_PER_DAY: i64 = 86_400;
 
+/// `unix_seconds` as an RFC 3339 UTC time (`2019-04-10T14:22:30Z`), for
+/// messages; `None` past the year 9999.
+pub fn utc_text(unix_seconds: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix_seconds)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// `unix_seconds` followed by its UTC time in parentheses, when it has one.
+pub fn seconds_text(unix_seconds: i64) -> String {
+    match utc_text(unix_seconds) {
+        Some(utc) => format!("{unix_seconds} ({utc})"),
+        None => unix_seconds.to_string(),
+    }
+}
+
 /// A UTC day: days since 1970-01-01.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Day(pub u32);

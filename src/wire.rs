@@ -66,6 +66,11 @@ impl Side for ResponseSide {
 
 const PACKAGE: &str = "sketchd.v1";
 
+/// The metadata key of an `INVALID_ARGUMENT` about one row of a batch: the
+/// row's number (as in the message; IPv4 rows first, then IPv6 rows), so
+/// that a collector can point at the input line it came from.
+pub const ROW_METADATA: &str = "sketchd-row";
+
 /// prost's error without its fixed prefix: `Msg.field: what`.
 fn describe(error: &prost::DecodeError) -> String {
     let text = error.to_string();

@@ -187,9 +187,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         server_work,
     };
     if args.json {
-        println!("{}", report.summary_json());
+        outln!("{}", report.summary_json());
     } else {
-        print!("{}", report.table());
+        out!("{}", report.table());
     }
     if let Some(path) = &args.results {
         let doc = report.peers_results(&args, truth.as_ref());

@@ -1,10 +1,14 @@
 //! Command-line interface: `serve`, `ingest`, `query`.
 
+#[macro_use]
+pub mod output;
+
 mod demo;
 mod ingest;
 mod loadgen;
 mod query;
 mod report;
+mod startup;
 mod status;
 
 use std::path::PathBuf;
@@ -171,7 +175,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut raw = match &args.config {
-        Some(path) => RawConfig::from_file(path)?,
+        Some(path) => RawConfig::from_file(path).map_err(|e| startup::config_file(path, e))?,
         None => RawConfig::default(),
     };
     if args.listen.is_some() {
@@ -214,16 +218,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .map_err(|e| startup::listen(config.listen, e))?;
     let data_dir = config.data_dir.clone();
     let engine = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Engine::open(&config, tables)).await??
+        tokio::task::spawn_blocking(move || Engine::open(&config, tables))
+            .await?
+            .map_err(|e| startup::data_dir(&data_dir, e))?
     };
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, data = %data_dir.display(), "sketchd ready");
-    // One plain line on stdout, for scripts and tests that start the server.
-    println!("sketchd listening on {addr}");
+    // One plain line on stdout, for scripts and tests that start the server
+    // (a closed stdout does not stop the server).
+    let _ = output::write(format_args!("sketchd listening on {addr}\n"));
     let engine = Arc::new(engine);
     reload_on_sighup(Arc::downgrade(&engine));
     if let Some(addr) = args.metrics_listen {

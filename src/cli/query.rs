@@ -289,14 +289,17 @@ async fn count(a: CountArgs) -> anyhow::Result<()> {
             "from": reply.covered.from.to_string(),
             "to": reply.covered.to.to_string(),
         });
-        println!("{doc}");
+        outln!("{doc}");
     } else if e.exact {
-        println!(
+        outln!(
             "{} distinct {} (exact), {} to {} (exclusive)",
-            e.value, a.metric, reply.covered.from, reply.covered.to
+            e.value,
+            a.metric,
+            reply.covered.from,
+            reply.covered.to
         );
     } else {
-        println!(
+        outln!(
             "{:.0} distinct {} ({:.0}% interval {:.0} to {:.0}), {} to {} (exclusive)",
             e.value,
             a.metric,
@@ -320,9 +323,9 @@ async fn observations(a: ObservationsArgs) -> anyhow::Result<()> {
         .observations(&a.conn.namespace, &scope, window)
         .await?;
     if a.conn.json {
-        println!("{}", json!({ "observations": n }));
+        outln!("{}", json!({ "observations": n }));
     } else {
-        println!("{n} observations");
+        outln!("{n} observations");
     }
     Ok(())
 }
@@ -347,11 +350,11 @@ async fn group(a: GroupArgs) -> anyhow::Result<()> {
                 v
             })
             .collect();
-        println!("{}", Value::Array(doc));
+        outln!("{}", Value::Array(doc));
     } else {
-        println!("{:<24} distinct {} [95 % interval]", a.by, a.metric);
+        outln!("{:<24} distinct {} [95 % interval]", a.by, a.metric);
         for r in rows {
-            println!("{:<24} {}", r.group, show(&r.estimate));
+            outln!("{:<24} {}", r.group, show(&r.estimate));
         }
     }
     Ok(())
@@ -382,11 +385,11 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", Value::Array(doc));
+        outln!("{}", Value::Array(doc));
     } else {
-        println!("{:<24} {:>26} {:>26} {:>30}", a.by, "A", "B", "change");
+        outln!("{:<24} {:>26} {:>26} {:>30}", a.by, "A", "B", "change");
         for r in rows {
-            println!(
+            outln!(
                 "{:<24} {:>26} {:>26} {:>30}",
                 r.group,
                 show(&r.a),
@@ -408,12 +411,12 @@ async fn retention(a: RetentionArgs) -> anyhow::Result<()> {
         .retention(&a.conn.namespace, &scope, wa, wb)
         .await?;
     if a.conn.json {
-        println!(
+        outln!(
             "{}",
             json!({ "in_a": r.in_a, "in_both": r.in_both, "share": r.share(), "exact": true })
         );
     } else {
-        println!(
+        outln!(
             "{} of {} organisations seen in A are seen in B: {:.1} % (exact)",
             r.in_both,
             r.in_a,
@@ -433,7 +436,7 @@ async fn overlap(a: OverlapArgs) -> anyhow::Result<()> {
         .overlap(&a.conn.namespace, &scope, wa, wb)
         .await?;
     if a.conn.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "a": estimate_json(&o.a),
@@ -443,10 +446,10 @@ async fn overlap(a: OverlapArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("in A      {}", show(&o.a));
-        println!("in B      {}", show(&o.b));
-        println!("in both   {}", show(&o.both));
-        println!("in either {}", show(&o.either));
+        outln!("in A      {}", show(&o.a));
+        outln!("in B      {}", show(&o.b));
+        outln!("in both   {}", show(&o.both));
+        outln!("in either {}", show(&o.either));
     }
     Ok(())
 }
@@ -471,10 +474,10 @@ async fn series(a: SeriesArgs) -> anyhow::Result<()> {
                 v
             })
             .collect();
-        println!("{}", Value::Array(doc));
+        outln!("{}", Value::Array(doc));
     } else {
         for (w, e) in points {
-            println!("{} .. {}  {}", w.from, w.to, show(&e));
+            outln!("{} .. {}  {}", w.from, w.to, show(&e));
         }
     }
     Ok(())

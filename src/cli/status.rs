@@ -64,34 +64,36 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
             "last_error": s.last_error,
             "regions": regions,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    println!("revision          {}", s.revision);
+    outln!("revision          {}", s.revision);
     if s.upstream.is_empty() {
-        println!("upstream          none");
+        outln!("upstream          none");
     } else {
-        println!("region            {}", s.region);
-        println!("upstream          {}", s.upstream);
-        println!(
+        outln!("region            {}", s.region);
+        outln!("upstream          {}", s.upstream);
+        outln!(
             "acknowledged      revision {} at {}",
             s.acked_revision,
             when(s.acked_at_unix)
         );
-        println!("pending records   {}", s.pending_records);
+        outln!("pending records   {}", s.pending_records);
         if !s.last_error.is_empty() {
-            println!("last error        {}", s.last_error);
+            outln!("last error        {}", s.last_error);
         }
     }
     if s.regions.is_empty() {
-        println!("regions merged    none");
+        outln!("regions merged    none");
     } else {
-        println!(
+        outln!(
             "{:<20} {:>12} {:>14}  merged at",
-            "region", "revision", "records"
+            "region",
+            "revision",
+            "records"
         );
         for r in &s.regions {
-            println!(
+            outln!(
                 "{:<20} {:>12} {:>14}  {}",
                 r.region,
                 r.revision,
@@ -106,9 +108,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let client = args.connect.connect(&args.server).await?;
     let r = client.sync().await?;
-    println!(
+    outln!(
         "pushed {} records; the upstream acknowledged revision {}",
-        r.records_pushed, r.acked_revision
+        r.records_pushed,
+        r.acked_revision
     );
     Ok(())
 }

@@ -44,6 +44,12 @@
 //! `max_elapsed` per batch. Everything else (`INVALID_ARGUMENT`,
 //! `RESOURCE_EXHAUSTED` without a hint, i.e. a batch over the row limit,
 //! `NOT_FOUND`, …) stops the collector with the server's message.
+//!
+//! Retrying for long makes sense only for a server that exists: until the
+//! server has answered once (acknowledged or refused a batch), connection
+//! failures are retried for `wait_for_server` only (by default not at all),
+//! so a wrong address or a server that is not running fails within seconds
+//! ([`CollectorError::Unreachable`]) rather than after `max_elapsed`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,7 +62,7 @@ use tokio::task::JoinHandle;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::formats::{FormatError, Input};
-use super::{BatchBuilder, Client, ClientError, Observation};
+use super::{BatchBuilder, Client, ClientError, Observation, RowOrder};
 use crate::pb;
 
 /// How batches are numbered.
@@ -77,6 +83,9 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Give up on a batch when it has been failing for this long.
     pub max_elapsed: Duration,
+    /// Until the server has answered once, give up on connection failures
+    /// after this long (zero: at the first).
+    pub wait_for_server: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -85,6 +94,7 @@ impl Default for RetryPolicy {
             initial: Duration::from_millis(100),
             max_delay: Duration::from_secs(10),
             max_elapsed: Duration::from_secs(600),
+            wait_for_server: Duration::ZERO,
         }
     }
 }
@@ -116,7 +126,7 @@ pub enum Disposition {
 pub fn classify(error: &ClientError) -> Disposition {
     use tonic::Code;
     let status = match error {
-        ClientError::Connect { .. } => {
+        ClientError::Connect { .. } | ClientError::Broken { .. } => {
             return Disposition::Retry {
                 reconnect: true,
                 hint: None,
@@ -157,6 +167,12 @@ pub fn classify(error: &ClientError) -> Disposition {
         | Code::DataLoss
         | Code::Unauthenticated => Disposition::Fail,
     }
+}
+
+/// Whether `error` is an answer of the server's (not a connection that
+/// failed, nor the collector's own attempt timeout).
+fn answered(error: &ClientError) -> bool {
+    matches!(error, ClientError::Status(s) if s.code() != tonic::Code::DeadlineExceeded)
 }
 
 /// Makes a connection; called again after transport failures.
@@ -200,18 +216,67 @@ pub enum CollectorError {
     #[error("{0}")]
     Options(String),
     #[error("{batch} was refused: {reason}")]
-    Refused { batch: String, reason: ClientError },
+    Refused {
+        batch: String,
+        #[source]
+        reason: ClientError,
+    },
     #[error("gave up on {batch} after {retries} retries over {elapsed:.1?}: {last}")]
     GaveUp {
         batch: String,
         retries: u32,
         elapsed: Duration,
+        #[source]
+        last: ClientError,
+    },
+    /// The server could not be reached before it ever answered (see the
+    /// module doc).
+    #[error("{last}")]
+    Unreachable {
+        #[source]
         last: ClientError,
     },
     #[error("{batch}: {answer}")]
     BadAnswer { batch: String, answer: String },
     #[error("the sender task failed: {0}")]
     Sender(String),
+    /// The server refused one row; `observation` is its 1-based number in
+    /// `input`, `reason` the server's message without its batch row number.
+    #[error("{input}: observation {observation}: {reason}")]
+    RowRefused {
+        input: String,
+        observation: u64,
+        reason: String,
+    },
+}
+
+/// The error of a batch the server refused: for one row, that row's place
+/// in its input.
+fn refused(batch: &Batch, error: ClientError) -> CollectorError {
+    let row = match &error {
+        ClientError::Status(status) => status
+            .metadata()
+            .get(crate::wire::ROW_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok()),
+        _ => None,
+    };
+    let place = row.and_then(|row| Some((row, batch.order.pushed(row)?)));
+    match (place, &error) {
+        (Some((row, pushed)), ClientError::Status(status)) => {
+            let message = status.message();
+            let prefix = format!("row {row}: ");
+            CollectorError::RowRefused {
+                input: batch.input.clone(),
+                observation: batch.first_row + pushed as u64 + 1,
+                reason: message.strip_prefix(&prefix).unwrap_or(message).to_owned(),
+            }
+        }
+        _ => CollectorError::Refused {
+            batch: batch.label.clone(),
+            reason: error,
+        },
+    }
 }
 
 /// Counters, updated as batches are acknowledged (read them for progress).
@@ -296,6 +361,12 @@ struct Batch {
     /// For messages: "batch 3 (sequence …, rows 100001–150000 of x.csv)".
     label: String,
     rows: u64,
+    /// The input's name, the position of the batch's first row in it, and
+    /// the order its rows were pushed in: a row the server refuses is
+    /// reported as the input's observation.
+    input: String,
+    first_row: u64,
+    order: RowOrder,
 }
 
 /// Observations in, acknowledged batches out; see the module doc.
@@ -441,6 +512,7 @@ impl Collector {
         self.batch_opened = None;
         let rows = builder.len() as u64;
         let first_row = self.input_rows - rows;
+        let order = builder.order();
         let mut request = builder.build(&self.options.namespace, &self.options.collector_id, 0);
         request.sequence = match &mut self.next_sequence {
             Some(n) => {
@@ -463,6 +535,9 @@ impl Collector {
             ),
             request,
             rows,
+            input: self.input.clone(),
+            first_row,
+            order,
         };
         let queue = self.queue.as_ref().expect("queue open until finish");
         if queue.send(batch).await.is_err() {
@@ -607,6 +682,9 @@ struct Sender {
     progress: Arc<Progress>,
     /// splitmix64 state for jitter.
     jitter: u64,
+    /// Whether the server has answered an attempt (acknowledged or refused
+    /// it) yet.
+    answered: bool,
 }
 
 impl Sender {
@@ -621,6 +699,7 @@ impl Sender {
             options,
             progress,
             jitter: seed,
+            answered: false,
         }
     }
 
@@ -662,14 +741,17 @@ impl Sender {
         let mut retries = 0u32;
         loop {
             let error = match self.attempt(batch).await {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => {
+                    self.answered = true;
+                    return Ok(reply);
+                }
                 Err(e) => e,
             };
+            if answered(&error) {
+                self.answered = true;
+            }
             let Disposition::Retry { reconnect, hint } = classify(&error) else {
-                return Err(CollectorError::Refused {
-                    batch: batch.label.clone(),
-                    reason: error,
-                });
+                return Err(refused(batch, error));
             };
             if reconnect {
                 self.client = None;
@@ -677,6 +759,9 @@ impl Sender {
             let since = *failing_since.get_or_insert_with(Instant::now);
             let jitter = self.next_jitter();
             let delay = self.options.retry.delay(retries, hint, jitter);
+            if !self.answered && since.elapsed() + delay > self.options.retry.wait_for_server {
+                return Err(CollectorError::Unreachable { last: error });
+            }
             if since.elapsed() + delay > self.options.retry.max_elapsed {
                 return Err(CollectorError::GaveUp {
                     batch: batch.label.clone(),

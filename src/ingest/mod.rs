@@ -28,7 +28,7 @@ use crate::store::keys::{
     NamespaceId, SketchKey,
 };
 use crate::store::memtable::{row_source, MemState, MIXED_SOURCES};
-use crate::time::{Day, SECONDS_PER_DAY};
+use crate::time::{seconds_text, utc_text, Day, SECONDS_PER_DAY};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 /// The org that rows no table covers are counted under.
@@ -162,24 +162,10 @@ pub fn prepare(
     let mut days = Vec::with_capacity(rows);
     for (row, &t) in batch.unix_seconds.iter().enumerate() {
         if t < oldest {
-            return Err(Error::row(
-                row,
-                "unix_seconds",
-                format!(
-                    "{t} is older than the namespace allows ({} days)",
-                    ns.policy.max_age_days
-                ),
-            ));
+            return Err(Error::row(row, "unix_seconds", too_old(ns, t, oldest)));
         }
         if t > newest {
-            return Err(Error::row(
-                row,
-                "unix_seconds",
-                format!(
-                    "{t} is more than {} s in the future",
-                    ns.policy.max_future_skew_seconds
-                ),
-            ));
+            return Err(Error::row(row, "unix_seconds", too_new(ns, t, now, newest)));
         }
         let day = Day::from_unix_seconds(t)
             .ok_or_else(|| Error::row(row, "unix_seconds", format!("{t} is before 1970")))?;
@@ -540,6 +526,41 @@ fn check_column_len(field: &str, len: usize, rows: usize, optional: bool) -> Res
             }
         ),
     ))
+}
+
+/// Why `t` is before the oldest time `ns` accepts, and what to do.
+fn too_old(ns: &Namespace, t: i64, oldest: i64) -> String {
+    format!(
+        "{} is older than namespace {} accepts: its policy keeps {} days (nothing before \
+         {}); a policy is fixed when the namespace is created, so send such rows to a \
+         namespace created with a larger policy.max_age_days (or, for namespaces created on \
+         first use, a larger [default_policy] max_age_days in the server's configuration)",
+        seconds_text(t),
+        quoted(&ns.name),
+        ns.policy.max_age_days,
+        utc_text(oldest).unwrap_or_default()
+    )
+}
+
+/// Why `t` is after the newest time `ns` accepts at `now`, and what to do;
+/// names milliseconds when `t / 1000` would be accepted.
+fn too_new(ns: &Namespace, t: i64, now: i64, newest: i64) -> String {
+    let mut text = format!(
+        "{} is more than {} s after the server's clock ({})",
+        seconds_text(t),
+        ns.policy.max_future_skew_seconds,
+        utc_text(now).unwrap_or_default()
+    );
+    let oldest = now - i64::from(ns.policy.max_age_days) * SECONDS_PER_DAY;
+    if (oldest..=newest).contains(&(t / 1000)) {
+        text.push_str(
+            "; it looks like milliseconds: send unix seconds (divide by 1000, or give RFC 3339 \
+             times)",
+        );
+    } else {
+        text.push_str("; check the collector's clock and the time column");
+    }
+    text
 }
 
 fn validate_collector(collector: &str) -> Result<()> {

@@ -25,6 +25,7 @@ use crate::pb;
 use crate::query::{self, GroupBy, GroupSpec, Metric, Scope, Step, DEFAULT_CONFIDENCE};
 use crate::sketch::Estimate;
 use crate::time::DayWindow;
+use crate::wire;
 
 /// Longest status message sent, in bytes: it travels in a header. Values
 /// are quoted short (`error::quoted`); this bounds everything else.
@@ -47,8 +48,14 @@ pub fn capped(mut message: String) -> String {
 pub fn status(err: Error) -> Status {
     let message = capped(err.to_string());
     match err {
-        Error::InvalidArgument { .. } | Error::InvalidRow { .. } => {
-            Status::invalid_argument(message)
+        Error::InvalidArgument { .. } => Status::invalid_argument(message),
+        Error::InvalidRow { row, .. } => {
+            // The row again as metadata, so that a collector can point at
+            // the input line it came from.
+            let mut s = Status::invalid_argument(message);
+            s.metadata_mut()
+                .insert(wire::ROW_METADATA, row.to_string().parse().expect("digits"));
+            s
         }
         Error::LimitExceeded(_) => Status::resource_exhausted(message),
         Error::Overloaded(_) => {
