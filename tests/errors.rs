@@ -517,6 +517,11 @@ async fn cli_errors_are_one_sentence_with_a_remedy() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Completions for a shell.
+    let out = sketchd(strings(&["completions", "bash"])).await;
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_sketchd()"));
+
     tokens.stop().await;
     tls.stop().await;
     server.stop().await;

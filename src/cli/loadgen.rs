@@ -45,7 +45,7 @@ use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct LoadgenArgs {
-    /// Server URL.
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]

@@ -112,6 +112,14 @@ enum Command {
     Status(status::StatusArgs),
     /// Make a regional node checkpoint and push everything to its upstream now.
     Sync(status::SyncArgs),
+    /// Print a completion script for a shell, e.g. `sketchd completions bash > /etc/bash_completion.d/sketchd`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
 }
 
 #[derive(clap::Args)]
@@ -170,7 +178,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Loadgen(a) => loadgen::run(a).await,
         Command::Status(a) => status::status(a).await,
         Command::Sync(a) => status::sync(a).await,
+        Command::Completions(a) => completions(a),
     }
+}
+
+/// Writes the completion script of `a.shell` to stdout.
+fn completions(a: CompletionsArgs) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(a.shell, &mut Args::command(), "sketchd", &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -308,4 +326,61 @@ fn reload_on_sighup(engine: std::sync::Weak<Engine>) {
     });
     #[cfg(not(unix))]
     drop(engine);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option and argument of every subcommand says what it is.
+    #[test]
+    fn every_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Args::command(), "sketchd", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
+
+    #[test]
+    fn the_scope_help_names_every_form() {
+        let cmd = Args::command();
+        let count = cmd
+            .find_subcommand("query")
+            .and_then(|q| q.find_subcommand("count"))
+            .unwrap();
+        let scope = count
+            .get_arguments()
+            .find(|a| a.get_id() == "scope")
+            .unwrap();
+        let help = scope.get_help().unwrap().to_string();
+        for form in [
+            "global",
+            "country:CC",
+            "org:ID",
+            "sector:S",
+            "country:CC,sector:S",
+        ] {
+            assert!(help.contains(form), "{help}");
+        }
+    }
 }

@@ -30,9 +30,20 @@ pub enum QueryCommand {
     Series(SeriesArgs),
 }
 
+/// `--scope` of the counting questions.
+const SCOPE: &str = "What to count within: global, country:CC (e.g. country:DE), org:ID (e.g. \
+org:AS15169), sector:S (a sector label of the org registry, e.g. sector:government) or \
+country:CC,sector:S";
+/// `--scope` of the questions over organisations (no org:ID).
+const ORG_SCOPE: &str = "Which organisations: global, country:CC (e.g. country:DE), sector:S \
+(a sector label of the org registry) or country:CC,sector:S";
+/// `--scope` of group and compare.
+const GROUP_SCOPE: &str = "Narrow the groups: global, country:CC (with --by org or sector), \
+sector:S (with --by country or org) or country:CC,sector:S (with --by org)";
+
 #[derive(clap::Args)]
 pub struct Conn {
-    /// Server URL.
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
     #[arg(long, default_value = DEFAULT_SERVER)]
     pub server: String,
     #[command(flatten)]
@@ -55,11 +66,10 @@ impl Conn {
 pub struct CountArgs {
     #[command(flatten)]
     conn: Conn,
-    /// ips or orgs.
+    /// What to count: ips (distinct addresses) or orgs (distinct organisations).
     #[arg(long)]
     metric: String,
-    /// global, country:CC or org:ID.
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = SCOPE)]
     scope: String,
     /// First day, YYYY-MM-DD.
     #[arg(long)]
@@ -73,11 +83,13 @@ pub struct CountArgs {
 pub struct ObservationsArgs {
     #[command(flatten)]
     conn: Conn,
-    /// global or country:CC.
+    /// Where: global or country:CC (observations are counted globally and per country).
     #[arg(long, default_value = "global")]
     scope: String,
+    /// First day, YYYY-MM-DD.
     #[arg(long)]
     from: String,
+    /// First day not included, YYYY-MM-DD.
     #[arg(long)]
     to: String,
 }
@@ -86,17 +98,18 @@ pub struct ObservationsArgs {
 pub struct GroupArgs {
     #[command(flatten)]
     conn: Conn,
-    /// ips or orgs.
+    /// What to count: ips or orgs.
     #[arg(long)]
     metric: String,
-    /// country or org.
+    /// What a row is: country, org or sector.
     #[arg(long)]
     by: String,
-    /// Narrow the groups: global, or country:CC for --by org.
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = GROUP_SCOPE)]
     scope: String,
+    /// First day, YYYY-MM-DD.
     #[arg(long)]
     from: String,
+    /// First day not included, YYYY-MM-DD.
     #[arg(long)]
     to: String,
     /// Most rows; 0 = all.
@@ -106,12 +119,16 @@ pub struct GroupArgs {
 
 #[derive(clap::Args)]
 pub struct TwoWindows {
+    /// First day of window A (the earlier one), YYYY-MM-DD.
     #[arg(long)]
     pub a_from: String,
+    /// First day not in window A, YYYY-MM-DD.
     #[arg(long)]
     pub a_to: String,
+    /// First day of window B (the later one), YYYY-MM-DD.
     #[arg(long)]
     pub b_from: String,
+    /// First day not in window B, YYYY-MM-DD.
     #[arg(long)]
     pub b_to: String,
 }
@@ -129,15 +146,17 @@ impl TwoWindows {
 pub struct CompareArgs {
     #[command(flatten)]
     conn: Conn,
+    /// What to count: ips or orgs.
     #[arg(long)]
     metric: String,
-    /// country or org.
+    /// What a row is: country, org or sector.
     #[arg(long)]
     by: String,
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = GROUP_SCOPE)]
     scope: String,
     #[command(flatten)]
     windows: TwoWindows,
+    /// Most rows (by the value in A); 0 = all.
     #[arg(long, default_value_t = 0)]
     limit: u32,
 }
@@ -146,8 +165,7 @@ pub struct CompareArgs {
 pub struct RetentionArgs {
     #[command(flatten)]
     conn: Conn,
-    /// global or country:CC.
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = ORG_SCOPE)]
     scope: String,
     #[command(flatten)]
     windows: TwoWindows,
@@ -157,8 +175,7 @@ pub struct RetentionArgs {
 pub struct OverlapArgs {
     #[command(flatten)]
     conn: Conn,
-    /// global, country:CC or org:ID.
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = SCOPE)]
     scope: String,
     #[command(flatten)]
     windows: TwoWindows,
@@ -168,12 +185,15 @@ pub struct OverlapArgs {
 pub struct SeriesArgs {
     #[command(flatten)]
     conn: Conn,
+    /// What to count: ips or orgs.
     #[arg(long)]
     metric: String,
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = SCOPE)]
     scope: String,
+    /// First day, YYYY-MM-DD.
     #[arg(long)]
     from: String,
+    /// First day not included, YYYY-MM-DD.
     #[arg(long)]
     to: String,
     /// day, week, month or Nd.

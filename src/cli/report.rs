@@ -19,10 +19,12 @@ use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
     connect: ConnectArgs,
+    /// Namespace to report on.
     #[arg(long)]
     namespace: String,
     #[command(flatten)]

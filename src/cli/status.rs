@@ -6,7 +6,7 @@ use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    /// Server URL.
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
