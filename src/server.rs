@@ -122,10 +122,10 @@ pub async fn run(
         .add_service(DecodeErrorsAreInvalid(health_service))
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ingest)
-        .add_service(query)
-        .add_service(admin)
-        .add_service(replication)
+        .add_service(DecodeErrorsAreInvalid(ingest))
+        .add_service(DecodeErrorsAreInvalid(query))
+        .add_service(DecodeErrorsAreInvalid(admin))
+        .add_service(DecodeErrorsAreInvalid(replication))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = stop_pusher.send(true);

@@ -18,7 +18,10 @@
 //! clients take for a server fault and retry); a client's codec
 //! ([`ClientCodec`]) keeps `INTERNAL` for an undecodable answer, which is
 //! the server's fault. [`DecodeErrorsAreInvalid`] gives the services whose
-//! codec is not ours (gRPC health) the same answer.
+//! codec is not ours (gRPC health) the same answer, and every service the
+//! same for a request whose framing is broken (no message in a unary call,
+//! a body that ends inside a message), which tonic answers `INTERNAL`
+//! before any codec runs.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -159,20 +162,23 @@ impl<U: Message + Default, S: Side> Decoder for SliceDecoder<U, S> {
     }
 }
 
-/// Wraps a service whose codec is tonic's prost codec (gRPC health): its
-/// answer `INTERNAL` "failed to decode Protobuf message" to a request that
-/// does not parse becomes `INVALID_ARGUMENT`, as from our own services.
-/// Unary and server-streaming calls carry that status in the response
-/// headers (a trailers-only response), which is where it is rewritten.
+/// Wraps a service so that tonic's `INTERNAL` answers to a request that does
+/// not parse become `INVALID_ARGUMENT`: "failed to decode Protobuf message"
+/// (from tonic's prost codec, which gRPC health uses), "Missing request
+/// message." and "Unexpected EOF decoding stream." (broken framing). Unary
+/// and server-streaming calls carry that status in the response headers (a
+/// trailers-only response), which is where it is rewritten. (A compressed
+/// message without a `grpc-encoding` stays `INTERNAL`: the gRPC spec
+/// requires it.)
 #[derive(Debug, Clone)]
 pub struct DecodeErrorsAreInvalid<S>(pub S);
 
-impl<S, B> Service<http::Request<B>> for DecodeErrorsAreInvalid<S>
+impl<S, B, R> Service<http::Request<B>> for DecodeErrorsAreInvalid<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = Infallible>,
+    S: Service<http::Request<B>, Response = http::Response<R>, Error = Infallible>,
     S::Future: Send + 'static,
 {
-    type Response = http::Response<tonic::body::Body>;
+    type Response = http::Response<R>;
     type Error = Infallible;
     type Future = BoxFuture<Self::Response, Self::Error>;
 
@@ -186,22 +192,36 @@ where
             let mut response = answer.await?;
             let headers = response.headers_mut();
             if let Some(status) = Status::from_header_map(headers) {
-                let undecodable = status.code() == Code::Internal
-                    && status
-                        .message()
-                        .starts_with("failed to decode Protobuf message");
-                if undecodable {
-                    let message = status
-                        .message()
-                        .trim_start_matches("failed to decode Protobuf message: ");
-                    let _ = Status::invalid_argument(format!(
-                        "the request does not parse ({message}); encode it from the service's .proto"
-                    ))
-                    .add_header(headers);
+                if let Some(message) = undecodable(&status) {
+                    let _ = Status::invalid_argument(message).add_header(headers);
                 }
             }
             Ok(response)
         })
+    }
+}
+
+/// What to say instead of tonic's `INTERNAL` about a request that does not
+/// parse; `None` for any other status.
+fn undecodable(status: &Status) -> Option<String> {
+    if status.code() != Code::Internal {
+        return None;
+    }
+    let message = status.message();
+    if let Some(what) = message.strip_prefix("failed to decode Protobuf message: ") {
+        Some(format!(
+            "the request does not parse ({what}); encode it from the service's .proto"
+        ))
+    } else if message.starts_with("Missing request message") {
+        Some("the request holds no message: a unary call sends exactly one".into())
+    } else if message.starts_with("Unexpected EOF decoding stream") {
+        Some(
+            "the request ends inside a message: its length prefix promises more bytes than \
+             were sent"
+                .into(),
+        )
+    } else {
+        None
     }
 }
 

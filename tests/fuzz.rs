@@ -293,11 +293,17 @@ fn malformed(valid: &[u8], rng: &mut Rng) -> Vec<Vec<u8>> {
 
 /// The status of one call of `path` with `message` (OK when it succeeded).
 async fn call(channel: &Channel, path: &'static str, message: Vec<u8>) -> Status {
+    call_with(channel, path, vec![message]).await
+}
+
+/// The status of one call of `path` with `messages` (any number, also none
+/// for a unary method).
+async fn call_with(channel: &Channel, path: &'static str, messages: Vec<Vec<u8>>) -> Status {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     if let Err(e) = grpc.ready().await {
         return Status::unknown(format!("channel not ready: {e}"));
     }
-    let request = tonic::Request::new(tokio_stream::iter(vec![message]));
+    let request = tonic::Request::new(tokio_stream::iter(messages));
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
     let mut stream = match grpc.streaming(request, path.clone(), RawCodec).await {
         Ok(response) => response.into_inner(),
@@ -335,6 +341,12 @@ async fn malformed_requests_are_never_internal_on_any_method() {
                 !matches!(status.code(), Code::Internal | Code::Unknown),
                 "{path} with a valid message: {status:?}"
             );
+            // No message at all.
+            let status = call_with(&channel, path, Vec::new()).await;
+            assert!(
+                !matches!(status.code(), Code::Internal | Code::Unknown),
+                "{path} without a message: {status:?}"
+            );
             for bytes in malformed(&valid, &mut rng) {
                 let status = call(&channel, path, bytes.clone()).await;
                 sent += 1;
@@ -368,6 +380,9 @@ async fn malformed_requests_are_never_internal_on_any_method() {
     );
     let status = call(&channel, "/grpc.health.v1.Health/Check", vec![0x08, 0xff]).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = call_with(&channel, "/sketchd.v1.Query/Count", Vec::new()).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("holds no message"), "{status:?}");
     drop(channel);
     server.stop().await;
 }
