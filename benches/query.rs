@@ -110,7 +110,7 @@ fn world(countries: &[&str]) -> (Vec<ObservationBatch>, usize) {
         .map(|(i, chunk)| ObservationBatch {
             namespace: NS.into(),
             collector: "bench".into(),
-            sequence: i as u64,
+            sequence: i as u64 + 1,
             ipv4: chunk.iter().map(|r| r.0).collect(),
             ipv6: Vec::new(),
             unix_seconds: chunk

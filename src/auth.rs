@@ -31,6 +31,7 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 use crate::catalog::validate_name;
+use crate::error::quoted;
 
 /// What a caller may do. `Admin` implies every other role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -224,12 +225,15 @@ impl TokenTable {
         let text = token.expose();
         if text.len() < MIN_TOKEN_LEN {
             return Err(format!(
-                "token {name:?} is shorter than {MIN_TOKEN_LEN} characters"
+                "the token of {name:?} is {} characters long; a token has at least \
+                 {MIN_TOKEN_LEN} (make one with `openssl rand -hex 24`)",
+                text.len()
             ));
         }
         if !text.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(format!(
-                "token {name:?} has characters other than visible ASCII"
+                "the token of {name:?} has characters other than visible ASCII (it travels \
+                 in a header; make one with `openssl rand -hex 24`)"
             ));
         }
         let digest = digest(text);
@@ -408,8 +412,9 @@ pub fn authorize<T>(request: &Request<T>, namespace: &str, role: Role) -> Result
         "permission denied"
     );
     Err(Status::permission_denied(format!(
-        "{:?} may not do this on namespace {namespace:?} (needs role {role})",
-        caller.name()
+        "{:?} may not do this on namespace {} (needs role {role})",
+        caller.name(),
+        quoted(namespace)
     )))
 }
 

@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{NamespacePolicy, NamespaceSeeds};
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::sketch::HashSeed;
 use crate::store::keys::NamespaceId;
 use crate::store::Store;
@@ -218,7 +218,10 @@ pub fn validate_name(field: &str, name: &str) -> Result<()> {
     {
         return Err(Error::invalid(
             field,
-            format!("{name:?} contains {c:?}; use letters, digits, '.', '_' and '-'"),
+            format!(
+                "{} contains {c:?}; use letters, digits, '.', '_' and '-'",
+                quoted(name)
+            ),
         ));
     }
     Ok(())

@@ -7,6 +7,13 @@
 //! with a client certificate).
 //! [`Collector`] sends observations with batching, retries and exactly-once
 //! sequence numbers; [`formats`] reads CSV, NDJSON and PEEROBS1 inputs.
+//!
+//! Errors are sentences: a server's refusal is its message (which names the
+//! field and says what to do), and a connection that cannot be made or
+//! breaks is described by its cause (nothing listening, a host that does
+//! not resolve, a TLS port dialled in plain text, a certificate refused)
+//! with the URL, never as a `Debug` dump. A URL without a scheme
+//! (`HOST:PORT`) means `http://`, or `https://` with TLS options.
 
 pub mod collector;
 pub mod formats;
@@ -14,8 +21,11 @@ pub mod formats;
 pub use collector::{Collector, CollectorError, CollectorOptions, RetryPolicy, Sequences, Summary};
 
 use std::collections::HashMap;
+use std::error::Error as _;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -29,12 +39,23 @@ use crate::time::{Day, DayWindow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No connection could be made; `reason` is a sentence.
     #[error("cannot connect to {url}: {reason}")]
     Connect { url: String, reason: String },
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+    /// The server answered with an error; its message is the sentence.
+    #[error("{}", .0.message())]
+    Status(tonic::Status),
+    /// The connection failed during a call, before an answer.
+    #[error("the connection to {url} failed: {reason}")]
+    Broken { url: String, reason: String },
     #[error("bad answer from server: {0}")]
     BadAnswer(String),
+}
+
+impl From<tonic::Status> for ClientError {
+    fn from(status: tonic::Status) -> ClientError {
+        ClientError::Status(status)
+    }
 }
 
 /// One observation, as a collector sees it.
@@ -51,8 +72,36 @@ pub struct Observation {
 pub struct BatchBuilder {
     v4: Vec<(u32, i64, u32, u32)>,
     v6: Vec<([u8; 16], i64, u32, u32)>,
+    /// Where each IPv6 row was pushed (0-based, ascending).
+    v6_at: Vec<usize>,
     orgs: Dict,
     countries: Dict,
+}
+
+/// The order rows were pushed in. The server numbers a batch's IPv4 rows
+/// first, then its IPv6 rows; this maps its row numbers back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RowOrder {
+    v4: usize,
+    v6_at: Vec<usize>,
+}
+
+impl RowOrder {
+    /// The 0-based push position of the server's row `row`.
+    pub fn pushed(&self, row: usize) -> Option<usize> {
+        if row >= self.v4 {
+            return self.v6_at.get(row - self.v4).copied();
+        }
+        // The row-th IPv4 row: every IPv6 row pushed before it moves it on.
+        let mut at = row;
+        for &v6 in &self.v6_at {
+            if v6 > at {
+                break;
+            }
+            at += 1;
+        }
+        Some(at)
+    }
 }
 
 #[derive(Default)]
@@ -87,7 +136,18 @@ impl BatchBuilder {
             IpAddr::V4(v4) => self
                 .v4
                 .push((u32::from(v4), obs.unix_seconds, org, country)),
-            IpAddr::V6(v6) => self.v6.push((v6.octets(), obs.unix_seconds, org, country)),
+            IpAddr::V6(v6) => {
+                self.v6_at.push(self.v4.len() + self.v6.len());
+                self.v6.push((v6.octets(), obs.unix_seconds, org, country))
+            }
+        }
+    }
+
+    /// The order the rows were pushed in, for the server's row numbers.
+    pub fn order(&self) -> RowOrder {
+        RowOrder {
+            v4: self.v4.len(),
+            v6_at: self.v6_at.clone(),
         }
     }
 
@@ -134,6 +194,91 @@ impl BatchBuilder {
         }
         req
     }
+}
+
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The errors of `error`'s source chain, outermost first.
+fn chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |&e| e.source())
+}
+
+/// Why a connection could not be made, as a sentence.
+fn connect_reason(target: &Target, error: &tonic::transport::Error) -> String {
+    let io = chain(error).find_map(|e| e.downcast_ref::<std::io::Error>());
+    if let Some(io) = io {
+        match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                return format!(
+                    "nothing is listening there (connection refused); is `sketchd serve` \
+                     running on {}?",
+                    target.authority
+                )
+            }
+            std::io::ErrorKind::InvalidData if target.tls => {
+                return format!(
+                    "the server's TLS certificate was refused ({}); pass the CA that signed \
+                     it with --ca-cert FILE, and --tls-domain NAME if it is issued to another name",
+                    io.get_ref()
+                        .map_or_else(|| io.to_string(), |inner| inner.to_string())
+                )
+            }
+            _ => {}
+        }
+    }
+    transport_reason(target, error)
+}
+
+/// A transport failure as a sentence: its most specific cause, without
+/// the `Debug` forms the transport stack puts in its own messages.
+fn transport_reason(target: &Target, error: &(dyn std::error::Error + 'static)) -> String {
+    let texts: Vec<String> = chain(error).map(|e| e.to_string()).collect();
+    if texts.iter().any(|t| t.starts_with("dns error")) {
+        let host = target
+            .authority
+            .rsplit_once(':')
+            .map_or(target.authority.as_str(), |(host, _)| host);
+        return format!("the host {host} does not resolve; check the name");
+    }
+    if texts.iter().any(|t| t.contains("timed out")) {
+        return format!(
+            "no answer within {} s; check the address {} (and any firewall in between)",
+            CONNECT_TIMEOUT.as_secs(),
+            target.authority
+        );
+    }
+    if let Some(io) = chain(error).find_map(|e| e.downcast_ref::<std::io::Error>()) {
+        return io.to_string();
+    }
+    texts
+        .into_iter()
+        .rev()
+        .find(|t| !t.is_empty() && !t.contains("Error(") && !t.contains("{ "))
+        .unwrap_or_else(|| "the transport failed".into())
+}
+
+/// Whether the connection was closed before an answer, or the answer was
+/// no HTTP/2: what a TLS server does to a client that speaks plain HTTP/2
+/// to it (it closes, or its TLS alert reads as a malformed frame).
+fn not_plain_http2(error: &(dyn std::error::Error + 'static)) -> bool {
+    chain(error).any(|e| {
+        let text = e.to_string();
+        text.contains("connection closed")
+            || text.contains("connection reset")
+            || text.contains("frame with invalid size")
+            || text.contains("connection error detected")
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::BrokenPipe
+                )
+            })
+    })
 }
 
 /// The server's answer to a count.
@@ -244,6 +389,17 @@ pub type AuthChannel = InterceptedService<Channel, BearerToken>;
 pub struct Client {
     channel: Channel,
     token: BearerToken,
+    target: Arc<Target>,
+}
+
+/// Where a client connects, for messages.
+#[derive(Debug)]
+struct Target {
+    /// The URL with its scheme.
+    url: String,
+    /// `host:port`.
+    authority: String,
+    tls: bool,
 }
 
 impl Client {
@@ -254,62 +410,123 @@ impl Client {
 
     /// Connects with a token and/or TLS.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
-        let (endpoint, token) = Client::endpoint(url, &options)?;
+        let (endpoint, token, target) = Client::endpoint(url, &options)?;
         let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
-            url: url.to_owned(),
-            reason: format!("{e} ({e:?})"),
+            url: target.url.clone(),
+            reason: connect_reason(&target, &e),
         })?;
-        Ok(Client { channel, token })
+        Ok(Client {
+            channel,
+            token,
+            target: Arc::new(target),
+        })
     }
 
     /// A client that connects on first use and reconnects as needed (for
     /// long-lived callers such as replication).
     pub fn lazy_with(url: &str, options: &ClientOptions) -> Result<Client, ClientError> {
-        let (endpoint, token) = Client::endpoint(url, options)?;
+        let (endpoint, token, target) = Client::endpoint(url, options)?;
         Ok(Client {
             channel: endpoint.connect_lazy(),
             token,
+            target: Arc::new(target),
         })
+    }
+
+    /// The URL this client connects to (with its scheme).
+    pub fn url(&self) -> &str {
+        &self.target.url
     }
 
     fn endpoint(
         url: &str,
         options: &ClientOptions,
-    ) -> Result<(Endpoint, BearerToken), ClientError> {
+    ) -> Result<(Endpoint, BearerToken, Target), ClientError> {
+        let tls = options.tls.is_some();
+        let url = match url.split_once("://") {
+            Some(_) => url.to_owned(),
+            None if tls => format!("https://{url}"),
+            None => format!("http://{url}"),
+        };
         let err = |reason: String| ClientError::Connect {
-            url: url.to_owned(),
+            url: url.clone(),
             reason,
         };
+        let (scheme, rest) = url.split_once("://").expect("a scheme");
+        let authority = rest.split('/').next().unwrap_or(rest).to_owned();
+        match scheme {
+            "http" | "https" => {}
+            other => {
+                return Err(err(format!(
+                    "the scheme {other:?} is not http or https; give the server as \
+                     http://HOST:PORT (or HOST:PORT)"
+                )))
+            }
+        }
+        if scheme == "https" && !tls {
+            return Err(err(
+                "an https:// server needs the CA certificate that signed its certificate: \
+                 pass --ca-cert FILE (or use http:// for a server without TLS)"
+                    .into(),
+            ));
+        }
         let token = match &options.token {
             Some(token) => {
-                let mut value: MetadataValue<Ascii> = format!("Bearer {}", token.trim())
-                    .parse()
-                    .map_err(|_| err("the token is not valid in a header".into()))?;
+                let mut value: MetadataValue<Ascii> =
+                    format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                        err("the token has characters that cannot travel in a header: \
+                             a token is visible ASCII (check --token-file or SKETCHD_TOKEN)"
+                            .into())
+                    })?;
                 value.set_sensitive(true);
                 BearerToken(Some(value))
             }
             None => BearerToken(None),
         };
-        let mut endpoint_url = url.to_owned();
-        if options.tls.is_some() {
-            if let Some(rest) = url.strip_prefix("http://") {
-                endpoint_url = format!("https://{rest}");
-            }
-        }
+        // TLS options make an http:// URL https://.
+        let endpoint_url = match url.strip_prefix("http://") {
+            Some(rest) if tls => format!("https://{rest}"),
+            _ => url.clone(),
+        };
         let mut endpoint = Endpoint::from_shared(endpoint_url)
-            .map_err(|e| err(e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| err(format!("{e}: give the server as http://HOST:PORT")))?
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if let Some(tls) = &options.tls {
             endpoint = endpoint
                 .tls_config(tls.config().map_err(err)?)
-                .map_err(|e| err(format!("tls: {e}")))?;
+                .map_err(|e| err(format!("the TLS options do not work: {e}")))?;
         }
-        Ok((endpoint, token))
+        let target = Target {
+            url,
+            authority,
+            tls,
+        };
+        Ok((endpoint, token, target))
     }
 
     fn authed(&self) -> AuthChannel {
         InterceptedService::new(self.channel.clone(), self.token.clone())
+    }
+
+    /// The error of a failed call: the server's answer as it is; a broken
+    /// connection (tonic gives such a status the transport error as its
+    /// source) as [`ClientError::Broken`], with its cause as a sentence.
+    fn failed(&self, status: tonic::Status) -> ClientError {
+        let Some(source) = status.source() else {
+            return ClientError::Status(status);
+        };
+        let reason = if !self.target.tls && not_plain_http2(source) {
+            "the server closed it or answered something other than plain HTTP/2; if it \
+             serves TLS, use https:// and --ca-cert FILE"
+                .to_owned()
+        } else {
+            transport_reason(&self.target, source)
+        };
+        ClientError::Broken {
+            url: self.target.url.clone(),
+            reason,
+        }
     }
 
     pub fn ingest_client(&self) -> pb::ingest_client::IngestClient<AuthChannel> {
@@ -328,7 +545,12 @@ impl Client {
         &self,
         request: pb::IngestRequest,
     ) -> Result<pb::IngestResponse, ClientError> {
-        Ok(self.ingest_client().ingest(request).await?.into_inner())
+        Ok(self
+            .ingest_client()
+            .ingest(request)
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner())
     }
 
     pub async fn count(
@@ -346,7 +568,12 @@ impl Client {
             to: window.to.to_string(),
             confidence: 0.0,
         };
-        let reply = self.query_client().count(request).await?.into_inner();
+        let reply = self
+            .query_client()
+            .count(request)
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
         Ok(CountReply {
             estimate: estimate(reply.estimate)?,
             covered: window_of(&reply.covered_from, &reply.covered_to)?,
@@ -368,7 +595,8 @@ impl Client {
         Ok(self
             .query_client()
             .observations(request)
-            .await?
+            .await
+            .map_err(|s| self.failed(s))?
             .into_inner()
             .observations)
     }
@@ -394,9 +622,14 @@ impl Client {
             limit,
             confidence: 0.0,
         };
-        let mut stream = self.query_client().group_by(request).await?.into_inner();
+        let mut stream = self
+            .query_client()
+            .group_by(request)
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
         let mut rows = Vec::new();
-        while let Some(row) = stream.message().await? {
+        while let Some(row) = stream.message().await.map_err(|s| self.failed(s))? {
             rows.push(GroupRow {
                 group: row.group,
                 estimate: estimate(row.estimate)?,
@@ -428,9 +661,14 @@ impl Client {
             limit,
             confidence: 0.0,
         };
-        let mut stream = self.query_client().compare(request).await?.into_inner();
+        let mut stream = self
+            .query_client()
+            .compare(request)
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
         let mut rows = Vec::new();
-        while let Some(row) = stream.message().await? {
+        while let Some(row) = stream.message().await.map_err(|s| self.failed(s))? {
             rows.push(CompareRow {
                 group: row.group,
                 a: estimate(row.a)?,
@@ -456,7 +694,12 @@ impl Client {
             b_from: b.from.to_string(),
             b_to: b.to.to_string(),
         };
-        let r = self.query_client().retention(request).await?.into_inner();
+        let r = self
+            .query_client()
+            .retention(request)
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
         Ok(Retention {
             in_a: r.in_a,
             in_both: r.in_both,
@@ -479,7 +722,12 @@ impl Client {
             b_to: b.to.to_string(),
             confidence: 0.0,
         };
-        let r = self.query_client().overlap(request).await?.into_inner();
+        let r = self
+            .query_client()
+            .overlap(request)
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
         Ok(Overlap {
             a: estimate(r.a)?,
             b: estimate(r.b)?,
@@ -506,7 +754,12 @@ impl Client {
             step: step.to_owned(),
             confidence: 0.0,
         };
-        let r = self.query_client().series(request).await?.into_inner();
+        let r = self
+            .query_client()
+            .series(request)
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner();
         r.points
             .into_iter()
             .map(|p| Ok((window_of(&p.from, &p.to)?, estimate(p.estimate)?)))
@@ -526,7 +779,8 @@ impl Client {
         Ok(self
             .replication_client()
             .status(pb::ReplicationStatusRequest {})
-            .await?
+            .await
+            .map_err(|s| self.failed(s))?
             .into_inner())
     }
 
@@ -536,7 +790,8 @@ impl Client {
         Ok(self
             .replication_client()
             .sync(pb::SyncRequest {})
-            .await?
+            .await
+            .map_err(|s| self.failed(s))?
             .into_inner())
     }
 }
@@ -595,5 +850,60 @@ pub fn scope_pb(scope: &Scope) -> pb::Scope {
             sector: sector.clone(),
             ..Default::default()
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_rows_map_back_to_the_push_order() {
+        let mut b = BatchBuilder::new();
+        for ip in ["10.0.0.1", "::1", "10.0.0.2", "::2", "::3", "10.0.0.3"] {
+            b.push(&Observation {
+                ip: ip.parse().unwrap(),
+                unix_seconds: 0,
+                org: None,
+                country: None,
+            });
+        }
+        // The server's rows: 10.0.0.1, .2, .3, then ::1, ::2, ::3.
+        let order = b.order();
+        let pushed: Vec<_> = (0..7).map(|row| order.pushed(row)).collect();
+        assert_eq!(
+            pushed,
+            [Some(0), Some(2), Some(5), Some(1), Some(3), Some(4), None]
+        );
+    }
+
+    #[test]
+    fn a_server_without_a_scheme_is_http_or_https_with_tls() {
+        let target = |url: &str, tls: bool| {
+            let options = ClientOptions {
+                token: None,
+                tls: tls.then(ClientTls::default),
+            };
+            Client::endpoint(url, &options).map(|(_, _, t)| (t.url, t.authority))
+        };
+        assert_eq!(
+            target("127.0.0.1:50051", false).unwrap(),
+            ("http://127.0.0.1:50051".into(), "127.0.0.1:50051".into())
+        );
+        assert_eq!(
+            target("db.example:443", true).unwrap().0,
+            "https://db.example:443"
+        );
+        let err = |url: &str, tls: bool| target(url, tls).unwrap_err().to_string();
+        assert!(err("https://h:1", false).contains("pass --ca-cert FILE"));
+        assert!(err("grpc://h:1", false).contains("is not http or https"));
+        let token = ClientOptions {
+            token: Some("bad\ntoken".into()),
+            tls: None,
+        };
+        assert!(Client::endpoint("h:1", &token)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot travel in a header"));
     }
 }

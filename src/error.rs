@@ -3,8 +3,11 @@
 //! Domain code returns [`Error`]; the gRPC layer maps each variant to a
 //! status code in one exhaustive match (`service::status`). Messages name the
 //! field (and the row, for batch rows) that was wrong, so a collector can fix
-//! its input from the message alone.
+//! its input from the message alone. A value of the caller's is quoted with
+//! [`quoted`], cut to a short prefix: a message travels in a header, and a
+//! 70 KB one would reach the client as "metadata size exceeds hard limit".
 
+use std::fmt;
 use std::path::PathBuf;
 
 use crate::sketch::SketchError;
@@ -29,15 +32,40 @@ pub enum Error {
     #[error("{0}")]
     LimitExceeded(String),
 
-    #[error("namespace {0:?} does not exist")]
+    /// A batch id (namespace, collector, sequence) came again with other
+    /// rows; nothing of the batch was applied.
+    #[error(
+        "collector {} already sent sequence {sequence} with other rows; nothing of this batch \
+         was applied: give every batch its own sequence (a retry must resend the same rows)",
+        quoted(collector)
+    )]
+    SequenceReused { collector: String, sequence: u64 },
+
+    #[error("namespace {} does not exist", quoted(.0))]
     NamespaceNotFound(String),
 
-    #[error("namespace {0:?} already exists with a different policy")]
+    /// A query's scope names an org, sector or country the namespace has
+    /// never seen (its count would be a zero that looks real).
+    #[error(
+        "{field}: namespace {} has no observation of {kind} {}; check the spelling (GroupBy \
+         by {kind} lists the ones it has)",
+        quoted(namespace),
+        quoted(value)
+    )]
+    UnknownInScope {
+        field: String,
+        kind: &'static str,
+        value: String,
+        namespace: String,
+    },
+
+    #[error("namespace {} already exists with a different policy", quoted(.0))]
     NamespaceExists(String),
 
     /// Namespaces must be created explicitly (config `auto_create_namespaces = false`).
     #[error(
-        "namespace {0:?} does not exist and the server does not create namespaces on first use"
+        "namespace {} does not exist and the server does not create namespaces on first use",
+        quoted(.0)
     )]
     NamespaceAutoCreateDisabled(String),
 
@@ -76,6 +104,36 @@ pub enum Error {
     Config(String),
 }
 
+/// Longest prefix of a caller's value that a message quotes, in characters.
+pub const QUOTE_MAX_CHARS: usize = 64;
+
+/// `value` for a message: quoted and escaped like `{:?}`, cut after
+/// [`QUOTE_MAX_CHARS`] characters (then `…` and its length in bytes follow).
+pub fn quoted(value: &str) -> Quoted<'_> {
+    Quoted(value)
+}
+
+/// See [`quoted`].
+#[derive(Clone, Copy, Debug)]
+pub struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(QUOTE_MAX_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => {
+                let shown = format!("{:?}", &self.0[..cut]);
+                write!(
+                    f,
+                    "{}…\" ({} bytes)",
+                    &shown[..shown.len() - 1],
+                    self.0.len()
+                )
+            }
+        }
+    }
+}
+
 impl Error {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::InvalidArgument {
@@ -97,5 +155,26 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_cut_to_a_prefix() {
+        assert_eq!(quoted("DE").to_string(), "\"DE\"");
+        assert_eq!(quoted("a\"b").to_string(), "\"a\\\"b\"");
+        let long = "x".repeat(70_000);
+        let shown = quoted(&long).to_string();
+        assert_eq!(
+            shown,
+            format!("\"{}…\" (70000 bytes)", "x".repeat(QUOTE_MAX_CHARS))
+        );
+        // Cut on a character boundary.
+        let wide = "é".repeat(100);
+        assert!(quoted(&wide).to_string().contains("(200 bytes)"));
+        assert_eq!(quoted(&"y".repeat(QUOTE_MAX_CHARS)).to_string().len(), 66);
     }
 }

@@ -55,6 +55,7 @@ pub mod wire;
 pub mod pb {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("sketchd.v1");
+    include!(concat!(env!("OUT_DIR"), "/client/sketchd.v1.rs"));
 
     /// Encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -12,10 +12,15 @@
 //! counts, group-by and compare by country, series, retention. It holds the
 //! same facts as the org sketch families, so the answers are theirs without
 //! the error. Sector scopes read the sketches.
+//!
+//! A scope that names an org, sector or country the namespace has never
+//! seen is refused (`known`), not answered with a zero that looks real.
+
+mod known;
 
 use crate::catalog::Namespace;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::sketch::{Estimate, Sketch};
 use std::collections::HashSet;
 
@@ -43,6 +48,19 @@ pub enum Scope {
     /// Orgs with this sector label in the org registry.
     Sector(String),
     CountrySector([u8; 2], String),
+}
+
+impl Scope {
+    /// What kind of scope it is, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scope::Global => "the global scope",
+            Scope::Country(_) => "a country",
+            Scope::Org(_) => "an org",
+            Scope::Sector(_) => "a sector",
+            Scope::CountrySector(..) => "a country and sector",
+        }
+    }
 }
 
 /// A count and the part of the window that holds data.
@@ -77,6 +95,12 @@ fn series_of(metric: Metric, scope: &Scope) -> Result<(Family, u64)> {
             ))
         }
     })
+}
+
+/// Refuses `scope` (the request field `field`) if it names an org, sector
+/// or country `ns` has never seen.
+fn require_known(engine: &Engine, ns: &Namespace, field: &str, scope: &Scope) -> Result<()> {
+    known::require_known(&engine.mem.read().index, ns, field, scope)
 }
 
 /// The namespace's days with data, clipped to `window`.
@@ -115,6 +139,7 @@ pub fn count(
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
     let (family, dim) = series_of(metric, scope)?;
+    require_known(engine, &ns, "scope", scope)?;
     let covered = covered(engine, &ns, window)?;
     let exact = presence_orgs(&engine.mem.read().index, &ns, metric, scope, covered);
     let estimate = match exact {
@@ -228,6 +253,7 @@ pub fn observations(
             ))
         }
     };
+    require_known(engine, &ns, "scope", scope)?;
     let window = covered(engine, &ns, window)?;
     let _gate = engine.checkpoint_gate.read();
     let mem = engine.mem.read();
@@ -274,6 +300,16 @@ pub enum GroupBy {
     Country,
     Org,
     Sector,
+}
+
+impl GroupBy {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupBy::Country => "country",
+            GroupBy::Org => "org",
+            GroupBy::Sector => "sector",
+        }
+    }
 }
 
 /// One group's estimate.
@@ -374,7 +410,12 @@ fn group_dims(
         }
         (_, by, within) => Err(Error::invalid(
             "within",
-            format!("grouping by {by:?} within {within:?} is not supported"),
+            format!(
+                "grouping by {} within {} is not supported: group within nothing, a country or \
+                 a sector",
+                by.name(),
+                within.kind()
+            ),
         )),
     }
 }
@@ -414,6 +455,7 @@ pub fn group(
     } = *spec;
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
+    require_known(engine, &ns, "within", within)?;
     let covered = covered(engine, &ns, window)?;
     if let Some(counts) = presence_orgs_by_country(engine, &ns, spec, [covered]) {
         let mut rows: Vec<GroupRow> = counts
@@ -471,6 +513,7 @@ pub fn compare(
     } = *spec;
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
+    require_known(engine, &ns, "within", within)?;
     let (a, b) = (covered(engine, &ns, a)?, covered(engine, &ns, b)?);
     if let Some(counts) = presence_orgs_by_country(engine, &ns, spec, [a, b]) {
         let mut rows: Vec<CompareRow> = counts
@@ -586,6 +629,7 @@ pub fn retention(
             ))
         }
     };
+    require_known(engine, &ns, "scope", scope)?;
     let tables = engine.tables();
     let mem = engine.mem.read();
     let index = &mem.index;
@@ -637,6 +681,7 @@ pub fn overlap(
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
     let (family, dim) = series_of(Metric::Ips, scope)?;
+    require_known(engine, &ns, "scope", scope)?;
     let sa = series_sketch(engine, &ns, family, dim, covered(engine, &ns, a)?)?;
     let sb = series_sketch(engine, &ns, family, dim, covered(engine, &ns, b)?)?;
     let mut union = sa.clone();
@@ -704,7 +749,10 @@ impl Step {
                 .filter(|&n| n > 0)
                 .map(Step::Days)
                 .ok_or_else(|| {
-                    Error::invalid(field, format!("{text:?}: use day, week, month or Nd"))
+                    Error::invalid(
+                        field,
+                        format!("{} is not a step: use day, week, month or Nd", quoted(text)),
+                    )
                 }),
         }
     }
@@ -742,6 +790,7 @@ pub fn series(
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
     let (family, dim) = series_of(metric, scope)?;
+    require_known(engine, &ns, "scope", scope)?;
     let steps = step.windows(window);
     if steps.len() > MAX_SERIES_POINTS {
         return Err(Error::invalid(
@@ -905,9 +954,15 @@ mod tests {
             for cc in COUNTRIES.iter().chain(&["ZZ", "IT"]) {
                 let code: [u8; 2] = cc.as_bytes().try_into().unwrap();
                 let want = truth(w, Some(cc));
-                let one = count(engine, "orgs", Metric::Orgs, &Scope::Country(code), w, 0.95)
-                    .unwrap()
-                    .estimate;
+                let counted = count(engine, "orgs", Metric::Orgs, &Scope::Country(code), w, 0.95);
+                if let Err(Error::UnknownInScope { .. }) = counted {
+                    // Never seen in the namespace (IT): refused, in no group.
+                    assert_eq!(truth(window(0, DAYS), Some(cc)), 0, "{cc}");
+                    assert!(!groups.contains_key(*cc));
+                    assert!(!compared.iter().any(|r| r.group == *cc));
+                    continue;
+                }
+                let one = counted.unwrap().estimate;
                 assert!(one.exact && one.lower == one.upper);
                 assert_eq!(one.value, want as f64, "{cc} {w:?}");
                 let by_sketch = sketch(Family::OrgsCountry, country_dim(code), w);

@@ -6,7 +6,9 @@
 //!
 //! Ingest, Query and Admin are wrapped in the [`Authenticate`] interceptor
 //! (a new guarded service gets it the same way, with [`guarded`]); health
-//! and reflection stay open. TLS, when configured, covers all of them.
+//! and reflection (v1 and v1alpha) stay open. TLS, when configured, covers
+//! all of them. Every method answers a request that does not parse with
+//! `INVALID_ARGUMENT` (see `wire`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::pb;
 use crate::replication::push::Pusher;
 use crate::service::{AdminService, IngestService, QueryService, ReplicationService};
+use crate::wire::DecodeErrorsAreInvalid;
 
 /// Serves `engine` on `listener` until `shutdown` completes.
 pub async fn run(
@@ -55,10 +58,18 @@ pub async fn run(
         tracing::info!(region = %pusher.config().region, upstream = %pusher.config().upstream, "replicating to an upstream");
         tokio::spawn(pusher.clone().run(Arc::downgrade(&engine), stopped));
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection v1, and v1alpha for the clients that know only it
+    // (grpcurl 1.8, Python's grpcio-reflection).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
     let auth = Authenticate::new(config.tokens.clone());
@@ -108,12 +119,13 @@ pub async fn run(
         conn
     });
     let served = server
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(ingest)
-        .add_service(query)
-        .add_service(admin)
-        .add_service(replication)
+        .add_service(DecodeErrorsAreInvalid(health_service))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(DecodeErrorsAreInvalid(ingest))
+        .add_service(DecodeErrorsAreInvalid(query))
+        .add_service(DecodeErrorsAreInvalid(admin))
+        .add_service(DecodeErrorsAreInvalid(replication))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     let _ = stop_pusher.send(true);

@@ -12,10 +12,27 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use time::{macros::format_description, Date, OffsetDateTime};
 
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 
 /// Seconds in a UTC day.
 pub const SECONDS_PER_DAY: i64 = 86_400;
+
+/// `unix_seconds` as an RFC 3339 UTC time (`2019-04-10T14:22:30Z`), for
+/// messages; `None` past the year 9999.
+pub fn utc_text(unix_seconds: i64) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(unix_seconds)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
+}
+
+/// `unix_seconds` followed by its UTC time in parentheses, when it has one.
+pub fn seconds_text(unix_seconds: i64) -> String {
+    match utc_text(unix_seconds) {
+        Some(utc) => format!("{unix_seconds} ({utc})"),
+        None => unix_seconds.to_string(),
+    }
+}
 
 /// A UTC day: days since 1970-01-01.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -35,9 +52,9 @@ impl Day {
     pub fn parse(text: &str) -> std::result::Result<Day, String> {
         let format = format_description!("[year]-[month]-[day]");
         let date = Date::parse(text, &format)
-            .map_err(|e| format!("{text:?} is not a date YYYY-MM-DD ({e})"))?;
+            .map_err(|e| format!("{} is not a date YYYY-MM-DD ({e})", quoted(text)))?;
         let unix = date.midnight().assume_utc().unix_timestamp();
-        Day::from_unix_seconds(unix).ok_or_else(|| format!("{text:?} is before 1970-01-01"))
+        Day::from_unix_seconds(unix).ok_or_else(|| format!("{} is before 1970-01-01", quoted(text)))
     }
 
     /// Parses a field of a request, naming the field in the error.

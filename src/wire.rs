@@ -1,5 +1,5 @@
 //! The gRPC message codec of every `sketchd.v1` service: prost, run over
-//! contiguous byte slices.
+//! contiguous byte slices, with decode errors that say whose fault they are.
 //!
 //! tonic hands a codec a whole message in one contiguous buffer, behind
 //! the `Buf` trait. prost's generic decoder then advances that buffer
@@ -11,33 +11,110 @@
 //! the wire are prost's either way: every integration test goes through
 //! this codec, and `tests/server.rs` has a client on tonic's stock prost
 //! codec talk to the server.
+//!
+//! A message that does not parse is the sender's fault. The server's
+//! codec ([`ServerCodec`]) answers an undecodable request `INVALID_ARGUMENT`
+//! naming the message and field (tonic's prost codec says `INTERNAL`, which
+//! clients take for a server fault and retry); a client's codec
+//! ([`ClientCodec`]) keeps `INTERNAL` for an undecodable answer, which is
+//! the server's fault. [`DecodeErrorsAreInvalid`] gives the services whose
+//! codec is not ours (gRPC health) the same answer, and every service the
+//! same for a request whose framing is broken (no message in a unary call,
+//! a body that ends inside a message), which tonic answers `INTERNAL`
+//! before any codec runs.
 
+use std::convert::Infallible;
 use std::marker::PhantomData;
 
 use prost::bytes::{Buf, BufMut};
 use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::Status;
+use tonic::codegen::{http, BoxFuture, Context, Poll, Service};
+use tonic::server::NamedService;
+use tonic::{Code, Status};
 
-/// [`Codec`] for `application/grpc+proto` with prost messages.
+/// Which end decodes: the server decodes requests, a client answers.
+pub trait Side: Send + Sync + 'static {
+    /// The status of a message that does not parse.
+    fn decode_error(message: &str, error: prost::DecodeError) -> Status;
+}
+
+/// The server's side: an undecodable request is `INVALID_ARGUMENT`.
 #[derive(Debug, Clone, Copy)]
-pub struct SliceCodec<T, U>(PhantomData<(T, U)>);
+pub struct RequestSide;
 
-impl<T, U> Default for SliceCodec<T, U> {
+/// A client's side: an undecodable answer is `INTERNAL`.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseSide;
+
+impl Side for RequestSide {
+    fn decode_error(message: &str, error: prost::DecodeError) -> Status {
+        Status::invalid_argument(format!(
+            "the request is not a valid {PACKAGE}.{message} message ({}); \
+             encode it from proto/sketchd/v1/sketchd.proto",
+            describe(&error)
+        ))
+    }
+}
+
+impl Side for ResponseSide {
+    fn decode_error(message: &str, error: prost::DecodeError) -> Status {
+        Status::internal(format!(
+            "the server's answer is not a valid {PACKAGE}.{message} message ({}); \
+             is the server a sketchd of the same API version?",
+            describe(&error)
+        ))
+    }
+}
+
+const PACKAGE: &str = "sketchd.v1";
+
+/// The metadata key of an `INVALID_ARGUMENT` about one row of a batch: the
+/// row's number (as in the message; IPv4 rows first, then IPv6 rows), so
+/// that a collector can point at the input line it came from.
+pub const ROW_METADATA: &str = "sketchd-row";
+
+/// prost's error without its fixed prefix: `Msg.field: what`.
+fn describe(error: &prost::DecodeError) -> String {
+    let text = error.to_string();
+    text.strip_prefix("failed to decode Protobuf message: ")
+        .map(str::to_owned)
+        .unwrap_or(text)
+}
+
+/// The unqualified name of a generated message type.
+fn message_name<U>() -> &'static str {
+    let full = std::any::type_name::<U>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+/// [`Codec`] for `application/grpc+proto` with prost messages; `S` says
+/// which end it decodes for.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceCodec<T, U, S>(PhantomData<(T, U, S)>);
+
+/// The codec of the generated servers (`build.rs`).
+pub type ServerCodec<T, U> = SliceCodec<T, U, RequestSide>;
+
+/// The codec of the generated clients (`build.rs`).
+pub type ClientCodec<T, U> = SliceCodec<T, U, ResponseSide>;
+
+impl<T, U, S> Default for SliceCodec<T, U, S> {
     fn default() -> Self {
         SliceCodec(PhantomData)
     }
 }
 
-impl<T, U> Codec for SliceCodec<T, U>
+impl<T, U, S> Codec for SliceCodec<T, U, S>
 where
     T: Message + Send + 'static,
     U: Message + Default + Send + 'static,
+    S: Side,
 {
     type Encode = T;
     type Decode = U;
     type Encoder = SliceEncoder<T>;
-    type Decoder = SliceDecoder<U>;
+    type Decoder = SliceDecoder<U, S>;
 
     fn encoder(&mut self) -> Self::Encoder {
         SliceEncoder(PhantomData)
@@ -64,27 +141,90 @@ impl<T: Message> Encoder for SliceEncoder<T> {
 
 /// Decodes a message from the contiguous slice tonic buffered it in.
 #[derive(Debug, Clone, Copy)]
-pub struct SliceDecoder<U>(PhantomData<U>);
+pub struct SliceDecoder<U, S>(PhantomData<(U, S)>);
 
-impl<U: Message + Default> Decoder for SliceDecoder<U> {
+impl<U: Message + Default, S: Side> Decoder for SliceDecoder<U, S> {
     type Item = U;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        let error = |e| S::decode_error(message_name::<U>(), e);
         let len = buf.remaining();
         let item = if buf.chunk().len() == len {
-            let item = U::decode(buf.chunk()).map_err(decode_error)?;
+            let item = U::decode(buf.chunk()).map_err(error)?;
             buf.advance(len);
             item
         } else {
             // Not contiguous (tonic does not do this today): the slow path.
-            U::decode(buf).map_err(decode_error)?
+            U::decode(buf).map_err(error)?
         };
         Ok(Some(item))
     }
 }
 
-/// As tonic's prost codec: a message that does not parse is `INTERNAL`.
-fn decode_error(error: prost::DecodeError) -> Status {
-    Status::internal(error.to_string())
+/// Wraps a service so that tonic's `INTERNAL` answers to a request that does
+/// not parse become `INVALID_ARGUMENT`: "failed to decode Protobuf message"
+/// (from tonic's prost codec, which gRPC health uses), "Missing request
+/// message." and "Unexpected EOF decoding stream." (broken framing). Unary
+/// and server-streaming calls carry that status in the response headers (a
+/// trailers-only response), which is where it is rewritten. (A compressed
+/// message without a `grpc-encoding` stays `INTERNAL`: the gRPC spec
+/// requires it.)
+#[derive(Debug, Clone)]
+pub struct DecodeErrorsAreInvalid<S>(pub S);
+
+impl<S, B, R> Service<http::Request<B>> for DecodeErrorsAreInvalid<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let answer = self.0.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            let headers = response.headers_mut();
+            if let Some(status) = Status::from_header_map(headers) {
+                if let Some(message) = undecodable(&status) {
+                    let _ = Status::invalid_argument(message).add_header(headers);
+                }
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// What to say instead of tonic's `INTERNAL` about a request that does not
+/// parse; `None` for any other status.
+fn undecodable(status: &Status) -> Option<String> {
+    if status.code() != Code::Internal {
+        return None;
+    }
+    let message = status.message();
+    if let Some(what) = message.strip_prefix("failed to decode Protobuf message: ") {
+        Some(format!(
+            "the request does not parse ({what}); encode it from the service's .proto"
+        ))
+    } else if message.starts_with("Missing request message") {
+        Some("the request holds no message: a unary call sends exactly one".into())
+    } else if message.starts_with("Unexpected EOF decoding stream") {
+        Some(
+            "the request ends inside a message: its length prefix promises more bytes than \
+             were sent"
+                .into(),
+        )
+    } else {
+        None
+    }
+}
+
+impl<S: NamedService> NamedService for DecodeErrorsAreInvalid<S> {
+    const NAME: &'static str = S::NAME;
 }

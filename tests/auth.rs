@@ -280,7 +280,11 @@ async fn every_role_against_every_rpc() {
     let server = auth_server(dir.path()).await;
     // The admin's client sets up two namespaces with data.
     for (i, ns) in ["ips", "other"].into_iter().enumerate() {
-        server.client.ingest(batch(ns, i as u64, 20)).await.unwrap();
+        server
+            .client
+            .ingest(batch(ns, i as u64 + 1, 20))
+            .await
+            .unwrap();
     }
 
     let roles = [

@@ -294,6 +294,7 @@ async fn send(
                     initial: Duration::from_millis(50),
                     max_delay: Duration::from_millis(500),
                     max_elapsed: Duration::from_secs(120),
+                    wait_for_server: Duration::from_secs(120),
                 },
                 ..CollectorOptions::new(NS, &format!("collector-{c}"))
             };
@@ -611,13 +612,31 @@ fn a_region_pushes_into_a_cluster_and_every_node_merges_it() {
             .sync()
             .await
             .expect("the region's push is acknowledged");
-        let total = 3 * 6 * 300;
+        // A batch id reused with other rows is refused by every node alike,
+        // and the nodes go on.
+        let batch = |seed: u64| {
+            let mut b = sketchd::client::BatchBuilder::new();
+            for obs in rows(9, seed, 10) {
+                b.push(&obs);
+            }
+            b.build(NS, "collector-reused", 1)
+        };
+        let first = nodes[2].client().await.ingest(batch(9)).await.unwrap();
+        assert!(!first.duplicate);
+        let refused = nodes[1].client().await.ingest(batch(10)).await.unwrap_err();
+        assert!(
+            matches!(&refused, sketchd::client::ClientError::Status(s)
+                if s.code() == tonic::Code::AlreadyExists),
+            "{refused}"
+        );
+        let total = 3 * 6 * 300 + 10;
         for node in &nodes {
             until_caught_up(&node.url(), total).await;
         }
         let ref_dir = tempfile::tempdir().unwrap();
         let reference = common::start(ref_dir.path()).await;
         send_reference(&reference.client, 0..3, 6, 300).await;
+        reference.client.ingest(batch(9)).await.unwrap();
         assert_answers_like(&[&nodes[0], &nodes[1], &nodes[2]], &reference.client).await;
         region.stop().await;
         reference.stop().await;

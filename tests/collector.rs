@@ -249,16 +249,22 @@ async fn bad_rows_are_reported_with_file_line_and_field() {
         assert!(stderr.contains(want), "{stderr}");
     }
     // A row the server refuses (too old for the namespace) stops the
-    // collector with the server's message.
+    // collector with the server's message, at the row's file and line
+    // (rows are sent IPv4 first: the IPv6 row before it moves it on).
     let old = dir.path().join("old.csv");
-    std::fs::write(&old, "time,ip\n1000000000,1.2.3.4\n").unwrap();
+    std::fs::write(
+        &old,
+        "time,ip\n1775001600,1.2.3.4\n\n1775001600,::1\n1000000000,1.2.3.5\n",
+    )
+    .unwrap();
     let mut args = strings(&["--server", &server.url, "--namespace", "bad"]);
     args.push(old.display().to_string());
     let out = ingest_cli(args, None).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("was refused") && stderr.contains("older than the namespace allows"),
+        stderr.contains("old.csv:5: invalid unix_seconds: 1000000000 (2001-09-09T01:46:40Z) is older than namespace \"bad\" accepts")
+            && stderr.contains("policy.max_age_days"),
         "{stderr}"
     );
     server.stop().await;
@@ -279,7 +285,7 @@ async fn collector_waits_for_a_server_that_is_not_up_yet() {
         "late",
         "--batch-rows",
         "1000",
-        "--max-retry-time",
+        "--wait-for-server",
         "60s",
         "--json",
         &file.display().to_string(),

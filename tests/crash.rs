@@ -67,7 +67,7 @@ async fn sigkill_while_collectors_send_loses_no_acknowledged_batch() {
         let client = client.clone();
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
-            for seq in 0..10_000u64 {
+            for seq in 1..=10_000u64 {
                 match client.ingest(request(c, seq, now)).await {
                     Ok(reply) => {
                         assert!(!reply.duplicate);
@@ -119,6 +119,19 @@ async fn sigkill_while_collectors_send_loses_no_acknowledged_batch() {
         rows(acked.len()),
         rows(in_flight.len())
     );
+    // The last acknowledged batch (in the log, or in sled) keeps the
+    // digest of its rows: its id with other rows is refused, the same
+    // rows again are a duplicate.
+    let &(c, seq) = acked.last().unwrap();
+    let mut other = request(c + 100, seq, now);
+    other.collector_id = format!("collector-{c}");
+    match client.ingest(other).await {
+        Err(sketchd::client::ClientError::Status(s)) => {
+            assert_eq!(s.code(), tonic::Code::AlreadyExists, "{s:?}")
+        }
+        other => panic!("a reused id with other rows: {other:?}"),
+    }
+    assert!(client.ingest(request(c, seq, now)).await.unwrap().duplicate);
     // Collectors re-send what they did not see acknowledged.
     for &(c, seq) in &in_flight {
         client.ingest(request(c, seq, now)).await.unwrap();

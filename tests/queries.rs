@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use common::{Coverage, Rng, TestServer, APRIL_1, DAY};
-use sketchd::client::{BatchBuilder, Observation};
+use sketchd::client::{BatchBuilder, ClientError, Observation};
 use sketchd::pb;
 use sketchd::query::{GroupBy, Metric, Scope};
 use sketchd::time::{Day, DayWindow};
@@ -106,7 +106,7 @@ async fn loaded() -> (tempfile::TempDir, TestServer, Vec<Observation>) {
         chunk.iter().for_each(|r| b.push(r));
         server
             .client
-            .ingest(b.build(NS, "c", i as u64))
+            .ingest(b.build(NS, "c", i as u64 + 1))
             .await
             .unwrap();
     }
@@ -326,17 +326,29 @@ async fn edge_windows_and_bad_requests() {
         .await
         .unwrap();
     assert_eq!((r.in_a, r.in_both, r.share()), (0, 0, 0.0));
-    // Unknown groups: a country with no data is simply absent or zero.
-    let none = c
-        .count(NS, Metric::Ips, &Scope::Country(*b"BR"), window(0, 61))
+    // A country the namespace never saw is NOT_FOUND, not a zero that
+    // looks real; a known one outside its days is a real zero.
+    let not_found = |r: Result<_, ClientError>| match r {
+        Err(ClientError::Status(s)) => s.code() == Code::NotFound && s.message().contains("\"BR\""),
+        _ => false,
+    };
+    assert!(not_found(
+        c.count(NS, Metric::Ips, &Scope::Country(*b"BR"), window(0, 61))
+            .await
+            .map(|_| ())
+    ));
+    assert!(not_found(
+        c.retention(NS, &Scope::Country(*b"BR"), window(0, 30), window(30, 61))
+            .await
+            .map(|_| ())
+    ));
+    let known = truth.by_country(Metric::Ips, window(0, 61));
+    let cc: [u8; 2] = known.keys().next().unwrap().as_bytes().try_into().unwrap();
+    let zero = c
+        .count(NS, Metric::Ips, &Scope::Country(cc), window(100, 130))
         .await
         .unwrap();
-    assert_eq!(none.estimate.value, 0.0);
-    let r = c
-        .retention(NS, &Scope::Country(*b"BR"), window(0, 30), window(30, 61))
-        .await
-        .unwrap();
-    assert_eq!(r.in_a, 0);
+    assert_eq!(zero.estimate.value, 0.0);
 
     // Reversed windows and bad arguments.
     let mut q = server.client.query_client();

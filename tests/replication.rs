@@ -97,7 +97,7 @@ async fn regions_converge_to_the_single_server_byte_for_byte() {
     let mut sent = 0u64;
     for phase in 0..2u64 {
         for collector in 1..=4u64 {
-            for seq in 0..3u64 {
+            for seq in 1..=3u64 {
                 let seq = phase * 10 + seq;
                 let n = 2_000 + (collector * 500) as usize;
                 let region = if collector <= 2 { &eu } else { &us };
@@ -107,8 +107,8 @@ async fn regions_converge_to_the_single_server_byte_for_byte() {
             }
         }
         // A collector retries a batch it already sent: never counted twice.
-        send(&eu.client, 1, phase * 10, 2_500, NOW).await;
-        send(&single.client, 1, phase * 10, 2_500, NOW).await;
+        send(&eu.client, 1, phase * 10 + 1, 2_500, NOW).await;
+        send(&single.client, 1, phase * 10 + 1, 2_500, NOW).await;
         for r in [&eu, &us] {
             let synced = r.client.sync().await.expect("sync");
             assert!(synced.acked_revision > 0);
@@ -170,7 +170,7 @@ async fn anti_entropy_repairs_a_global_server_that_lost_its_data() {
     let addr: SocketAddr = global.addr;
     let eu = common::start_with(regional(dirs[1].path(), "eu", &global.url)).await;
     let single = common::start(dirs[3].path()).await;
-    for seq in 0..4 {
+    for seq in 1..=4 {
         send(&eu.client, 1, seq, 3_000, NOW).await;
         send(&single.client, 1, seq, 3_000, NOW).await;
     }
@@ -241,7 +241,7 @@ async fn push(client: &Client, c: pb::PushChunk) -> Result<Vec<pb::PushAck>, ton
 async fn bad_pushes_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = common::start(dir.path()).await;
-    send(&server.client, 1, 0, 1_000, NOW).await;
+    send(&server.client, 1, 1, 1_000, NOW).await;
     let before = common::answers(NS, &server.client, NOW).await;
     let ns = server
         .client
@@ -350,7 +350,7 @@ async fn a_regional_server_killed_mid_push_converges_without_double_counting() {
     // Send until the global server has merged part of the pushes, then
     // kill the regional server (it pushes every 20 ms, so mid-push or near).
     let mut sent = 0u64;
-    let mut seq = 0u64;
+    let mut seq = 1u64;
     loop {
         send(&eu, 1 + seq % 3, seq, 4_000, now).await;
         send(&single.client, 1 + seq % 3, seq, 4_000, now).await;
@@ -459,7 +459,7 @@ async fn pushes_need_the_peer_role_and_the_same_hash_seed() {
         .into_iter()
         .enumerate()
     {
-        send(&r.client, i as u64 + 1, 0, 1_000, NOW).await;
+        send(&r.client, i as u64 + 1, 1, 1_000, NOW).await;
     }
     peer.client.sync().await.expect("a peer token may push");
     for (r, expected) in [

@@ -137,7 +137,7 @@ async fn ingest_then_count_matches_truth_within_bounds() {
     let rows = world(1, 120_000, 10, 40_000);
     let mut acked = 0;
     for (i, chunk) in rows.chunks(25_000).enumerate() {
-        let reply = send(&server, chunk, "c1", i as u64).await;
+        let reply = send(&server, chunk, "c1", i as u64 + 1).await;
         assert!(!reply.duplicate);
         acked += reply.rows_accepted;
     }
@@ -195,7 +195,7 @@ async fn restart_gives_the_same_answers() {
     let rows = world(2, 60_000, 5, 30_000);
     let server = common::start(dir.path()).await;
     for (i, chunk) in rows.chunks(20_000).enumerate() {
-        send(&server, chunk, "c1", i as u64).await;
+        send(&server, chunk, "c1", i as u64 + 1).await;
     }
     let w = window(0, 5);
     let before = server
@@ -268,6 +268,18 @@ async fn a_retried_batch_is_not_double_counted_even_after_restart() {
     let server = common::start(dir.path()).await;
     let after_restart = send(&server, &rows, "eu-1", 7).await;
     assert!(after_restart.duplicate);
+    // The id with other rows is another batch that reuses it: refused,
+    // also after the restart (the digest of the rows is kept with the id).
+    let mut b = BatchBuilder::new();
+    rows[1..].iter().for_each(|r| b.push(r));
+    let reused = server.client.ingest(b.build(NS, "eu-1", 7)).await;
+    match reused {
+        Err(sketchd::client::ClientError::Status(s)) => {
+            assert_eq!(s.code(), Code::AlreadyExists, "{s:?}");
+            assert!(s.message().contains("sequence 7"), "{s:?}");
+        }
+        other => panic!("a reused id: {other:?}"),
+    }
     assert_eq!(
         server
             .client
@@ -595,22 +607,20 @@ async fn query_errors_name_what_is_wrong() {
         .into_inner();
     let e = reply.estimate.unwrap();
     assert_eq!((e.estimate, e.exact), (0.0, true));
-    // An unknown org is simply zero.
+    // An org no row ever had is NOT_FOUND, not a zero that looks real.
     let mut unknown = base;
     unknown.scope = Some(pb::Scope {
         org: "AS999999".into(),
         ..Default::default()
     });
-    let e = server
+    let err = server
         .client
         .query_client()
         .count(unknown)
         .await
-        .unwrap()
-        .into_inner()
-        .estimate
-        .unwrap();
-    assert_eq!(e.estimate, 0.0);
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("\"AS999999\""), "{}", err.message());
     server.stop().await;
 }
 
@@ -780,6 +790,37 @@ async fn health_and_reflection_are_served() {
     ] {
         assert!(names.contains(service), "{service} missing from {names:?}");
     }
+
+    // v1alpha too, for clients that know only it (grpcurl 1.8, Python's
+    // grpcio-reflection).
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResponse;
+    let mut alpha = AlphaClient::new(
+        tonic::transport::Endpoint::from_shared(server.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(AlphaRequest::ListServices(String::new())),
+    };
+    let reply = alpha
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(AlphaResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected v1alpha reflection answer");
+    };
+    let names: HashSet<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains("sketchd.v1.Ingest"), "{names:?}");
     server.stop().await;
 }
 
@@ -793,7 +834,7 @@ async fn concurrent_collectors_share_group_commits_and_lose_nothing() {
         let client = server.client.clone();
         let mut b = BatchBuilder::new();
         chunk.iter().for_each(|r| b.push(r));
-        let req = b.build(NS, &format!("collector-{}", i % 8), i as u64);
+        let req = b.build(NS, &format!("collector-{}", i % 8), i as u64 + 1);
         tasks.push(tokio::spawn(async move {
             client.ingest(req).await.unwrap().rows_accepted
         }));
@@ -923,13 +964,13 @@ async fn the_memtable_keeps_to_its_byte_budget() {
     let mut sent = 0;
     let mut peak = 0.0f64;
     let mut first_batch = 0.0f64;
-    for seq in 0..12 {
+    for seq in 1..=12 {
         // Dense global and country sketches on 30 days: ~1.5 MiB per batch.
         let rows = world(1_000 + seq, 40_000, 30, 500_000);
         send(&server, &rows, "budget", seq).await;
         sent += rows.len() as u64;
         let bytes = metric(&scrape(&server).await, "sketchd_memtable_bytes");
-        if seq == 0 {
+        if seq == 1 {
             first_batch = bytes;
         }
         peak = peak.max(bytes);

@@ -105,7 +105,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<()> {
         restored.records,
         summary.records
     );
-    println!(
+    outln!(
         "backup of revision {} written to {} ({} records, {:.1} MiB); serve it with `sketchd serve --data {}`",
         summary.revision,
         out.display(),

@@ -199,6 +199,9 @@ fn generate(
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    if let Some(path) = &args.chart {
+        report::check_chart_path(path)?;
+    }
     let dir = tables_dir(args.tables)?;
     let scratch = std::env::temp_dir().join(format!("sketchd-demo-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
@@ -279,7 +282,7 @@ async fn demo(
     send(&client, rows, collectors).await?;
     let wa = window(0, 30);
     let wb = window(214, 244);
-    println!("\n{}", report::report(&client, "demo", wa, wb, 10).await?);
+    outln!("\n{}", report::report(&client, "demo", wa, wb, 10).await?);
     let before = window(0, CUTOFF_DAY);
     let after = window(CUTOFF_DAY, DAYS);
     let us_gov = Scope::CountrySector(*b"US", "government".into());
@@ -288,7 +291,7 @@ async fn demo(
         .count("demo", Metric::Orgs, &us_gov, after)
         .await?
         .estimate;
-    println!(
+    outln!(
         "US government organisations: {} seen before {}, {} of them ({:.0} %) still seen after; {} active after the cut-off",
         kept.in_a,
         before.to,
@@ -299,7 +302,7 @@ async fn demo(
     let all = client
         .retention("demo", &Scope::Global, before, after)
         .await?;
-    println!(
+    outln!(
         "All organisations: {:.0} % of those seen before {} are still seen after (exact)",
         100.0 * all.share(),
         before.to
@@ -341,7 +344,8 @@ async fn send(client: &Client, rows: Vec<(i64, u32)>, collectors: usize) -> anyh
                 let request = pb::IngestRequest {
                     namespace: "demo".into(),
                     collector_id: format!("demo-{c}"),
-                    sequence: seq as u64,
+                    // Sequences start at 1 (0 is refused).
+                    sequence: seq as u64 + 1,
                     ipv4: chunk.iter().map(|r| r.1).collect(),
                     unix_seconds: chunk.iter().map(|r| r.0).collect(),
                     ..Default::default()

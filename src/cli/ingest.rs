@@ -13,18 +13,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail};
 
 use sketchd::client::collector::Progress;
-use sketchd::client::formats::{self, Format};
-use sketchd::client::{Collector, CollectorOptions, RetryPolicy, Sequences, Summary};
+use sketchd::client::formats::{self, Format, Location};
+use sketchd::client::{
+    Collector, CollectorError, CollectorOptions, RetryPolicy, Sequences, Summary,
+};
 
 use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct IngestArgs {
-    /// Server URL; several nodes of a cluster separated by commas
-    /// (URL,URL,...): a batch that fails on one is retried on the next.
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert, or HOST:PORT);
+    /// several nodes of a cluster separated by commas (URL,URL,...): a batch
+    /// that fails on one is retried on the next.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
@@ -46,14 +49,17 @@ pub struct IngestArgs {
     /// slow streams on standard input).
     #[arg(long)]
     max_batch_delay_ms: Option<u64>,
-    /// Give up on a batch that has been failing this long (e.g. 90s, 10m).
+    /// Once the server has answered, give up on a batch that has been failing this long (e.g. 90s, 10m).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     max_retry_time: Duration,
+    /// Keep trying this long to reach a server that has not answered yet (e.g. 30s for one that is starting); by default an unreachable server fails at once.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    wait_for_server: Duration,
     /// One attempt without an answer for this long is retried (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     attempt_timeout: Duration,
-    /// Number batches from here instead of hashing their content and position.
-    #[arg(long)]
+    /// Number batches from here (at least 1) instead of hashing their content and position.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     first_sequence: Option<u64>,
     /// No summary line (errors still go to stderr).
     #[arg(long, conflicts_with = "json")]
@@ -89,6 +95,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             .map_or(Sequences::ContentHash, Sequences::From),
         retry: RetryPolicy {
             max_elapsed: args.max_retry_time,
+            wait_for_server: args.wait_for_server,
             ..RetryPolicy::default()
         },
         attempt_timeout: args.attempt_timeout,
@@ -105,13 +112,32 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     }
     .await;
     bar.stop().await;
-    let summary = result.with_context(|| format!("ingest into {}", args.server))?;
+    let summary = result.map_err(|e| at_line(e, &args.files, format))?;
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?);
     } else if !args.quiet {
-        println!("{}", summary_line(&summary));
+        outln!("{}", summary_line(&summary));
     }
     Ok(())
+}
+
+/// A row the server refused, at its line (or record) in the file it came
+/// from; other errors as they are.
+fn at_line(error: CollectorError, files: &[PathBuf], format: Option<Format>) -> anyhow::Error {
+    if let CollectorError::RowRefused {
+        input,
+        observation,
+        reason,
+    } = &error
+    {
+        let path = files.iter().find(|p| p.display().to_string() == *input);
+        match path.and_then(|p| formats::locate(p, format, observation - 1)) {
+            Some(Location::Line(n)) => return anyhow!("{input}:{n}: {reason}"),
+            Some(Location::Record(n)) => return anyhow!("{input}: record {n}: {reason}"),
+            _ => {}
+        }
+    }
+    error.into()
 }
 
 fn summary_line(s: &Summary) -> String {

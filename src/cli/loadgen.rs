@@ -5,7 +5,7 @@
 //! records `ts u32 | ip u32 | org u32 | cc 2 bytes`, little-endian) is cut
 //! into chunks of `--batch-rows` records. Collector `i` of `N` sends chunks
 //! `i, i + N, i + 2N, …` on its own connection, with its own collector id
-//! (`loadgen-<i>`) and sequence numbers `0, 1, 2, …`, one batch in flight at
+//! (`loadgen-<i>`) and sequence numbers `1, 2, 3, …`, one batch in flight at
 //! a time; the next batch is read (positioned reads, the file is never
 //! loaded whole) and encoded on a blocking thread while the current one
 //! waits for its acknowledgement, which the server sends only once the batch
@@ -45,8 +45,9 @@ use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct LoadgenArgs {
-    /// Server URL; nodes of a cluster separated by commas (collector i
-    /// sends to node i mod n; queries go to the first).
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert, or HOST:PORT);
+    /// nodes of a cluster separated by commas (collector i sends to node
+    /// i mod n; queries go to the first).
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
@@ -195,9 +196,9 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
         server_work,
     };
     if args.json {
-        println!("{}", report.summary_json());
+        outln!("{}", report.summary_json());
     } else {
-        print!("{}", report.table());
+        out!("{}", report.table());
     }
     if let Some(path) = &args.results {
         let doc = report.peers_results(&args, truth.as_ref());
@@ -627,7 +628,7 @@ async fn send_chunks(
     let id = format!("loadgen-{index}");
     let step = plan.collectors as u64;
     let mut k = index as u64;
-    let mut sequence = 0u64;
+    let mut sequence = 1u64;
     if k >= plan.chunks() {
         return Ok(());
     }

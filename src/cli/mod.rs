@@ -1,11 +1,15 @@
 //! Command-line interface: `serve`, `ingest`, `query`.
 
+#[macro_use]
+pub mod output;
+
 mod backup;
 mod demo;
 mod ingest;
 mod loadgen;
 mod query;
 mod report;
+mod startup;
 mod status;
 
 use std::path::PathBuf;
@@ -111,6 +115,14 @@ enum Command {
     Sync(status::SyncArgs),
     /// Write an online backup of a server into a new data directory.
     Backup(backup::BackupArgs),
+    /// Print a completion script for a shell, e.g. `sketchd completions bash > /etc/bash_completion.d/sketchd`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
 }
 
 #[derive(clap::Args)]
@@ -177,12 +189,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Status(a) => status::status(a).await,
         Command::Sync(a) => status::sync(a).await,
         Command::Backup(a) => backup::run(a).await,
+        Command::Completions(a) => completions(a),
     }
+}
+
+/// Writes the completion script of `a.shell` to stdout.
+fn completions(a: CompletionsArgs) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(a.shell, &mut Args::command(), "sketchd", &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut raw = match &args.config {
-        Some(path) => RawConfig::from_file(path)?,
+        Some(path) => RawConfig::from_file(path).map_err(|e| startup::config_file(path, e))?,
         None => RawConfig::default(),
     };
     if args.listen.is_some() {
@@ -230,7 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .map_err(|e| startup::listen(config.listen, e))?;
     let data_dir = config.data_dir.clone();
     let log = match &config.cluster {
         Some(cluster) => {
@@ -244,12 +266,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let engine = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Engine::open(&config, tables)).await??
+        tokio::task::spawn_blocking(move || Engine::open(&config, tables))
+            .await?
+            .map_err(|e| startup::data_dir(&data_dir, e))?
     };
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, data = %data_dir.display(), "sketchd ready");
-    // One plain line on stdout, for scripts and tests that start the server.
-    println!("sketchd listening on {addr}");
+    // One plain line on stdout, for scripts and tests that start the server
+    // (a closed stdout does not stop the server).
+    let _ = output::write(format_args!("sketchd listening on {addr}\n"));
     let engine = Arc::new(engine);
     if let (Some(log), Some(cluster)) = (log, &config.cluster) {
         sketchd::engine::cluster::start(&engine, log, cluster.clone());
@@ -330,4 +355,61 @@ fn reload_on_sighup(engine: std::sync::Weak<Engine>) {
     });
     #[cfg(not(unix))]
     drop(engine);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option and argument of every subcommand says what it is.
+    #[test]
+    fn every_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_name() != "help" {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Args::command(), "sketchd", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
+
+    #[test]
+    fn the_scope_help_names_every_form() {
+        let cmd = Args::command();
+        let count = cmd
+            .find_subcommand("query")
+            .and_then(|q| q.find_subcommand("count"))
+            .unwrap();
+        let scope = count
+            .get_arguments()
+            .find(|a| a.get_id() == "scope")
+            .unwrap();
+        let help = scope.get_help().unwrap().to_string();
+        for form in [
+            "global",
+            "country:CC",
+            "org:ID",
+            "sector:S",
+            "country:CC,sector:S",
+        ] {
+            assert!(help.contains(form), "{help}");
+        }
+    }
 }

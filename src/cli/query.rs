@@ -30,9 +30,20 @@ pub enum QueryCommand {
     Series(SeriesArgs),
 }
 
+/// `--scope` of the counting questions.
+const SCOPE: &str = "What to count within: global, country:CC (e.g. country:DE), org:ID (e.g. \
+org:AS15169), sector:S (a sector label of the org registry, e.g. sector:government) or \
+country:CC,sector:S";
+/// `--scope` of the questions over organisations (no org:ID).
+const ORG_SCOPE: &str = "Which organisations: global, country:CC (e.g. country:DE), sector:S \
+(a sector label of the org registry) or country:CC,sector:S";
+/// `--scope` of group and compare.
+const GROUP_SCOPE: &str = "Narrow the groups: global, country:CC (with --by org or sector), \
+sector:S (with --by country or org) or country:CC,sector:S (with --by org)";
+
 #[derive(clap::Args)]
 pub struct Conn {
-    /// Server URL.
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
     #[arg(long, default_value = DEFAULT_SERVER)]
     pub server: String,
     #[command(flatten)]
@@ -55,11 +66,10 @@ impl Conn {
 pub struct CountArgs {
     #[command(flatten)]
     conn: Conn,
-    /// ips or orgs.
+    /// What to count: ips (distinct addresses) or orgs (distinct organisations).
     #[arg(long)]
     metric: String,
-    /// global, country:CC or org:ID.
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = SCOPE)]
     scope: String,
     /// First day, YYYY-MM-DD.
     #[arg(long)]
@@ -73,11 +83,13 @@ pub struct CountArgs {
 pub struct ObservationsArgs {
     #[command(flatten)]
     conn: Conn,
-    /// global or country:CC.
+    /// Where: global or country:CC (observations are counted globally and per country).
     #[arg(long, default_value = "global")]
     scope: String,
+    /// First day, YYYY-MM-DD.
     #[arg(long)]
     from: String,
+    /// First day not included, YYYY-MM-DD.
     #[arg(long)]
     to: String,
 }
@@ -86,17 +98,18 @@ pub struct ObservationsArgs {
 pub struct GroupArgs {
     #[command(flatten)]
     conn: Conn,
-    /// ips or orgs.
+    /// What to count: ips or orgs.
     #[arg(long)]
     metric: String,
-    /// country or org.
+    /// What a row is: country, org or sector.
     #[arg(long)]
     by: String,
-    /// Narrow the groups: global, or country:CC for --by org.
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = GROUP_SCOPE)]
     scope: String,
+    /// First day, YYYY-MM-DD.
     #[arg(long)]
     from: String,
+    /// First day not included, YYYY-MM-DD.
     #[arg(long)]
     to: String,
     /// Most rows; 0 = all.
@@ -106,12 +119,16 @@ pub struct GroupArgs {
 
 #[derive(clap::Args)]
 pub struct TwoWindows {
+    /// First day of window A (the earlier one), YYYY-MM-DD.
     #[arg(long)]
     pub a_from: String,
+    /// First day not in window A, YYYY-MM-DD.
     #[arg(long)]
     pub a_to: String,
+    /// First day of window B (the later one), YYYY-MM-DD.
     #[arg(long)]
     pub b_from: String,
+    /// First day not in window B, YYYY-MM-DD.
     #[arg(long)]
     pub b_to: String,
 }
@@ -129,15 +146,17 @@ impl TwoWindows {
 pub struct CompareArgs {
     #[command(flatten)]
     conn: Conn,
+    /// What to count: ips or orgs.
     #[arg(long)]
     metric: String,
-    /// country or org.
+    /// What a row is: country, org or sector.
     #[arg(long)]
     by: String,
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = GROUP_SCOPE)]
     scope: String,
     #[command(flatten)]
     windows: TwoWindows,
+    /// Most rows (by the value in A); 0 = all.
     #[arg(long, default_value_t = 0)]
     limit: u32,
 }
@@ -146,8 +165,7 @@ pub struct CompareArgs {
 pub struct RetentionArgs {
     #[command(flatten)]
     conn: Conn,
-    /// global or country:CC.
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = ORG_SCOPE)]
     scope: String,
     #[command(flatten)]
     windows: TwoWindows,
@@ -157,8 +175,7 @@ pub struct RetentionArgs {
 pub struct OverlapArgs {
     #[command(flatten)]
     conn: Conn,
-    /// global, country:CC or org:ID.
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = SCOPE)]
     scope: String,
     #[command(flatten)]
     windows: TwoWindows,
@@ -168,12 +185,15 @@ pub struct OverlapArgs {
 pub struct SeriesArgs {
     #[command(flatten)]
     conn: Conn,
+    /// What to count: ips or orgs.
     #[arg(long)]
     metric: String,
-    #[arg(long, default_value = "global")]
+    #[arg(long, default_value = "global", help = SCOPE)]
     scope: String,
+    /// First day, YYYY-MM-DD.
     #[arg(long)]
     from: String,
+    /// First day not included, YYYY-MM-DD.
     #[arg(long)]
     to: String,
     /// day, week, month or Nd.
@@ -289,14 +309,17 @@ async fn count(a: CountArgs) -> anyhow::Result<()> {
             "from": reply.covered.from.to_string(),
             "to": reply.covered.to.to_string(),
         });
-        println!("{doc}");
+        outln!("{doc}");
     } else if e.exact {
-        println!(
+        outln!(
             "{} distinct {} (exact), {} to {} (exclusive)",
-            e.value, a.metric, reply.covered.from, reply.covered.to
+            e.value,
+            a.metric,
+            reply.covered.from,
+            reply.covered.to
         );
     } else {
-        println!(
+        outln!(
             "{:.0} distinct {} ({:.0}% interval {:.0} to {:.0}), {} to {} (exclusive)",
             e.value,
             a.metric,
@@ -320,9 +343,9 @@ async fn observations(a: ObservationsArgs) -> anyhow::Result<()> {
         .observations(&a.conn.namespace, &scope, window)
         .await?;
     if a.conn.json {
-        println!("{}", json!({ "observations": n }));
+        outln!("{}", json!({ "observations": n }));
     } else {
-        println!("{n} observations");
+        outln!("{n} observations");
     }
     Ok(())
 }
@@ -347,11 +370,11 @@ async fn group(a: GroupArgs) -> anyhow::Result<()> {
                 v
             })
             .collect();
-        println!("{}", Value::Array(doc));
+        outln!("{}", Value::Array(doc));
     } else {
-        println!("{:<24} distinct {} [95 % interval]", a.by, a.metric);
+        outln!("{:<24} distinct {} [95 % interval]", a.by, a.metric);
         for r in rows {
-            println!("{:<24} {}", r.group, show(&r.estimate));
+            outln!("{:<24} {}", r.group, show(&r.estimate));
         }
     }
     Ok(())
@@ -382,11 +405,11 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", Value::Array(doc));
+        outln!("{}", Value::Array(doc));
     } else {
-        println!("{:<24} {:>26} {:>26} {:>30}", a.by, "A", "B", "change");
+        outln!("{:<24} {:>26} {:>26} {:>30}", a.by, "A", "B", "change");
         for r in rows {
-            println!(
+            outln!(
                 "{:<24} {:>26} {:>26} {:>30}",
                 r.group,
                 show(&r.a),
@@ -408,12 +431,12 @@ async fn retention(a: RetentionArgs) -> anyhow::Result<()> {
         .retention(&a.conn.namespace, &scope, wa, wb)
         .await?;
     if a.conn.json {
-        println!(
+        outln!(
             "{}",
             json!({ "in_a": r.in_a, "in_both": r.in_both, "share": r.share(), "exact": true })
         );
     } else {
-        println!(
+        outln!(
             "{} of {} organisations seen in A are seen in B: {:.1} % (exact)",
             r.in_both,
             r.in_a,
@@ -433,7 +456,7 @@ async fn overlap(a: OverlapArgs) -> anyhow::Result<()> {
         .overlap(&a.conn.namespace, &scope, wa, wb)
         .await?;
     if a.conn.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "a": estimate_json(&o.a),
@@ -443,10 +466,10 @@ async fn overlap(a: OverlapArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("in A      {}", show(&o.a));
-        println!("in B      {}", show(&o.b));
-        println!("in both   {}", show(&o.both));
-        println!("in either {}", show(&o.either));
+        outln!("in A      {}", show(&o.a));
+        outln!("in B      {}", show(&o.b));
+        outln!("in both   {}", show(&o.both));
+        outln!("in either {}", show(&o.either));
     }
     Ok(())
 }
@@ -471,10 +494,10 @@ async fn series(a: SeriesArgs) -> anyhow::Result<()> {
                 v
             })
             .collect();
-        println!("{}", Value::Array(doc));
+        outln!("{}", Value::Array(doc));
     } else {
         for (w, e) in points {
-            println!("{} .. {}  {}", w.from, w.to, show(&e));
+            outln!("{} .. {}  {}", w.from, w.to, show(&e));
         }
     }
     Ok(())

@@ -19,10 +19,12 @@ use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
     connect: ConnectArgs,
+    /// Namespace to report on.
     #[arg(long)]
     namespace: String,
     #[command(flatten)]
@@ -37,8 +39,11 @@ pub struct ReportArgs {
 
 pub async fn run(a: ReportArgs) -> anyhow::Result<()> {
     let (wa, wb) = a.windows.parse()?;
+    if let Some(path) = &a.chart {
+        check_chart_path(path)?;
+    }
     let client = a.connect.connect(&a.server).await?;
-    print!("{}", report(&client, &a.namespace, wa, wb, a.top).await?);
+    out!("{}", report(&client, &a.namespace, wa, wb, a.top).await?);
     if let Some(path) = a.chart {
         write_chart(&client, &a.namespace, wa, wb, &path).await?;
     }
@@ -172,6 +177,30 @@ pub async fn report(
     Ok(out)
 }
 
+/// Checks, before any work, that a chart can be written to `path`: its
+/// directory exists and it is not a directory itself.
+pub fn check_chart_path(path: &std::path::Path) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "--chart {}: the directory {} does not exist; create it or give another path",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        anyhow::bail!(
+            "--chart {}: that is a directory; give a file name such as {}",
+            path.display(),
+            path.join("chart.svg").display()
+        );
+    }
+    Ok(())
+}
+
 /// Draws distinct IPs per month over both windows into an SVG file.
 pub async fn write_chart(
     client: &Client,
@@ -187,7 +216,7 @@ pub async fn write_chart(
         .await?;
     std::fs::write(path, svg_chart("distinct IPs per month", &points))
         .with_context(|| format!("cannot write {}", path.display()))?;
-    println!("\nchart written to {}", path.display());
+    outln!("\nchart written to {}", path.display());
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
-    /// Server URL.
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
     #[arg(long, default_value = DEFAULT_SERVER)]
     server: String,
     #[command(flatten)]
@@ -73,54 +73,57 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
                 "failed": (!c.failed.is_empty()).then_some(&c.failed),
             })),
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
-    println!("revision          {}", s.revision);
+    outln!("revision          {}", s.revision);
     if let Some(c) = &s.cluster {
-        println!("cluster node      {} ({})", c.node, c.log);
-        println!("applied position  {}", c.applied_position);
+        outln!("cluster node      {} ({})", c.node, c.log);
+        outln!("applied position  {}", c.applied_position);
         if c.staleness_ms < 0 {
-            println!("staleness         catching up (reads refused)");
+            outln!("staleness         catching up (reads refused)");
         } else {
             let refused = if c.staleness_ms > c.max_staleness_ms {
                 " (reads refused)"
             } else {
                 ""
             };
-            println!(
+            outln!(
                 "staleness         {} ms, bound {} ms{refused}",
-                c.staleness_ms, c.max_staleness_ms
+                c.staleness_ms,
+                c.max_staleness_ms
             );
         }
         if !c.failed.is_empty() {
-            println!("stopped applying  {} (restart this node)", c.failed);
+            outln!("stopped applying  {} (restart this node)", c.failed);
         }
     }
     if s.upstream.is_empty() {
-        println!("upstream          none");
+        outln!("upstream          none");
     } else {
-        println!("region            {}", s.region);
-        println!("upstream          {}", s.upstream);
-        println!(
+        outln!("region            {}", s.region);
+        outln!("upstream          {}", s.upstream);
+        outln!(
             "acknowledged      revision {} at {}",
             s.acked_revision,
             when(s.acked_at_unix)
         );
-        println!("pending records   {}", s.pending_records);
+        outln!("pending records   {}", s.pending_records);
         if !s.last_error.is_empty() {
-            println!("last error        {}", s.last_error);
+            outln!("last error        {}", s.last_error);
         }
     }
     if s.regions.is_empty() {
-        println!("regions merged    none");
+        outln!("regions merged    none");
     } else {
-        println!(
+        outln!(
             "{:<20} {:>12} {:>14}  merged at",
-            "region", "revision", "records"
+            "region",
+            "revision",
+            "records"
         );
         for r in &s.regions {
-            println!(
+            outln!(
                 "{:<20} {:>12} {:>14}  {}",
                 r.region,
                 r.revision,
@@ -135,9 +138,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 pub async fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let client = args.connect.connect(&args.server).await?;
     let r = client.sync().await?;
-    println!(
+    outln!(
         "pushed {} records; the upstream acknowledged revision {}",
-        r.records_pushed, r.acked_revision
+        r.records_pushed,
+        r.acked_revision
     );
     Ok(())
 }

@@ -44,6 +44,12 @@
 //! `max_elapsed` per batch. Everything else (`INVALID_ARGUMENT`,
 //! `RESOURCE_EXHAUSTED` without a hint, i.e. a batch over the row limit,
 //! `NOT_FOUND`, …) stops the collector with the server's message.
+//!
+//! Retrying for long makes sense only for a server that exists: until the
+//! server has answered once (acknowledged or refused a batch), connection
+//! failures are retried for `wait_for_server` only (by default not at all),
+//! so a wrong address or a server that is not running fails within seconds
+//! ([`CollectorError::Unreachable`]) rather than after `max_elapsed`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,7 +62,7 @@ use tokio::task::JoinHandle;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::formats::{FormatError, Input};
-use super::{BatchBuilder, Client, ClientError, Observation};
+use super::{BatchBuilder, Client, ClientError, Observation, RowOrder};
 use crate::pb;
 
 /// How batches are numbered.
@@ -64,7 +70,7 @@ use crate::pb;
 pub enum Sequences {
     /// A hash of the batch's content and input position (the default).
     ContentHash,
-    /// `n, n + 1, …` in the order batches are cut.
+    /// `n, n + 1, …` in the order batches are cut; `n` is at least 1.
     From(u64),
 }
 
@@ -77,6 +83,9 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Give up on a batch when it has been failing for this long.
     pub max_elapsed: Duration,
+    /// Until the server has answered once, give up on connection failures
+    /// after this long (zero: at the first).
+    pub wait_for_server: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -85,6 +94,7 @@ impl Default for RetryPolicy {
             initial: Duration::from_millis(100),
             max_delay: Duration::from_secs(10),
             max_elapsed: Duration::from_secs(600),
+            wait_for_server: Duration::ZERO,
         }
     }
 }
@@ -116,7 +126,7 @@ pub enum Disposition {
 pub fn classify(error: &ClientError) -> Disposition {
     use tonic::Code;
     let status = match error {
-        ClientError::Connect { .. } => {
+        ClientError::Connect { .. } | ClientError::Broken { .. } => {
             return Disposition::Retry {
                 reconnect: true,
                 hint: None,
@@ -163,6 +173,12 @@ pub fn classify(error: &ClientError) -> Disposition {
     }
 }
 
+/// Whether `error` is an answer of the server's (not a connection that
+/// failed, nor the collector's own attempt timeout).
+fn answered(error: &ClientError) -> bool {
+    matches!(error, ClientError::Status(s) if s.code() != tonic::Code::DeadlineExceeded)
+}
+
 /// Makes a connection; called again after transport failures.
 pub type Connector = Arc<
     dyn Fn() -> Pin<Box<dyn Future<Output = Result<Client, ClientError>> + Send>> + Send + Sync,
@@ -204,18 +220,67 @@ pub enum CollectorError {
     #[error("{0}")]
     Options(String),
     #[error("{batch} was refused: {reason}")]
-    Refused { batch: String, reason: ClientError },
+    Refused {
+        batch: String,
+        #[source]
+        reason: ClientError,
+    },
     #[error("gave up on {batch} after {retries} retries over {elapsed:.1?}: {last}")]
     GaveUp {
         batch: String,
         retries: u32,
         elapsed: Duration,
+        #[source]
+        last: ClientError,
+    },
+    /// The server could not be reached before it ever answered (see the
+    /// module doc).
+    #[error("{last}")]
+    Unreachable {
+        #[source]
         last: ClientError,
     },
     #[error("{batch}: {answer}")]
     BadAnswer { batch: String, answer: String },
     #[error("the sender task failed: {0}")]
     Sender(String),
+    /// The server refused one row; `observation` is its 1-based number in
+    /// `input`, `reason` the server's message without its batch row number.
+    #[error("{input}: observation {observation}: {reason}")]
+    RowRefused {
+        input: String,
+        observation: u64,
+        reason: String,
+    },
+}
+
+/// The error of a batch the server refused: for one row, that row's place
+/// in its input.
+fn refused(batch: &Batch, error: ClientError) -> CollectorError {
+    let row = match &error {
+        ClientError::Status(status) => status
+            .metadata()
+            .get(crate::wire::ROW_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok()),
+        _ => None,
+    };
+    let place = row.and_then(|row| Some((row, batch.order.pushed(row)?)));
+    match (place, &error) {
+        (Some((row, pushed)), ClientError::Status(status)) => {
+            let message = status.message();
+            let prefix = format!("row {row}: ");
+            CollectorError::RowRefused {
+                input: batch.input.clone(),
+                observation: batch.first_row + pushed as u64 + 1,
+                reason: message.strip_prefix(&prefix).unwrap_or(message).to_owned(),
+            }
+        }
+        _ => CollectorError::Refused {
+            batch: batch.label.clone(),
+            reason: error,
+        },
+    }
 }
 
 /// Counters, updated as batches are acknowledged (read them for progress).
@@ -300,6 +365,12 @@ struct Batch {
     /// For messages: "batch 3 (sequence …, rows 100001–150000 of x.csv)".
     label: String,
     rows: u64,
+    /// The input's name, the position of the batch's first row in it, and
+    /// the order its rows were pushed in: a row the server refuses is
+    /// reported as the input's observation.
+    input: String,
+    first_row: u64,
+    order: RowOrder,
 }
 
 /// Observations in, acknowledged batches out; see the module doc.
@@ -355,13 +426,15 @@ impl Collector {
             return Err(CollectorError::Options("no server URL given".into()));
         }
         let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        Self::with_connector(
+        let servers = urls.len();
+        Self::start(
             Arc::new(move || {
                 let i = next.fetch_add(1, Ordering::Relaxed) % urls.len();
                 let url = urls[i].clone();
                 let client = client.clone();
                 Box::pin(async move { Client::connect_with(&url, client).await })
             }),
+            servers,
             options,
         )
     }
@@ -370,6 +443,17 @@ impl Collector {
     /// called inside a tokio runtime (it spawns the sender task).
     pub fn with_connector(
         connect: Connector,
+        options: CollectorOptions,
+    ) -> Result<Collector, CollectorError> {
+        Self::start(connect, 1, options)
+    }
+
+    /// [`Collector::with_connector`] over `servers` servers that `connect`
+    /// goes through in turn: before any answered, the collector gives up
+    /// on connection failures only once each failed.
+    fn start(
+        connect: Connector,
+        servers: usize,
         options: CollectorOptions,
     ) -> Result<Collector, CollectorError> {
         if options.batch_rows == 0 {
@@ -382,10 +466,16 @@ impl Collector {
                 "the batch delay must be positive".into(),
             ));
         }
+        if options.sequences == Sequences::From(0) {
+            return Err(CollectorError::Options(
+                "sequences start at 1: the server refuses sequence 0".into(),
+            ));
+        }
         let options = Arc::new(options);
         let progress = Arc::new(Progress::default());
         let (tx, rx) = mpsc::channel(1);
-        let sender = tokio::spawn(Sender::new(connect, options.clone(), progress.clone()).run(rx));
+        let sender =
+            tokio::spawn(Sender::new(connect, servers, options.clone(), progress.clone()).run(rx));
         Ok(Collector {
             next_sequence: match options.sequences {
                 Sequences::ContentHash => None,
@@ -451,11 +541,14 @@ impl Collector {
         self.batch_opened = None;
         let rows = builder.len() as u64;
         let first_row = self.input_rows - rows;
+        let order = builder.order();
         let mut request = builder.build(&self.options.namespace, &self.options.collector_id, 0);
         request.sequence = match &mut self.next_sequence {
             Some(n) => {
-                *n += 1;
-                *n - 1
+                let sequence = *n;
+                // After u64::MAX comes 1: 0 is refused.
+                *n = n.wrapping_add(1).max(1);
+                sequence
             }
             None => content_sequence(&request, first_row),
         };
@@ -471,6 +564,9 @@ impl Collector {
             ),
             request,
             rows,
+            input: self.input.clone(),
+            first_row,
+            order,
         };
         let queue = self.queue.as_ref().expect("queue open until finish");
         if queue.send(batch).await.is_err() {
@@ -574,7 +670,8 @@ impl Collector {
 }
 
 /// The content-hash sequence of a batch whose first row is `first_row` of
-/// its input: xxh3 over the position and every column, length-prefixed.
+/// its input: xxh3 over the position and every column, length-prefixed;
+/// never 0, which the server refuses.
 pub fn content_sequence(request: &pb::IngestRequest, first_row: u64) -> u64 {
     let mut h = Xxh3::new();
     h.update(b"sketchd batch v1");
@@ -603,7 +700,7 @@ pub fn content_sequence(request: &pb::IngestRequest, first_row: u64) -> u64 {
         let codes: Vec<u8> = index.iter().flat_map(|c| c.to_le_bytes()).collect();
         column(&codes);
     }
-    h.digest()
+    h.digest().max(1)
 }
 
 /// The task that sends queued batches, one at a time, with retries.
@@ -614,10 +711,22 @@ struct Sender {
     progress: Arc<Progress>,
     /// splitmix64 state for jitter.
     jitter: u64,
+    /// Whether the server has answered an attempt (acknowledged or refused
+    /// it) yet.
+    answered: bool,
+    /// Servers `connect` goes through in turn.
+    servers: usize,
+    /// Failed attempts before any server answered.
+    unanswered: usize,
 }
 
 impl Sender {
-    fn new(connect: Connector, options: Arc<CollectorOptions>, progress: Arc<Progress>) -> Self {
+    fn new(
+        connect: Connector,
+        servers: usize,
+        options: Arc<CollectorOptions>,
+        progress: Arc<Progress>,
+    ) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -628,6 +737,9 @@ impl Sender {
             options,
             progress,
             jitter: seed,
+            answered: false,
+            servers: servers.max(1),
+            unanswered: 0,
         }
     }
 
@@ -669,14 +781,17 @@ impl Sender {
         let mut retries = 0u32;
         loop {
             let error = match self.attempt(batch).await {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => {
+                    self.answered = true;
+                    return Ok(reply);
+                }
                 Err(e) => e,
             };
+            if answered(&error) {
+                self.answered = true;
+            }
             let Disposition::Retry { reconnect, hint } = classify(&error) else {
-                return Err(CollectorError::Refused {
-                    batch: batch.label.clone(),
-                    reason: error,
-                });
+                return Err(refused(batch, error));
             };
             if reconnect {
                 self.client = None;
@@ -684,6 +799,15 @@ impl Sender {
             let since = *failing_since.get_or_insert_with(Instant::now);
             let jitter = self.next_jitter();
             let delay = self.options.retry.delay(retries, hint, jitter);
+            if !self.answered {
+                self.unanswered += 1;
+            }
+            if !self.answered
+                && self.unanswered >= self.servers
+                && since.elapsed() + delay > self.options.retry.wait_for_server
+            {
+                return Err(CollectorError::Unreachable { last: error });
+            }
             if since.elapsed() + delay > self.options.retry.max_elapsed {
                 return Err(CollectorError::GaveUp {
                     batch: batch.label.clone(),

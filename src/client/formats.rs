@@ -178,17 +178,10 @@ pub fn open(path: &Path, format: Option<Format>) -> Result<Input, FormatError> {
 /// format from the first bytes.
 pub fn from_reader(
     name: String,
-    mut raw: Box<dyn Read + Send>,
+    raw: Box<dyn Read + Send>,
     format: Option<Format>,
 ) -> Result<Input, FormatError> {
-    // The first bytes, read fully (a pipe may deliver fewer per read) and
-    // put back in front of the rest.
-    let mut head = vec![0; PEEROBS_MAGIC.len()];
-    let got = read_full(&mut raw, &mut head)
-        .map_err(|e| FormatError::new(&name, Location::Start, None, format!("cannot read: {e}")))?;
-    head.truncate(got);
-    let format = format.unwrap_or_else(|| Format::sniff(&head));
-    let reader = BufReader::with_capacity(1 << 16, io::Cursor::new(head).chain(raw));
+    let (format, reader) = buffered(&name, raw, format)?;
     let observations: ObservationReader = match format {
         Format::Csv => Box::new(CsvReader::new(name.clone(), reader)?),
         Format::Ndjson => Box::new(NdjsonReader::new(name.clone(), reader)),
@@ -199,6 +192,67 @@ pub fn from_reader(
         format,
         observations,
     })
+}
+
+/// A byte stream read through.
+type Buffered = BufReader<io::Chain<io::Cursor<Vec<u8>>, Box<dyn Read + Send>>>;
+
+/// `raw` buffered, and its format: `format`, or the one its first bytes
+/// imply.
+fn buffered(
+    name: &str,
+    mut raw: Box<dyn Read + Send>,
+    format: Option<Format>,
+) -> Result<(Format, Buffered), FormatError> {
+    // The first bytes, read fully (a pipe may deliver fewer per read) and
+    // put back in front of the rest.
+    let mut head = vec![0; PEEROBS_MAGIC.len()];
+    let got = read_full(&mut raw, &mut head)
+        .map_err(|e| FormatError::new(name, Location::Start, None, format!("cannot read: {e}")))?;
+    head.truncate(got);
+    let format = format.unwrap_or_else(|| Format::sniff(&head));
+    let reader = BufReader::with_capacity(1 << 16, io::Cursor::new(head).chain(raw));
+    Ok((format, reader))
+}
+
+/// Where observation `index` (0-based) of the file `path` is, read as
+/// `format` (`None`: as [`open`] decides): its line, or its record for
+/// PEEROBS1. For messages about a row the server refused; `None` when the
+/// file cannot be read again that far.
+pub fn locate(path: &Path, format: Option<Format>, index: u64) -> Option<Location> {
+    let file = File::open(path).ok()?;
+    let format = format.or_else(|| Format::from_extension(path));
+    let name = path.display().to_string();
+    let (format, reader) = buffered(&name, Box::new(file), format).ok()?;
+    let nth = usize::try_from(index).ok()?;
+    match format {
+        Format::Csv => {
+            let mut csv = CsvReader::new(name, reader).ok()?;
+            csv.nth(nth)?.ok()?;
+            // The csv crate does not count the blank lines it skips (its
+            // record position is where it began to look): count the line
+            // ends before the record's first byte instead.
+            let byte = csv.record.position()?.byte();
+            let mut file = BufReader::new(File::open(path).ok()?);
+            let mut ends = 0u64;
+            let mut at = 0u64;
+            let mut b = [0u8; 1];
+            while file.read(&mut b).ok()? == 1 {
+                if at >= byte && !matches!(b[0], b'\n' | b'\r') {
+                    break;
+                }
+                ends += u64::from(b[0] == b'\n');
+                at += 1;
+            }
+            Some(Location::Line(ends + 1))
+        }
+        Format::Ndjson => {
+            let mut nd = NdjsonReader::new(name, reader);
+            nd.nth(nth)?.ok()?;
+            Some(Location::Line(nd.line))
+        }
+        Format::Peerobs => Some(Location::Record(index + 1)),
+    }
 }
 
 /// Reads until `buf` is full or the input ends; returns the bytes read.
@@ -278,11 +332,16 @@ impl<R: Read> CsvReader<R> {
             .clone();
         let find = |col: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(col));
         let missing = |col: &str| {
+            let found: Vec<String> = headers.iter().map(|h| format!("{h:?}")).collect();
             FormatError::new(
                 &name,
                 Location::Line(1),
                 Some(col),
-                format!("the header {:?} has no `{col}` column", headers.as_slice()),
+                format!(
+                    "the header has no such column (its columns: {}); the first line must name \
+                     the columns time and ip, and optionally org and country, in any order",
+                    found.join(", ")
+                ),
             )
         };
         let time = find("time").ok_or_else(|| missing("time"))?;
@@ -629,6 +688,38 @@ mod tests {
     }
 
     const T: i64 = 1_775_001_600; // 2026-04-01T00:00:00Z
+
+    #[test]
+    fn observations_are_located_by_line_or_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("o.csv");
+        std::fs::write(&csv, "time,ip\n1,1.2.3.4\n\n2,1.2.3.5\n").unwrap();
+        assert_eq!(locate(&csv, None, 0), Some(Location::Line(2)));
+        assert_eq!(locate(&csv, None, 1), Some(Location::Line(4)));
+        assert_eq!(locate(&csv, None, 2), None);
+        let nd = dir.path().join("o.ndjson");
+        std::fs::write(
+            &nd,
+            "{\"ip\":\"1.2.3.4\",\"time\":1}\n\n{\"ip\":\"::1\",\"time\":2}\n",
+        )
+        .unwrap();
+        assert_eq!(locate(&nd, None, 1), Some(Location::Line(3)));
+        assert_eq!(
+            locate(&nd, Some(Format::Peerobs), 4),
+            Some(Location::Record(5))
+        );
+    }
+
+    #[test]
+    fn a_header_without_the_time_column_lists_its_columns() {
+        let err = read(Some(Format::Csv), b"when,addr\n1,1.2.3.4\n".to_vec()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t:1: field time: the header has no such column (its columns: \"when\", \"addr\"); \
+             the first line must name the columns time and ip, and optionally org and country, \
+             in any order"
+        );
+    }
 
     fn expected() -> Vec<Observation> {
         vec![

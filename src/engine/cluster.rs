@@ -53,15 +53,14 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
-use xxhash_rust::xxh3::Xxh3;
 
 use super::Engine;
 use crate::cluster::record::{self, Record};
 use crate::cluster::{SharedLog, SnapshotInfo};
 use crate::config::{ClusterConfig, NamespacePolicy};
 use crate::error::{Error, Result};
+use crate::ingest::codec;
 use crate::ingest::commit::{Applied, Work};
-use crate::ingest::{codec, ObservationBatch};
 use crate::replication;
 use crate::store::Store;
 
@@ -97,40 +96,18 @@ pub fn unframe(record: &[u8]) -> Option<(u64, &[u8])> {
     Some((position, &record[9..]))
 }
 
-/// A digest of the rows a collector sent, part of the log's message id, so
-/// that a retry of the same batch is recognised by the log and another
-/// batch under the same id is not.
-pub fn batch_digest(batch: &ObservationBatch) -> u64 {
-    let mut h = Xxh3::new();
-    for ip in &batch.ipv4 {
-        h.update(&ip.to_le_bytes());
-    }
-    h.update(&batch.ipv6);
-    for t in &batch.unix_seconds {
-        h.update(&t.to_le_bytes());
-    }
-    for (dict, index) in [
-        (&batch.org_dict, &batch.org_index),
-        (&batch.country_dict, &batch.country_index),
-    ] {
-        for s in dict {
-            h.update(&(s.len() as u32).to_le_bytes());
-            h.update(s.as_bytes());
-        }
-        for i in index {
-            h.update(&i.to_le_bytes());
-        }
-        h.update(b"|");
-    }
-    h.digest()
-}
-
 /// What applying an entry came to.
 #[derive(Clone, Debug)]
 enum Outcome {
     Applied(Applied),
     /// A namespace record for a name that exists with another policy.
     Exists,
+    /// A batch refused when applied: its id was applied before with other
+    /// rows (every node refuses it alike).
+    Reused {
+        collector: String,
+        sequence: u64,
+    },
     Failed(String),
 }
 
@@ -256,6 +233,13 @@ impl Node {
         }
         match outcome {
             Some(Outcome::Applied(applied)) => Ok(applied),
+            Some(Outcome::Reused {
+                collector,
+                sequence,
+            }) => Err(Error::SequenceReused {
+                collector,
+                sequence,
+            }),
             Some(Outcome::Failed(why)) => Err(Error::Unavailable(why)),
             Some(Outcome::Exists) | None => Ok(fallback),
         }
@@ -594,6 +578,13 @@ async fn complete(node: Arc<Node>, mut done: mpsc::Receiver<(u64, Step)>) {
             Step::Done(outcome) => outcome,
             Step::Waiting(rx) => match rx.await {
                 Ok(Ok(applied)) => Outcome::Applied(applied),
+                Ok(Err(Error::SequenceReused {
+                    collector,
+                    sequence,
+                })) => Outcome::Reused {
+                    collector,
+                    sequence,
+                },
                 Ok(Err(e)) => {
                     node.fail(format!("applying cluster log entry {position} failed: {e}"));
                     Outcome::Failed(e.to_string())

@@ -13,7 +13,6 @@
 
 pub mod cluster;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -25,6 +24,7 @@ use crate::catalog::{Catalog, Namespace};
 use crate::config::{NamespacePolicy, ServerConfig};
 use crate::error::{Error, Result};
 use crate::ingest::commit::{Applied, CheckpointPolicy, GroupCommit, Shared, Work};
+use crate::ingest::dedupe::AppliedBatches;
 use crate::ingest::{self, codec, BatchLimits, ObservationBatch};
 use crate::metrics::Metrics;
 use crate::replication::{self, MergeBatch};
@@ -98,7 +98,7 @@ impl Engine {
         }
         let checkpoint_lsn = store.checkpoint_lsn()?;
         let (wal, records) = Wal::open(&store.wal_dir(), checkpoint_lsn)?;
-        let mut applied: HashSet<_> = store.applied_batches()?.into_iter().collect();
+        let mut applied: AppliedBatches = store.applied_batches()?.into_iter().collect();
         let mut mem = MemState {
             index: store.load_index()?,
             ..MemState::default()
@@ -273,7 +273,6 @@ impl Engine {
         }
         let tables = self.tables();
         let now = self.clock.now_unix_seconds();
-        let digest = node.map(|_| cluster::batch_digest(&batch));
         // A batch for a namespace that does not exist yet is checked
         // against the namespace it would create first: a refused batch
         // creates nothing.
@@ -304,7 +303,7 @@ impl Engine {
                     ns.name,
                     prepared.collector,
                     prepared.sequence,
-                    digest.unwrap_or_default()
+                    prepared.digest.unwrap_or_default()
                 );
                 node.append_batch(&ns.name, id, payload, fallback).await
             }

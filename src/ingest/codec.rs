@@ -1,26 +1,37 @@
 //! The log payload of a [`PreparedBatch`].
 //!
 //! Little-endian, version byte first:
-//! `1 | ns u32 | collector (u16 len, bytes) | sequence u64 |
+//! `3 | ns u32 | collector (u16 len, bytes) | sequence u64 | digest u64 |
 //!  n4 u32, n4 x u32 | n6 u32, n6 x 16 bytes | rows x day u32 |
 //!  orgs u32, orgs x (id, sectors u16, sectors x label) | rows x org u32 |
 //!  rows x country 2 bytes | attributed u64 | unattributed u64 | tables version`,
-//! strings as (u16 len, bytes).
+//! strings as (u16 len, bytes). Version 1 records (written before the
+//! digest of the rows was kept) have no digest and still decode. Version 2
+//! is taken: the log's merge records (`replication::LOG_VERSION`).
 //! Decoding checks every length and reference, so a damaged record is an
 //! error, never a panic or a wrong count.
 
 use super::PreparedBatch;
 use crate::error::{Error, Result};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 3;
+/// Records without the digest.
+const VERSION_NO_DIGEST: u8 = 1;
 
 pub fn encode(batch: &PreparedBatch) -> Vec<u8> {
     let rows = batch.rows();
     let mut out = Vec::with_capacity(64 + rows * 14 + batch.ipv6.len() * 12);
-    out.push(VERSION);
+    // A batch decoded from a version 1 record is written as one again.
+    out.push(match batch.digest {
+        Some(_) => VERSION,
+        None => VERSION_NO_DIGEST,
+    });
     out.extend_from_slice(&batch.ns.to_le_bytes());
     put_str(&mut out, &batch.collector);
     out.extend_from_slice(&batch.sequence.to_le_bytes());
+    if let Some(digest) = batch.digest {
+        out.extend_from_slice(&digest.to_le_bytes());
+    }
     out.extend_from_slice(&(batch.ipv4.len() as u32).to_le_bytes());
     for ip in &batch.ipv4 {
         out.extend_from_slice(&ip.to_le_bytes());
@@ -55,12 +66,16 @@ pub fn encode(batch: &PreparedBatch) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<PreparedBatch> {
     let mut r = Reader { bytes, at: 0 };
     let version = r.u8()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_NO_DIGEST {
         return Err(corrupt(format!("unknown batch record version {version}")));
     }
     let ns = r.u32()?;
     let collector = r.string()?;
     let sequence = r.u64()?;
+    let digest = match version {
+        VERSION => Some(r.u64()?),
+        _ => None,
+    };
     let n4 = r.u32()? as usize;
     let ipv4 = (0..n4).map(|_| r.u32()).collect::<Result<Vec<_>>>()?;
     let n6 = r.u32()? as usize;
@@ -94,6 +109,7 @@ pub fn decode(bytes: &[u8]) -> Result<PreparedBatch> {
         ns,
         collector,
         sequence,
+        digest,
         ipv4,
         ipv6,
         days,
@@ -166,6 +182,7 @@ mod tests {
             ns: 3,
             collector: "c-1".into(),
             sequence: 42,
+            digest: Some(0x0123_4567_89ab_cdef),
             ipv4: vec![0x0101_0101, 0x0808_0808],
             ipv6: vec![[0x20; 16]],
             days: vec![20_000, 20_001, 20_002],
@@ -183,6 +200,21 @@ mod tests {
     fn round_trips() {
         let b = sample();
         assert_eq!(decode(&encode(&b)).unwrap(), b);
+    }
+
+    #[test]
+    fn records_without_a_digest_still_decode() {
+        let b = sample();
+        let mut old = encode(&b);
+        assert_eq!(old[0], VERSION);
+        // The version 1 layout: no digest after the sequence.
+        old[0] = VERSION_NO_DIGEST;
+        let at = 1 + 4 + 2 + "c-1".len() + 8;
+        old.drain(at..at + 8);
+        let decoded = decode(&old).unwrap();
+        let without = PreparedBatch { digest: None, ..b };
+        assert_eq!(decoded, without);
+        assert_eq!(encode(&without), old);
     }
 
     #[test]

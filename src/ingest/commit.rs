@@ -2,7 +2,8 @@
 //!
 //! Callers prepare and encode batches in parallel, then hand them to this
 //! thread through a bounded queue. The thread takes every batch waiting,
-//! drops the ones whose id was applied before, appends the rest to the log,
+//! drops the ones whose id was applied before (and refuses those that reuse
+//! an id with other rows, see `dedupe`), appends the rest to the log,
 //! syncs once for all of them, applies them to the memtable in log order and
 //! only then replies. So an acknowledgement always means "durable", and many
 //! batches share one `fdatasync`.
@@ -18,7 +19,6 @@
 //! stale or when no batch arrived since the last checkpoint — and always at
 //! shutdown, so that after a clean stop every rollup block is up to date.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::oneshot;
 
+use super::dedupe::AppliedBatches;
 use super::{apply, PreparedBatch};
 use crate::catalog::Namespace;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::replication::{self, MergeBatch};
-use crate::store::keys::DedupeKey;
+use crate::store::keys::BatchId;
 use crate::store::memtable::{MemState, Memtable};
 use crate::store::snapshot::SnapshotSummary;
 use crate::store::wal::Wal;
@@ -80,7 +81,7 @@ pub enum Work {
 
 impl Work {
     /// The batch id, for ingested batches (merges are idempotent).
-    fn id(&self) -> Option<DedupeKey> {
+    fn id(&self) -> Option<BatchId> {
         match self {
             Work::Batch(b) => Some(b.id()),
             Work::Merge(_) => None,
@@ -130,7 +131,7 @@ impl GroupCommit {
     pub fn start(
         wal: Wal,
         shared: Shared,
-        applied: HashSet<DedupeKey>,
+        applied: AppliedBatches,
         policy: CheckpointPolicy,
         clock: Arc<dyn Clock>,
         queue_depth: usize,
@@ -285,7 +286,7 @@ struct Writer {
     /// `Engine::checkpoint_gate`.
     gate: Arc<RwLock<()>>,
     metrics: Arc<Metrics>,
-    applied: HashSet<DedupeKey>,
+    applied: AppliedBatches,
     policy: CheckpointPolicy,
     clock: Arc<dyn Clock>,
     last_checkpoint: Instant,
@@ -382,7 +383,16 @@ impl Writer {
         {
             position = at.max(position);
             let id = batch.id();
-            let duplicate = id.as_ref().is_some_and(|id| self.applied.contains(id));
+            let duplicate = match id
+                .as_ref()
+                .map_or(Ok(false), |id| self.applied.contains(id))
+            {
+                Ok(duplicate) => duplicate,
+                Err(reused) => {
+                    let _ = reply.send(Err(reused));
+                    continue;
+                }
+            };
             if !duplicate && error.is_none() {
                 match self.wal.append(&payload) {
                     Ok(_) => {

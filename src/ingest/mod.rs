@@ -13,21 +13,22 @@
 
 pub mod codec;
 pub mod commit;
+pub mod dedupe;
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use crate::attribution::{Attribution, Attributor, OrgIdx};
 use crate::catalog::Namespace;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::sketch::{hash_ipv4, hash_ipv6, hash_org, Sketch};
 use crate::store::index::OrgCountry;
 use crate::store::keys::{
-    country_dim, country_sector_dim, org_dim, sector_dim, CounterKey, DedupeKey, Family,
+    country_dim, country_sector_dim, org_dim, sector_dim, BatchId, CounterKey, DedupeKey, Family,
     NamespaceId, SketchKey,
 };
 use crate::store::memtable::{row_source, MemState, MIXED_SOURCES};
-use crate::time::{Day, SECONDS_PER_DAY};
+use crate::time::{seconds_text, utc_text, Day, SECONDS_PER_DAY};
 use rustc_hash::{FxHashMap, FxHashSet};
 
 /// The org that rows no table covers are counted under.
@@ -62,6 +63,9 @@ pub struct PreparedBatch {
     pub ns: NamespaceId,
     pub collector: String,
     pub sequence: u64,
+    /// [`dedupe::rows_digest`] of the batch as sent; `None` in log records
+    /// written before digests were kept.
+    pub digest: Option<u64>,
     pub ipv4: Vec<u32>,
     pub ipv6: Vec<[u8; 16]>,
     /// Per row (IPv4 rows first, then IPv6 rows).
@@ -85,11 +89,14 @@ impl PreparedBatch {
         self.days.len()
     }
 
-    pub fn id(&self) -> DedupeKey {
-        DedupeKey {
-            ns: self.ns,
-            collector: self.collector.clone(),
-            sequence: self.sequence,
+    pub fn id(&self) -> BatchId {
+        BatchId {
+            key: DedupeKey {
+                ns: self.ns,
+                collector: self.collector.clone(),
+                sequence: self.sequence,
+            },
+            digest: self.digest,
         }
     }
 }
@@ -111,6 +118,14 @@ pub fn prepare(
     tables: &Attributor,
 ) -> Result<PreparedBatch> {
     validate_collector(&batch.collector)?;
+    if batch.sequence == 0 {
+        return Err(Error::invalid(
+            "sequence",
+            "0 is not a batch number: number batches from 1 (each (namespace, collector_id, \
+             sequence) is applied once, so batches that leave it unset would be dropped as \
+             repeats of the first)",
+        ));
+    }
     if !batch.ipv6.len().is_multiple_of(16) {
         return Err(Error::invalid(
             "ipv6",
@@ -125,6 +140,7 @@ pub fn prepare(
             limits.max_rows
         )));
     }
+    let digest = dedupe::rows_digest(&batch);
     check_column_len("unix_seconds", batch.unix_seconds.len(), rows, false)?;
     check_column_len("org_index", batch.org_index.len(), rows, true)?;
     check_column_len("country_index", batch.country_index.len(), rows, true)?;
@@ -146,24 +162,10 @@ pub fn prepare(
     let mut days = Vec::with_capacity(rows);
     for (row, &t) in batch.unix_seconds.iter().enumerate() {
         if t < oldest {
-            return Err(Error::row(
-                row,
-                "unix_seconds",
-                format!(
-                    "{t} is older than the namespace allows ({} days)",
-                    ns.policy.max_age_days
-                ),
-            ));
+            return Err(Error::row(row, "unix_seconds", too_old(ns, t, oldest)));
         }
         if t > newest {
-            return Err(Error::row(
-                row,
-                "unix_seconds",
-                format!(
-                    "{t} is more than {} s in the future",
-                    ns.policy.max_future_skew_seconds
-                ),
-            ));
+            return Err(Error::row(row, "unix_seconds", too_new(ns, t, now, newest)));
         }
         let day = Day::from_unix_seconds(t)
             .ok_or_else(|| Error::row(row, "unix_seconds", format!("{t} is before 1970")))?;
@@ -260,6 +262,7 @@ pub fn prepare(
         ns: ns.id,
         collector: batch.collector,
         sequence: batch.sequence,
+        digest: Some(digest),
         ipv4: batch.ipv4,
         ipv6,
         days,
@@ -525,6 +528,41 @@ fn check_column_len(field: &str, len: usize, rows: usize, optional: bool) -> Res
     ))
 }
 
+/// Why `t` is before the oldest time `ns` accepts, and what to do.
+fn too_old(ns: &Namespace, t: i64, oldest: i64) -> String {
+    format!(
+        "{} is older than namespace {} accepts: its policy keeps {} days (nothing before \
+         {}); a policy is fixed when the namespace is created, so send such rows to a \
+         namespace created with a larger policy.max_age_days (or, for namespaces created on \
+         first use, a larger [default_policy] max_age_days in the server's configuration)",
+        seconds_text(t),
+        quoted(&ns.name),
+        ns.policy.max_age_days,
+        utc_text(oldest).unwrap_or_default()
+    )
+}
+
+/// Why `t` is after the newest time `ns` accepts at `now`, and what to do;
+/// names milliseconds when `t / 1000` would be accepted.
+fn too_new(ns: &Namespace, t: i64, now: i64, newest: i64) -> String {
+    let mut text = format!(
+        "{} is more than {} s after the server's clock ({})",
+        seconds_text(t),
+        ns.policy.max_future_skew_seconds,
+        utc_text(now).unwrap_or_default()
+    );
+    let oldest = now - i64::from(ns.policy.max_age_days) * SECONDS_PER_DAY;
+    if (oldest..=newest).contains(&(t / 1000)) {
+        text.push_str(
+            "; it looks like milliseconds: send unix seconds (divide by 1000, or give RFC 3339 \
+             times)",
+        );
+    } else {
+        text.push_str("; check the collector's clock and the time column");
+    }
+    text
+}
+
 fn validate_collector(collector: &str) -> Result<()> {
     if collector.is_empty() {
         return Err(Error::invalid("collector_id", "is empty"));
@@ -558,7 +596,7 @@ fn validate_org(org: &str) -> std::result::Result<(), String> {
         ));
     }
     if org.chars().any(char::is_control) {
-        return Err(format!("{org:?} contains a control character"));
+        return Err(format!("{} contains a control character", quoted(org)));
     }
     if org == UNATTRIBUTED_ORG {
         return Err(format!("{org:?} is reserved for rows no table covers"));
@@ -569,10 +607,12 @@ fn validate_org(org: &str) -> std::result::Result<(), String> {
 /// Parses an ISO 3166-1 alpha-2 code (officially assigned, plus `EU` and
 /// the user-assigned `ZZ` that marks unattributed rows).
 pub fn parse_country(code: &str) -> std::result::Result<[u8; 2], String> {
-    let bytes: [u8; 2] = code
-        .as_bytes()
-        .try_into()
-        .map_err(|_| format!("{code:?} is not a two-letter ISO 3166-1 alpha-2 code"))?;
+    let bytes: [u8; 2] = code.as_bytes().try_into().map_err(|_| {
+        format!(
+            "{} is not a two-letter ISO 3166-1 alpha-2 code",
+            quoted(code)
+        )
+    })?;
     if !bytes.iter().all(u8::is_ascii_uppercase) {
         return Err(format!("{code:?} is not upper-case ISO 3166-1 alpha-2"));
     }
@@ -621,6 +661,7 @@ mod tests {
             ns: 1,
             collector: "c".into(),
             sequence,
+            digest: None,
             ipv4: rows.iter().map(|r| r.3).collect(),
             ipv6: Vec::new(),
             days: rows.iter().map(|r| r.2).collect(),

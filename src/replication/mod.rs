@@ -47,7 +47,7 @@ use std::collections::hash_map::Entry;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::catalog::Namespace;
-use crate::error::{Error, Result};
+use crate::error::{quoted, Error, Result};
 use crate::sketch::Sketch;
 use crate::store::index::{DayBits, OrgCountry};
 use crate::store::keys::{self, CounterKey, NamespaceId, SketchKey};
@@ -81,7 +81,10 @@ pub fn validate_region(field: &str, region: &str) -> Result<()> {
     {
         return Err(Error::invalid(
             field,
-            format!("{region:?} is not a region name (1-{MAX_REGION_LEN} of A-Z a-z 0-9 . _ -)"),
+            format!(
+                "{} is not a region name (1-{MAX_REGION_LEN} of A-Z a-z 0-9 . _ -)",
+                quoted(region)
+            ),
         ));
     }
     Ok(())

@@ -20,19 +20,43 @@ use crate::auth::{authorize, authorize_everywhere, authorize_somewhere, Role};
 use crate::catalog::{fingerprint_hex, Namespace};
 use crate::config::NamespacePolicy;
 use crate::engine::Engine;
-use crate::error::Error;
+use crate::error::{quoted, Error};
 use crate::ingest::{parse_country, ObservationBatch};
 use crate::pb;
 use crate::query::{self, GroupBy, GroupSpec, Metric, Scope, Step, DEFAULT_CONFIDENCE};
 use crate::sketch::Estimate;
 use crate::time::DayWindow;
+use crate::wire;
+
+/// Longest status message sent, in bytes: it travels in a header. Values
+/// are quoted short (`error::quoted`); this bounds everything else.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes on a character boundary.
+pub fn capped(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut cut = MAX_STATUS_MESSAGE - "…".len();
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
 
 /// Maps a domain error to a gRPC status.
 pub fn status(err: Error) -> Status {
-    let message = err.to_string();
+    let message = capped(err.to_string());
     match err {
-        Error::InvalidArgument { .. } | Error::InvalidRow { .. } => {
-            Status::invalid_argument(message)
+        Error::InvalidArgument { .. } => Status::invalid_argument(message),
+        Error::InvalidRow { row, .. } => {
+            // The row again as metadata, so that a collector can point at
+            // the input line it came from.
+            let mut s = Status::invalid_argument(message);
+            s.metadata_mut()
+                .insert(wire::ROW_METADATA, row.to_string().parse().expect("digits"));
+            s
         }
         Error::LimitExceeded(_) => Status::resource_exhausted(message),
         Error::Overloaded(_) => {
@@ -43,8 +67,8 @@ pub fn status(err: Error) -> Status {
             );
             s
         }
-        Error::NamespaceNotFound(_) => Status::not_found(message),
-        Error::NamespaceExists(_) => Status::already_exists(message),
+        Error::NamespaceNotFound(_) | Error::UnknownInScope { .. } => Status::not_found(message),
+        Error::NamespaceExists(_) | Error::SequenceReused { .. } => Status::already_exists(message),
         Error::NamespaceAutoCreateDisabled(_) => Status::failed_precondition(message),
         Error::Incompatible(_) => Status::failed_precondition(message),
         Error::Unavailable(_) => Status::unavailable(message),
@@ -119,7 +143,8 @@ fn validate_sector(sector: &str) -> Result<(), String> {
             .any(|c| c.is_control() || c == '/' || c.is_uppercase())
     {
         return Err(format!(
-            "{sector:?} is not a sector label (lower case, no '/', at most 64 bytes)"
+            "{} is not a sector label (lower case, no '/', at most 64 bytes)",
+            quoted(sector)
         ));
     }
     Ok(())

@@ -12,7 +12,7 @@ use crate::auth::{self, authorize, authorize_everywhere, authorize_somewhere, Ro
 use crate::catalog::{fingerprint_hex, Namespace};
 use crate::config::NamespacePolicy;
 use crate::engine::Engine;
-use crate::error::Error;
+use crate::error::{quoted, Error};
 use crate::pb;
 use crate::replication::push::Pusher;
 use crate::replication::{self, MergeBatch};
@@ -56,7 +56,10 @@ async fn target_namespace(engine: &Engine, chunk: &pb::PushChunk) -> Result<Arc<
         return Err(Error::Incompatible(format!(
             "namespace {:?}: region {:?} hashes with seed fingerprint {} but this server with {}; \
              configure the same hash seed on both",
-            ns.name, chunk.region, chunk.seed_fingerprint, ours
+            ns.name,
+            chunk.region,
+            quoted(&chunk.seed_fingerprint),
+            ours
         )));
     }
     if let Some(p) = &chunk.policy {
@@ -121,9 +124,9 @@ impl pb::replication_server::Replication for ReplicationService {
                 } else {
                     tracing::warn!(caller = caller.name(), namespace = %chunk.namespace, "push refused");
                     Err(Status::permission_denied(format!(
-                        "{:?} may not push into namespace {:?} (needs role peer)",
+                        "{:?} may not push into namespace {} (needs role peer)",
                         caller.name(),
-                        chunk.namespace
+                        quoted(&chunk.namespace)
                     )))
                 };
                 let failed = result.is_err();

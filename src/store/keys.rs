@@ -16,7 +16,7 @@
 //! | `c` | ns u32, dim u64 (country, 0 = all), day u32 | observations, u64 LE |
 //! | `o` | ns u32, dim u64 | name of an org, sector or `CC/sector` dimension (UTF-8) |
 //! | `v` | ns u32, version | empty: batches were attributed with these tables |
-//! | `d` | ns u32, collector len u16, collector, sequence u64 | unix seconds applied |
+//! | `d` | ns u32, collector len u16, collector, sequence u64 | unix seconds applied (i64 LE), digest of the rows (u64 LE; absent in records written before digests) |
 //! | `e` | ns u32 | first day u32, end day u32 (LE) |
 //! | `i` | ns u32, family u8, dim u64 | empty: the family has this dimension |
 //! | `p` | ns u32, org dim u64, country 2 bytes | days seen (`index::DayBits`) |
@@ -310,6 +310,39 @@ impl DedupeKey {
     }
 }
 
+/// A batch's id and the digest of the rows it carried (see
+/// `ingest::dedupe`); `None` for batches applied before digests were kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchId {
+    pub key: DedupeKey,
+    pub digest: Option<u64>,
+}
+
+impl BatchId {
+    /// The value of its record: the unix time it was applied (i64 LE),
+    /// then the digest (u64 LE) when known.
+    pub fn value(&self, applied_at: i64) -> Vec<u8> {
+        let mut value = applied_at.to_le_bytes().to_vec();
+        if let Some(digest) = self.digest {
+            value.extend_from_slice(&digest.to_le_bytes());
+        }
+        value
+    }
+
+    /// From a record's key and value (8 bytes: no digest, 16: a digest).
+    pub fn decode(key: &[u8], value: &[u8]) -> Option<BatchId> {
+        let digest = match value.len() {
+            8 => None,
+            16 => Some(u64::from_le_bytes(value[8..].try_into().ok()?)),
+            _ => return None,
+        };
+        Some(BatchId {
+            key: DedupeKey::decode(key)?,
+            digest,
+        })
+    }
+}
+
 pub fn org_name_key(ns: NamespaceId, dim: u64) -> [u8; 13] {
     let mut key = [0u8; 13];
     key[0] = KIND_ORG_NAME;
@@ -502,7 +535,15 @@ mod tests {
             collector: "eu-west/7".into(),
             sequence: u64::MAX - 1,
         };
-        assert_eq!(DedupeKey::decode(&k.encode()), Some(k));
+        assert_eq!(DedupeKey::decode(&k.encode()), Some(k.clone()));
         assert_eq!(DedupeKey::decode(b"d\0\0"), None);
+        for digest in [None, Some(0xfeed)] {
+            let id = BatchId {
+                key: k.clone(),
+                digest,
+            };
+            assert_eq!(BatchId::decode(&k.encode(), &id.value(17)), Some(id));
+        }
+        assert_eq!(BatchId::decode(&k.encode(), &[0; 9]), None);
     }
 }

@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 
 use crate::sketch::Sketch;
 use crate::store::index::{DayBits, Index, OrgCountry};
-use crate::store::keys::{CounterKey, DedupeKey, NamespaceId, SketchKey};
+use crate::store::keys::{BatchId, CounterKey, NamespaceId, SketchKey};
 use crate::time::Day;
 
 #[derive(Default)]
@@ -24,7 +24,7 @@ pub struct Memtable {
     /// Table versions first used since the checkpoint.
     pub table_versions: std::collections::HashSet<(NamespaceId, String)>,
     /// Batches applied since the checkpoint, with the unix time they were applied.
-    pub applied: Vec<(DedupeKey, i64)>,
+    pub applied: Vec<(BatchId, i64)>,
     /// Per namespace: first day and end day (last + 1) with observations.
     pub extents: HashMap<NamespaceId, (Day, Day)>,
     /// Days on which each (org, country) was seen, since the checkpoint.

@@ -61,7 +61,7 @@ use crate::time::{Block, Day, DayWindow};
 use cache::SketchCache;
 use index::{DayBits, Index, OrgCountry};
 use keys::{
-    dim_key, extent_key, org_name_key, presence_key, CounterKey, DedupeKey, Family, NamespaceId,
+    dim_key, extent_key, org_name_key, presence_key, BatchId, CounterKey, Family, NamespaceId,
     SketchKey, KIND_DEDUPE, KIND_DIM, KIND_ORG_NAME, KIND_PRESENCE, META_CHECKPOINT_LSN,
 };
 use memtable::{Memtable, OriginRecord, RegionMark};
@@ -348,13 +348,14 @@ impl Store {
         })
     }
 
-    /// Every batch id ever applied (for idempotence across restarts).
-    pub fn applied_batches(&self) -> Result<Vec<DedupeKey>> {
+    /// Every batch id ever applied, with the digest of its rows (for
+    /// idempotence across restarts).
+    pub fn applied_batches(&self) -> Result<Vec<BatchId>> {
         self.data
             .scan_prefix([KIND_DEDUPE])
             .map(|item| {
-                let (k, _) = item?;
-                DedupeKey::decode(&k).ok_or_else(|| Error::Corrupt("batch id key".into()))
+                let (k, v) = item?;
+                BatchId::decode(&k, &v).ok_or_else(|| Error::Corrupt("batch id record".into()))
             })
             .collect()
     }
@@ -599,7 +600,7 @@ impl Store {
             batch.insert(&org_name_key(*ns, *dim)[..], name.as_bytes());
         }
         for (id, applied_at) in &mem.applied {
-            batch.insert(id.encode(), &applied_at.to_le_bytes()[..]);
+            batch.insert(id.key.encode(), id.value(*applied_at));
         }
         for (ns, (first, end)) in &mem.extents {
             let k = extent_key(*ns);
