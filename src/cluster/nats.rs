@@ -184,18 +184,30 @@ impl JetStreamLog {
 }
 
 /// Retries `f` until it succeeds or [`SETUP_DEADLINE`] has passed since
-/// `started`.
+/// `started` (a new JetStream cluster takes a few seconds to elect its
+/// leaders), except when JetStream is not enabled at all.
 async fn retry_until<T, F, Fut>(started: Instant, mut f: F) -> std::result::Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, String>>,
 {
+    let mut said = Instant::now();
     loop {
         match f().await {
             Ok(v) => return Ok(v),
             Err(e) if started.elapsed() >= SETUP_DEADLINE => return Err(e),
+            // Waiting does not help a server without JetStream.
+            Err(e) if e.to_lowercase().contains("not enabled") => return Err(e),
             Err(e) => {
-                tracing::info!(error = %e, "waiting for JetStream");
+                if said.elapsed() >= Duration::from_secs(5) {
+                    said = Instant::now();
+                    tracing::warn!(
+                        error = %e,
+                        waited_s = started.elapsed().as_secs(),
+                        limit_s = SETUP_DEADLINE.as_secs(),
+                        "waiting for NATS JetStream (is JetStream enabled, and are enough servers up?)"
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
