@@ -386,6 +386,25 @@ async fn assert_answers_like(nodes: &[&Node], reference: &Client) {
     }
 }
 
+/// Every node in `nodes` catches up with `total` rows and then answers as
+/// a single server that ingested `sends` (collectors, batches, rows each).
+async fn assert_like_single_server(
+    nodes: &[&Node],
+    total: u64,
+    sends: &[(std::ops::Range<u64>, u64, usize)],
+) {
+    for node in nodes {
+        until_caught_up(&node.url(), total).await;
+    }
+    let ref_dir = tempfile::tempdir().unwrap();
+    let reference = common::start(ref_dir.path()).await;
+    for (collectors, batches, rows) in sends {
+        send_reference(&reference.client, collectors.clone(), *batches, *rows).await;
+    }
+    assert_answers_like(nodes, &reference.client).await;
+    reference.stop().await;
+}
+
 const TOML: &str = "[cluster]\nmax_staleness_ms = 1000\n";
 
 /// SIGKILL one node while four collectors send to the cluster: the others
@@ -471,14 +490,8 @@ fn a_node_with_an_empty_data_directory_catches_up_from_the_snapshot() {
         let second = send(urls[..2].to_vec(), 2, 2, 10, 400, Arc::default()).await;
         nodes[2].start();
         let total = first + second;
-        for node in &nodes {
-            until_caught_up(&node.url(), total).await;
-        }
-        let ref_dir = tempfile::tempdir().unwrap();
-        let reference = common::start(ref_dir.path()).await;
-        send_reference(&reference.client, 0..4, 10, 400).await;
-        assert_answers_like(&[&nodes[0], &nodes[2]], &reference.client).await;
-        reference.stop().await;
+        let all = [&nodes[0], &nodes[1], &nodes[2]];
+        assert_like_single_server(&all, total, &[(0..4, 10, 400)]).await;
     });
 }
 
@@ -513,14 +526,8 @@ fn killing_the_stream_leader_pauses_ingest_briefly_and_loses_nothing() {
             "ingest stopped for {longest:?} after the stream leader died"
         );
         assert_eq!(total, 4 * 30 * 300);
-        for node in &nodes {
-            until_caught_up(&node.url(), total).await;
-        }
-        let ref_dir = tempfile::tempdir().unwrap();
-        let reference = common::start(ref_dir.path()).await;
-        send_reference(&reference.client, 0..4, 30, 300).await;
-        assert_answers_like(&[&nodes[0], &nodes[1], &nodes[2]], &reference.client).await;
-        reference.stop().await;
+        let all = [&nodes[0], &nodes[1], &nodes[2]];
+        assert_like_single_server(&all, total, &[(0..4, 30, 300)]).await;
     });
 }
 
@@ -576,15 +583,8 @@ fn a_paused_node_fails_over_and_never_answers_staler_than_its_bound() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         eprintln!("the resumed node refused {refused} reads before it caught up");
-        for node in [&nodes[0], &nodes[2]] {
-            until_caught_up(&node.url(), total).await;
-        }
-        let ref_dir = tempfile::tempdir().unwrap();
-        let reference = common::start(ref_dir.path()).await;
-        send_reference(&reference.client, 0..3, 2, 300).await;
-        send_reference(&reference.client, 3..6, 6, 300).await;
-        assert_answers_like(&[&nodes[0], &nodes[1], &nodes[2]], &reference.client).await;
-        reference.stop().await;
+        let all = [&nodes[0], &nodes[1], &nodes[2]];
+        assert_like_single_server(&all, total, &[(0..3, 2, 300), (3..6, 6, 300)]).await;
     });
 }
 

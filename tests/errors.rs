@@ -526,3 +526,66 @@ async fn cli_errors_are_one_sentence_with_a_remedy() {
     tls.stop().await;
     server.stop().await;
 }
+
+/// A batch refused for any reason creates nothing: its namespace is not
+/// listed afterwards and can still be created with another policy.
+#[tokio::test]
+async fn a_refused_batch_creates_no_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let client = &server.client;
+    let fresh = |mut r: pb::IngestRequest| {
+        r.namespace = "never-created".into();
+        r
+    };
+    let mut too_old = fresh(batch("c", 1, 3, 0));
+    too_old.unix_seconds[1] = 0;
+    let mut bad_org = fresh(batch("c", 2, 3, 0));
+    bad_org.org_index[2] = 99;
+    let sequence_zero = fresh(batch("c", 0, 3, 0));
+    for bad in [too_old, bad_org, sequence_zero] {
+        let refused = client.ingest(bad).await.unwrap_err();
+        assert!(
+            matches!(&refused, sketchd::client::ClientError::Status(s) if s.code() == Code::InvalidArgument),
+            "{refused}"
+        );
+    }
+    let listed = client
+        .admin_client()
+        .list_namespaces(pb::ListNamespacesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.namespaces.iter().all(|n| n.name != "never-created"),
+        "{listed:?}"
+    );
+    let created = client
+        .admin_client()
+        .create_namespace(pb::CreateNamespaceRequest {
+            name: "never-created".into(),
+            policy: Some(pb::NamespacePolicy {
+                precision: 12,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.name, "never-created");
+    // A good batch for a new namespace still creates it.
+    let mut good = batch("c", 3, 3, 0);
+    good.namespace = "created-by-a-batch".into();
+    client.ingest(good).await.unwrap();
+    let listed = client
+        .admin_client()
+        .list_namespaces(pb::ListNamespacesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed
+        .namespaces
+        .iter()
+        .any(|n| n.name == "created-by-a-batch"));
+    server.stop().await;
+}

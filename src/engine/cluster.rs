@@ -319,11 +319,6 @@ impl Engine {
     /// Decodes the entry and applies it: namespaces here, batches and
     /// merges through the commit thread (returning before they are done).
     async fn apply_entry(&self, position: u64, payload: &[u8]) -> Result<Step> {
-        let not_created = |name: &str| {
-            Error::Corrupt(format!(
-                "cluster log entry {position} names namespace {name:?}, which no earlier entry created"
-            ))
-        };
         match record::decode(payload)? {
             Record::Namespace {
                 name,
@@ -350,41 +345,39 @@ impl Engine {
                     Err(e) => return Err(e),
                 }))
             }
-            Record::Batch {
-                namespace,
-                mut payload,
-            } => {
-                let ns = self
-                    .catalog
-                    .get(&namespace)
-                    .ok_or_else(|| not_created(&namespace))?;
-                set_namespace_id(&mut payload, ns.id)?;
-                let batch = codec::decode(&payload)?;
-                let logged = frame(position, &payload);
-                let rx = self
-                    .commit
-                    .enqueue_entry(ns, Work::Batch(batch), logged, position)
-                    .await?;
-                Ok(Step::Waiting(rx))
+            Record::Batch { namespace, payload } => {
+                let work = |p: &[u8]| codec::decode(p).map(Work::Batch);
+                self.enqueue(position, &namespace, payload, work).await
             }
-            Record::Merge {
-                namespace,
-                mut payload,
-            } => {
-                let ns = self
-                    .catalog
-                    .get(&namespace)
-                    .ok_or_else(|| not_created(&namespace))?;
-                set_namespace_id(&mut payload, ns.id)?;
-                let merge = replication::decode(&payload)?;
-                let logged = frame(position, &payload);
-                let rx = self
-                    .commit
-                    .enqueue_entry(ns, Work::Merge(merge), logged, position)
-                    .await?;
-                Ok(Step::Waiting(rx))
+            Record::Merge { namespace, payload } => {
+                let work = |p: &[u8]| replication::decode(p).map(Work::Merge);
+                self.enqueue(position, &namespace, payload, work).await
             }
         }
+    }
+
+    /// Hands a batch or merge entry to the commit thread, with this node's
+    /// id of its namespace, framed with its position for the node's log.
+    async fn enqueue(
+        &self,
+        position: u64,
+        namespace: &str,
+        mut payload: Vec<u8>,
+        work: impl FnOnce(&[u8]) -> Result<Work>,
+    ) -> Result<Step> {
+        let ns = self.catalog.get(namespace).ok_or_else(|| {
+            Error::Corrupt(format!(
+                "cluster log entry {position} names namespace {namespace:?}, which no earlier entry created"
+            ))
+        })?;
+        set_namespace_id(&mut payload, ns.id)?;
+        let work = work(&payload)?;
+        let logged = frame(position, &payload);
+        let rx = self
+            .commit
+            .enqueue_entry(ns, work, logged, position)
+            .await?;
+        Ok(Step::Waiting(rx))
     }
 }
 
