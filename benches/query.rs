@@ -162,7 +162,7 @@ fn bench_orgs(c: &mut Criterion) {
         for batch in batches {
             rt.block_on(engine.ingest(batch)).unwrap();
         }
-        engine.shutdown();
+        engine.shutdown().unwrap();
     }
     let engine = open(&config);
     eprintln!(

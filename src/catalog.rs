@@ -6,8 +6,10 @@
 //! the seed's fingerprint is stored; opening a namespace with a seed of
 //! another fingerprint is refused. Namespaces get
 //! a small numeric id used in storage keys and log records; ids are never
-//! reused. The catalog is persisted (and flushed) before a namespace is first
-//! used, so a log record never names an unknown id.
+//! reused, not even after a deletion. The catalog is persisted (and flushed)
+//! before a namespace is first used, so a log record never names an unknown
+//! id; a deleted namespace leaves a tombstone with its id, so that log
+//! records and leftover sled records of it are known to be garbage.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct Catalog {
     seeds: NamespaceSeeds,
     /// Guards creation too, so two creators cannot take the same id.
     by_name: RwLock<HashMap<String, Arc<Namespace>>>,
+    /// Ids of deleted namespaces.
+    deleted: RwLock<std::collections::BTreeSet<NamespaceId>>,
 }
 
 impl Catalog {
@@ -91,12 +95,14 @@ impl Catalog {
                 }),
             );
         }
+        let deleted = store.deleted_namespace_ids()?.into_iter().collect();
         Ok(Catalog {
             store,
             default_policy,
             auto_create,
             seeds,
             by_name: RwLock::new(by_name),
+            deleted: RwLock::new(deleted),
         })
     }
 
@@ -165,7 +171,12 @@ impl Catalog {
                 Err(Error::NamespaceExists(name.to_owned()))
             };
         }
-        let id = by_name.values().map(|ns| ns.id + 1).max().unwrap_or(1);
+        let id = by_name
+            .values()
+            .map(|ns| ns.id)
+            .chain(self.deleted.read().last().copied())
+            .max()
+            .map_or(1, |last| last + 1);
         let seed = self.seeds.seed_for(name);
         let record = Record {
             id,
@@ -190,6 +201,30 @@ impl Catalog {
             "created namespace"
         );
         Ok(ns)
+    }
+
+    /// Deletes `name` from the catalog: its id is recorded as deleted
+    /// (durably, before this returns) and its name is free. The caller
+    /// removes its records.
+    pub fn delete(&self, name: &str) -> Result<Arc<Namespace>> {
+        let mut by_name = self.by_name.write();
+        let ns = match by_name.get(name) {
+            Some(ns) => ns.clone(),
+            None => {
+                validate_name("name", name)?;
+                return Err(Error::NamespaceNotFound(name.to_owned()));
+            }
+        };
+        self.store.put_namespace_tombstone(name, ns.id)?;
+        self.deleted.write().insert(ns.id);
+        by_name.remove(name);
+        tracing::info!(namespace = name, id = ns.id, "deleted namespace");
+        Ok(ns)
+    }
+
+    /// Whether `id` names a deleted namespace.
+    pub fn is_deleted(&self, id: NamespaceId) -> bool {
+        self.deleted.read().contains(&id)
     }
 
     pub fn default_policy(&self) -> NamespacePolicy {

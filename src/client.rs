@@ -775,6 +775,59 @@ impl Client {
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 
+    pub async fn list_namespaces(&self) -> Result<Vec<pb::NamespaceInfo>, ClientError> {
+        Ok(self
+            .admin_client()
+            .list_namespaces(pb::ListNamespacesRequest {})
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner()
+            .namespaces)
+    }
+
+    pub async fn get_namespace(&self, name: &str) -> Result<pb::NamespaceInfo, ClientError> {
+        Ok(self
+            .admin_client()
+            .get_namespace(pb::GetNamespaceRequest {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner())
+    }
+
+    /// Creates a namespace (0 in a policy field: the server's default).
+    pub async fn create_namespace(
+        &self,
+        name: &str,
+        policy: pb::NamespacePolicy,
+    ) -> Result<pb::NamespaceInfo, ClientError> {
+        Ok(self
+            .admin_client()
+            .create_namespace(pb::CreateNamespaceRequest {
+                name: name.to_owned(),
+                policy: Some(policy),
+            })
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner())
+    }
+
+    /// Deletes a namespace and everything stored in it.
+    pub async fn delete_namespace(
+        &self,
+        name: &str,
+    ) -> Result<pb::DeleteNamespaceResponse, ClientError> {
+        Ok(self
+            .admin_client()
+            .delete_namespace(pb::DeleteNamespaceRequest {
+                name: name.to_owned(),
+            })
+            .await
+            .map_err(|s| self.failed(s))?
+            .into_inner())
+    }
+
     pub async fn replication_status(&self) -> Result<pb::ReplicationStatus, ClientError> {
         Ok(self
             .replication_client()

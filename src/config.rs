@@ -16,12 +16,20 @@ use crate::auth::{Grant, Namespaces, Role, Secret, TlsConfig, TokenTable};
 use crate::error::{Error, Result};
 use crate::sketch::{HashSeed, MAX_PRECISION, MIN_PRECISION};
 
+/// Default free space kept on the data directory's file system.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 32 * 1024 * 1024;
+
+/// `max_age_days` that accepts any past day (late data for any day is
+/// welcome unless a namespace says otherwise).
+pub const MAX_AGE_ANY: u32 = u32::MAX;
+
 /// The sketch and validation policy of a namespace, fixed at creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NamespacePolicy {
     /// HyperLogLog precision (4..=18).
     pub precision: u8,
-    /// Oldest accepted observation, in days before now.
+    /// Oldest accepted observation, in days before now; [`MAX_AGE_ANY`]
+    /// (the default) accepts any past day.
     pub max_age_days: u32,
     /// How far in the future an observation may lie, in seconds.
     pub max_future_skew_seconds: u32,
@@ -31,7 +39,7 @@ impl Default for NamespacePolicy {
     fn default() -> Self {
         NamespacePolicy {
             precision: crate::sketch::DEFAULT_PRECISION,
-            max_age_days: 3 * 366,
+            max_age_days: MAX_AGE_ANY,
             max_future_skew_seconds: 3600,
         }
     }
@@ -78,6 +86,7 @@ pub struct RawConfig {
     pub sketch_cache_bytes: Option<usize>,
     pub sled_cache_bytes: Option<usize>,
     pub memtable_max_bytes: Option<usize>,
+    pub min_free_disk_bytes: Option<u64>,
     pub default_policy: Option<RawPolicy>,
     pub tables: Option<TableFiles>,
     pub replication: Option<RawReplication>,
@@ -315,6 +324,9 @@ impl RawConfig {
                 .sketch_cache_bytes
                 .unwrap_or(defaults.sketch_cache_bytes),
             sled_cache_bytes: self.sled_cache_bytes.unwrap_or(defaults.sled_cache_bytes),
+            min_free_disk_bytes: self
+                .min_free_disk_bytes
+                .unwrap_or(defaults.min_free_disk_bytes),
             memtable_max_bytes: self
                 .memtable_max_bytes
                 .unwrap_or(defaults.memtable_max_bytes)
@@ -526,6 +538,10 @@ pub struct ServerConfig {
     /// checkpointed, together: a checkpoint starts early at half of it, and
     /// ingest waits for a running checkpoint when both reach it.
     pub memtable_max_bytes: usize,
+    /// Free space kept on the data directory's file system: below it (plus
+    /// room to checkpoint the memtables) ingest is refused until space is
+    /// freed, so that a checkpoint never meets a full disk.
+    pub min_free_disk_bytes: u64,
     pub default_policy: NamespacePolicy,
     /// Attribution tables loaded at start.
     pub tables: TableFiles,
@@ -747,6 +763,7 @@ impl Default for ServerConfig {
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             sled_cache_bytes: crate::store::DEFAULT_SLED_CACHE_BYTES,
             memtable_max_bytes: 128 * 1024 * 1024,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
             default_policy: NamespacePolicy::default(),
             tables: TableFiles::default(),
             replication: None,

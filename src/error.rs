@@ -77,6 +77,19 @@ pub enum Error {
     #[error("overloaded: {0}")]
     Overloaded(String),
 
+    /// The data directory's file system has too little free space for
+    /// more batches; ingest resumes on its own once space is freed.
+    #[error(
+        "the data directory {} is full ({detail}); nothing of this batch was applied, and ingest \
+         resumes on its own once space is freed: retry in a few seconds",
+        .dir.display()
+    )]
+    DiskFull { dir: PathBuf, detail: String },
+
+    /// A request this server cannot carry out in its present mode.
+    #[error("{0}")]
+    Refused(String),
+
     /// The server is shutting down or its log failed; retry elsewhere or later.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -1034,7 +1034,7 @@ mod tests {
             let engine = open(dir.path());
             ingest(&engine, &rows, 1);
             check(&engine);
-            engine.shutdown();
+            engine.shutdown().unwrap();
         }
         check(&open(dir.path()));
     }
@@ -1070,7 +1070,7 @@ mod tests {
             let engine = open(dir.path());
             ingest(&engine, &rows, 1);
             check_org_counts(&engine, &rows);
-            engine.shutdown();
+            engine.shutdown().unwrap();
         }
         // Presence from sled (and rollups built at shutdown), then late
         // rows in the memtable beside it, then all of it from sled.
@@ -1079,7 +1079,7 @@ mod tests {
         ingest(&engine, &late, 2);
         rows.extend(late);
         check_org_counts(&engine, &rows);
-        engine.shutdown();
+        engine.shutdown().unwrap();
         drop(engine);
         let engine = open(dir.path());
         check_org_counts(&engine, &rows);

@@ -131,7 +131,7 @@ pub async fn run(
     let _ = stop_pusher.send(true);
     tracing::info!("stopped accepting; checkpointing");
     let engine_for_shutdown = engine.clone();
-    tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown())
+    let stopped = tokio::task::spawn_blocking(move || engine_for_shutdown.shutdown())
         .await
         .map_err(|e| Error::Unavailable(format!("shutdown task failed: {e}")))?;
     // Connection tasks may still hold service clones for a moment; wait for
@@ -146,6 +146,12 @@ pub async fn run(
         );
     }
     drop(engine);
+    stopped.map_err(|e| {
+        Error::Unavailable(format!(
+            "stopping failed: {e}; everything acknowledged is in the write-ahead log and is \
+             applied at the next start"
+        ))
+    })?;
     served.map_err(|e| Error::Unavailable(format!("transport: {e}")))
 }
 

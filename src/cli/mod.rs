@@ -7,6 +7,7 @@ mod backup;
 mod demo;
 mod ingest;
 mod loadgen;
+mod namespaces;
 mod query;
 mod report;
 mod startup;
@@ -115,6 +116,9 @@ enum Command {
     Sync(status::SyncArgs),
     /// Write an online backup of a server into a new data directory.
     Backup(backup::BackupArgs),
+    /// List, show, create and delete namespaces.
+    #[command(subcommand)]
+    Namespaces(namespaces::NamespacesCommand),
     /// Print a completion script for a shell, e.g. `sketchd completions bash > /etc/bash_completion.d/sketchd`.
     Completions(CompletionsArgs),
 }
@@ -189,6 +193,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Status(a) => status::status(a).await,
         Command::Sync(a) => status::sync(a).await,
         Command::Backup(a) => backup::run(a).await,
+        Command::Namespaces(c) => namespaces::run(c).await,
         Command::Completions(a) => completions(a),
     }
 }

@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::replication::{self, MergeBatch};
 use crate::store::memtable::MemState;
 use crate::store::snapshot::SnapshotSummary;
+use crate::store::space::DiskSpace;
 use crate::store::wal::Wal;
 use crate::store::Store;
 use crate::time::{Clock, SystemClock};
@@ -96,6 +97,17 @@ impl Engine {
         if config.replication.is_some() {
             store.enable_changelog();
         }
+        for id in store.namespace_ids_with_records()? {
+            if catalog.is_deleted(id) {
+                let removed = store.remove_namespace_records(id)?;
+                store.flush()?;
+                tracing::info!(
+                    id,
+                    records = removed,
+                    "removed what was left of a deleted namespace"
+                );
+            }
+        }
         let checkpoint_lsn = store.checkpoint_lsn()?;
         let (wal, records) = Wal::open(&store.wal_dir(), checkpoint_lsn)?;
         let mut applied: AppliedBatches = store.applied_batches()?.into_iter().collect();
@@ -127,11 +139,17 @@ impl Engine {
             };
             if payload.first() == Some(&replication::LOG_VERSION) {
                 let merge = replication::decode(payload)?;
+                if catalog.is_deleted(merge.ns) {
+                    continue;
+                }
                 let ns = catalog.by_id(merge.ns).ok_or_else(|| unknown(merge.ns))?;
                 replication::apply_merge(&mut mem, &store, &ns, &merge)?;
                 continue;
             }
             let batch = codec::decode(payload)?;
+            if catalog.is_deleted(batch.ns) {
+                continue;
+            }
             let ns = catalog.by_id(batch.ns).ok_or_else(|| unknown(batch.ns))?;
             ingest::apply(&mut mem, &ns, &batch, now)?;
             applied.insert(batch.id());
@@ -153,6 +171,7 @@ impl Engine {
                 mem: mem.clone(),
                 gate: checkpoint_gate.clone(),
                 metrics: metrics.clone(),
+                space: DiskSpace::new(&config.data_dir, config.min_free_disk_bytes),
             },
             applied,
             CheckpointPolicy {
@@ -347,6 +366,22 @@ impl Engine {
         }
     }
 
+    /// Deletes a namespace: the catalog forgets it at once (its name is free
+    /// and its batches are refused), then its records are removed from
+    /// sled. Returns the number of records removed. On a server that pushes
+    /// to an upstream, the upstream keeps what it was pushed; on an
+    /// upstream, a region that pushes the namespace again creates it anew.
+    pub async fn delete_namespace(&self, name: &str) -> Result<u64> {
+        if self.cluster.get().is_some() {
+            return Err(Error::Refused(
+                "deleting a namespace is not supported on a cluster node yet: every node would                  have to delete it at the same position of the cluster's log"
+                    .into(),
+            ));
+        }
+        let ns = self.catalog.delete(name)?;
+        self.commit.drop_namespace(ns).await
+    }
+
     /// Logs and merges a chunk of records from a region; returns once it is
     /// durable. The caller validated every record against `ns`.
     pub async fn merge(&self, ns: Arc<Namespace>, merge: MergeBatch) -> Result<u64> {
@@ -409,19 +444,23 @@ impl Engine {
     }
 
     /// Stops taking batches, checkpoints and flushes. Blocks.
-    pub fn shutdown(&self) {
+    /// Fails when the final checkpoint or sled's flush did: what was
+    /// acknowledged is then in the write-ahead log only, for the next start.
+    pub fn shutdown(&self) -> Result<()> {
         if let Some(node) = self.cluster.get() {
             node.stop();
         }
-        self.commit.shutdown();
-        if let Err(e) = self.store.flush() {
+        let stopped = self.commit.shutdown();
+        let flushed = self.store.flush();
+        if let Err(e) = &flushed {
             tracing::error!(error = %e, "flushing sled at shutdown failed");
         }
+        stopped.and(flushed)
     }
 }
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.shutdown();
+        let _ = self.shutdown();
     }
 }

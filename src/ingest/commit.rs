@@ -8,6 +8,20 @@
 //! only then replies. So an acknowledgement always means "durable", and many
 //! batches share one `fdatasync`.
 //!
+//! Before logging a group it checks the data directory's free space
+//! (`store::space`): below the floor, the group is refused with
+//! `DiskFull` and nothing is logged; a log write that fails for want of
+//! space is rolled back and refused the same way. Neither stops the
+//! thread: ingest resumes as soon as the space is back. Any other log
+//! failure, and any failed checkpoint, stops acknowledgements for good
+//! (sled refuses every write after a failed one until it is opened again),
+//! with the reason logged once; the log keeps everything for the next start.
+//!
+//! A namespace is deleted on this thread too ([`GroupCommit::drop_namespace`]):
+//! after the batches queued before it, everything applied is checkpointed,
+//! later batches of the deleted id are refused, and its records are removed
+//! from sled on the checkpoint thread's slot while ingest goes on.
+//!
 //! The same thread starts checkpoints: it seals the log segment, freezes the
 //! memtable at the last log position and hands it to a checkpoint thread,
 //! which merges it into sled, makes it visible atomically, flushes, and
@@ -27,6 +41,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashSet;
 use tokio::sync::oneshot;
 
 use super::dedupe::AppliedBatches;
@@ -35,9 +50,10 @@ use crate::catalog::Namespace;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::replication::{self, MergeBatch};
-use crate::store::keys::BatchId;
+use crate::store::keys::{BatchId, NamespaceId};
 use crate::store::memtable::{MemState, Memtable};
 use crate::store::snapshot::SnapshotSummary;
+use crate::store::space::{self, DiskSpace};
 use crate::store::wal::Wal;
 use crate::store::Store;
 use crate::time::Clock;
@@ -107,6 +123,8 @@ enum Msg {
     /// Checkpoint everything applied so far, then write a snapshot of sled
     /// to the file while no checkpoint writes sled.
     Snapshot(PathBuf, oneshot::Sender<Result<SnapshotSummary>>),
+    /// Delete a namespace's records; answers how many were removed.
+    Drop(Arc<Namespace>, oneshot::Sender<Result<u64>>),
 }
 
 /// What the commit and checkpoint threads share with the rest of the engine.
@@ -116,13 +134,15 @@ pub struct Shared {
     /// Taken for write while a checkpoint moves counters into sled.
     pub gate: Arc<RwLock<()>>,
     pub metrics: Arc<Metrics>,
+    /// The free-space floor of the data directory.
+    pub space: DiskSpace,
 }
 
 /// Handle to the commit thread. Dropping it checkpoints and stops the thread.
 pub struct GroupCommit {
     tx: Mutex<Option<SyncSender<Msg>>>,
     queue_depth: usize,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<JoinHandle<Result<()>>>>,
 }
 
 impl GroupCommit {
@@ -143,6 +163,7 @@ impl GroupCommit {
             mem,
             gate,
             metrics,
+            space,
         } = shared;
         let writer = Writer {
             wal,
@@ -150,6 +171,9 @@ impl GroupCommit {
             mem,
             gate,
             metrics,
+            space,
+            full_log: Throttle::default(),
+            dropped: FxHashSet::default(),
             applied,
             policy,
             clock,
@@ -252,6 +276,36 @@ impl GroupCommit {
             .map_err(|_| Error::Unavailable("the commit thread stopped".into()))?
     }
 
+    /// Deletes the records of `ns`, which the catalog no longer names:
+    /// after the batches queued before, checkpoints, refuses later batches
+    /// of its id and removes its records from sled. Returns how many.
+    pub async fn drop_namespace(&self, ns: Arc<Namespace>) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        let mut msg = Msg::Drop(ns, reply);
+        // Wait for room rather than refuse: the catalog already forgot it.
+        loop {
+            let sent = {
+                let guard = self.tx.lock();
+                let tx = guard
+                    .as_ref()
+                    .ok_or_else(|| Error::Unavailable("the server is shutting down".into()))?;
+                tx.try_send(msg)
+            };
+            match sent {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) => {
+                    msg = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(Error::Unavailable("the commit thread stopped".into()))
+                }
+            }
+        }
+        rx.await
+            .map_err(|_| Error::Unavailable("the commit thread stopped".into()))?
+    }
+
     /// Checkpoints everything applied so far into sled and flushes.
     pub async fn checkpoint(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
@@ -261,20 +315,48 @@ impl GroupCommit {
     }
 
     /// Stops taking batches, lets the queued ones finish, checkpoints and
-    /// waits for the thread.
-    pub fn shutdown(&self) {
+    /// waits for the thread. Fails when the final checkpoint did (the log
+    /// still holds everything for the next start).
+    pub fn shutdown(&self) -> Result<()> {
         drop(self.tx.lock().take());
-        if let Some(thread) = self.thread.lock().take() {
-            if thread.join().is_err() {
-                tracing::error!("the commit thread panicked");
-            }
+        match self.thread.lock().take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| Error::Unavailable("the commit thread panicked".into()))?,
+            None => Ok(()),
         }
     }
 }
 
 impl Drop for GroupCommit {
     fn drop(&mut self) {
-        self.shutdown();
+        if let Err(e) = self.shutdown() {
+            tracing::error!(error = %e, "stopping the commit thread");
+        }
+    }
+}
+
+/// At most one log line per second for a repeated condition, with the
+/// number of times it happened since the last line.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Throttle {
+    /// Counts one occurrence; returns how many happened since the last
+    /// line (this one included) when a line is due.
+    fn due(&mut self) -> Option<u64> {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.since))
     }
 }
 
@@ -286,6 +368,11 @@ struct Writer {
     /// `Engine::checkpoint_gate`.
     gate: Arc<RwLock<()>>,
     metrics: Arc<Metrics>,
+    space: DiskSpace,
+    /// Refusals for want of space, for the log.
+    full_log: Throttle,
+    /// Namespaces deleted since start: their batches are refused.
+    dropped: FxHashSet<NamespaceId>,
     applied: AppliedBatches,
     policy: CheckpointPolicy,
     clock: Arc<dyn Clock>,
@@ -304,7 +391,7 @@ struct Pending {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Msg>) {
+    fn run(mut self, rx: Receiver<Msg>) -> Result<()> {
         loop {
             let wait = self
                 .policy
@@ -334,6 +421,11 @@ impl Writer {
                     Msg::Batch(job) => batches.push(*job),
                     Msg::Checkpoint(reply) => checkpoint_waiters.push(reply),
                     Msg::Snapshot(path, reply) => snapshots.push((path, reply)),
+                    Msg::Drop(ns, reply) => {
+                        // In queue order: the batches before it first.
+                        self.commit(std::mem::take(&mut batches));
+                        self.drop_namespace(ns, reply);
+                    }
                 }
             }
             self.commit(batches);
@@ -354,8 +446,46 @@ impl Writer {
                 }
             }
         }
-        if let Err(e) = self.checkpoint_with(true, true, true) {
+        let result = self.checkpoint_with(true, true, true);
+        if let Err(e) = &result {
             tracing::error!(error = %e, "final checkpoint failed; the log still holds the data");
+        }
+        result
+    }
+
+    /// See [`GroupCommit::drop_namespace`].
+    fn drop_namespace(&mut self, ns: Arc<Namespace>, reply: oneshot::Sender<Result<u64>>) {
+        self.dropped.insert(ns.id);
+        if let Err(e) = self.checkpoint(true) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let store = self.store.clone();
+        let mem = self.mem.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sketchd-delete".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let result = store.remove_namespace_records(ns.id).and_then(|removed| {
+                    store.flush()?;
+                    Ok(removed)
+                });
+                if result.is_ok() {
+                    mem.write().index.remove_namespace(ns.id);
+                }
+                tracing::info!(
+                    namespace = %ns.name,
+                    id = ns.id,
+                    records = result.as_ref().ok().copied(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "removed the records of a deleted namespace"
+                );
+                let _ = reply.send(result);
+                Ok(())
+            });
+        match spawned {
+            Ok(handle) => self.in_flight = Some(handle),
+            Err(e) => tracing::error!(error = %e, "cannot start the delete thread"),
         }
     }
 
@@ -369,10 +499,37 @@ impl Writer {
             }
             return;
         }
+        let mut batches = batches;
+        if !self.dropped.is_empty() {
+            batches.retain_mut(|job| {
+                if !self.dropped.contains(&job.ns.id) {
+                    return true;
+                }
+                let (dead, _) = oneshot::channel();
+                let reply = std::mem::replace(&mut job.reply, dead);
+                let _ = reply.send(Err(Error::NamespaceNotFound(job.ns.name.clone())));
+                false
+            });
+        }
+        // A cluster node applies entries of the cluster's log whatever its
+        // disk: refusing them would leave a gap; a write that then fails
+        // stops the node like any log failure.
+        if batches.iter().all(|job| job.position.is_none()) {
+            let incoming: usize = batches.iter().map(|job| job.payload.len()).sum();
+            let held = {
+                let mem = self.mem.read();
+                mem.active.sketch_bytes + mem.frozen.as_ref().map_or(0, |f| f.sketch_bytes)
+            };
+            if let Err(e) = self.space.check(incoming as u64, held as u64) {
+                self.refuse_for_space(batches, e);
+                return;
+            }
+        }
         let logged = Instant::now();
         let mut pending = Vec::with_capacity(batches.len());
         let mut error = None;
         let mut position = None;
+        let mut logged_ids = Vec::new();
         for Job {
             ns,
             batch,
@@ -397,6 +554,7 @@ impl Writer {
                 match self.wal.append(&payload) {
                     Ok(_) => {
                         if let Some(id) = id {
+                            logged_ids.push(id.clone());
                             self.applied.insert(id);
                         }
                     }
@@ -415,6 +573,18 @@ impl Writer {
             self.metrics.wal_sync.observe(logged.elapsed());
         }
         if let Some(e) = error {
+            if space::error_is_full(&e) && self.wal.rollback().is_ok() {
+                for id in &logged_ids {
+                    self.applied.remove(id);
+                }
+                for p in pending {
+                    let _ = p.reply.send(Err(self.space.full(&e)));
+                }
+                if let Some(times) = self.full_log.due() {
+                    tracing::warn!(error = %e, times, "the data directory is full; batches are refused until space is freed");
+                }
+                return;
+            }
             let why = format!("the write-ahead log failed: {e}");
             tracing::error!(error = %e, "write-ahead log failed; refusing further batches");
             self.failed = Some(why.clone());
@@ -468,6 +638,24 @@ impl Writer {
         }
     }
 
+    /// Answers every job of `batches` with `full`, logging at most once a
+    /// second.
+    fn refuse_for_space(&mut self, batches: Vec<Job>, full: Error) {
+        let detail = full.to_string();
+        for job in batches {
+            let _ = job.reply.send(Err(match &full {
+                Error::DiskFull { dir, detail } => Error::DiskFull {
+                    dir: dir.clone(),
+                    detail: detail.clone(),
+                },
+                _ => Error::Unavailable(detail.clone()),
+            }));
+        }
+        if let Some(times) = self.full_log.due() {
+            tracing::warn!(refused_groups = times, "{detail}");
+        }
+    }
+
     /// Checkpoints everything applied so far and starts writing a snapshot
     /// to `path` on the checkpoint thread's slot: the next checkpoint waits
     /// for it, so sled does not change while it is read.
@@ -511,9 +699,13 @@ impl Writer {
         let budget = self.policy.max_memtable_bytes;
         let full = dirty >= self.policy.max_dirty_sketches || bytes + frozen_bytes >= budget;
         let half = bytes >= budget / 2;
+        if self.failed.is_some() {
+            // Said once when it failed; nothing will change until a restart.
+            return;
+        }
         if force || full || half || self.last_checkpoint.elapsed() >= self.policy.interval {
             if let Err(e) = self.checkpoint_with(full, false, false) {
-                tracing::error!(error = %e, "checkpoint failed; refusing further batches");
+                tracing::error!(error = %e, "checkpoint failed; refusing further batches until the server is restarted");
             }
         }
     }
@@ -538,9 +730,17 @@ impl Writer {
         let result = self.try_checkpoint(wait_previous, wait_new, all_rollups);
         if let Err(e) = &result {
             // A later checkpoint would record a log position past the
-            // records this one failed to store: stop acknowledging instead.
-            // The log keeps everything for the next start.
-            self.failed = Some(format!("a checkpoint failed: {e}"));
+            // records this one failed to store (and sled refuses every
+            // write after a failed one): stop acknowledging instead. The
+            // log keeps everything for the next start.
+            self.failed = Some(if space::error_is_full(e) {
+                format!(
+                    "a checkpoint failed because the data directory {} is full ({e}); everything                      acknowledged is in the write-ahead log: free space, then restart the server                      (min_free_disk_bytes keeps more space in reserve)",
+                    self.store.dir().display()
+                )
+            } else {
+                format!("a checkpoint failed: {e}; restart the server (everything acknowledged is in the write-ahead log)")
+            });
         }
         result
     }

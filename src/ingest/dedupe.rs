@@ -84,6 +84,12 @@ impl AppliedBatches {
         }
     }
 
+    /// Forgets `id` (its batch was logged but the log write was rolled
+    /// back).
+    pub fn remove(&mut self, id: &BatchId) {
+        self.ids.remove(&id.key);
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }

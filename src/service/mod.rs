@@ -67,6 +67,15 @@ pub fn status(err: Error) -> Status {
             );
             s
         }
+        Error::DiskFull { .. } => {
+            let mut s = Status::resource_exhausted(message);
+            s.metadata_mut().insert(
+                "retry-after-ms",
+                tonic::metadata::MetadataValue::from_static("2000"),
+            );
+            s
+        }
+        Error::Refused(_) => Status::failed_precondition(message),
         Error::NamespaceNotFound(_) | Error::UnknownInScope { .. } => Status::not_found(message),
         Error::NamespaceExists(_) | Error::SequenceReused { .. } => Status::already_exists(message),
         Error::NamespaceAutoCreateDisabled(_) => Status::failed_precondition(message),
@@ -568,6 +577,19 @@ impl pb::admin_server::Admin for AdminService {
         })
         .await?;
         Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn delete_namespace(
+        &self,
+        request: Request<pb::DeleteNamespaceRequest>,
+    ) -> Result<Response<pb::DeleteNamespaceResponse>, Status> {
+        authorize(&request, &request.get_ref().name, Role::Admin)?;
+        let name = request.into_inner().name;
+        let records_removed = self.engine.delete_namespace(&name).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteNamespaceResponse {
+            name,
+            records_removed,
+        }))
     }
 
     async fn reload_tables(

@@ -417,6 +417,14 @@ impl Index {
     pub fn dims(&self, ns: NamespaceId, family: Family) -> impl Iterator<Item = u64> + '_ {
         self.dims.get(&(ns, family)).into_iter().flatten().copied()
     }
+
+    /// Forgets everything of a deleted namespace.
+    pub fn remove_namespace(&mut self, ns: NamespaceId) {
+        self.names.retain(|(n, _), _| *n != ns);
+        self.table_versions.remove(&ns);
+        self.dims.retain(|(n, _), _| *n != ns);
+        self.presence.remove(&ns);
+    }
 }
 
 #[cfg(test)]

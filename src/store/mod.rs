@@ -3,7 +3,8 @@
 //! Layout under the data directory: `sled/` (the embedded database) and
 //! `wal/` (log segments). The sled tree `data` holds sketches, counters, org
 //! names, applied batch ids, extents and the checkpointed log position, all
-//! keyed as in [`keys`]; the tree `namespaces` holds the namespace catalog.
+//! keyed as in [`keys`]; the tree `namespaces` holds the namespace catalog
+//! and the ids of deleted namespaces (never reused).
 //!
 //! Invariant: a checkpoint writes the merged sketches, the counter sums and
 //! the new log position in one atomic sled batch, so after any crash sled
@@ -43,7 +44,9 @@ pub mod cache;
 pub mod index;
 pub mod keys;
 pub mod memtable;
+pub mod remove;
 pub mod snapshot;
+pub mod space;
 pub mod wal;
 
 use std::collections::HashMap;
@@ -124,6 +127,17 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// MiB RSS and 16 MiB at 439-467, at the same ingest rate; 8 MiB saved
 /// nothing more (docs/PERFORMANCE.md).
 pub const DEFAULT_SLED_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// First byte of the `namespaces` tree's keys that record a deleted
+/// namespace: `0x00 | id u32`, value its last name. Names never start
+/// with it (see `catalog::validate_name`).
+const DELETED_PREFIX: u8 = 0;
+
+fn tombstone_key(id: NamespaceId) -> [u8; 5] {
+    let mut key = [DELETED_PREFIX; 5];
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
 
 /// The sled database of one server.
 #[derive(Clone)]
@@ -310,7 +324,8 @@ impl Store {
     /// Every catalog record, as stored.
     pub fn namespace_records(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.namespaces
-            .iter()
+            .range(..[DELETED_PREFIX].as_slice())
+            .chain(self.namespaces.range([DELETED_PREFIX + 1].as_slice()..))
             .map(|item| {
                 let (k, v) = item?;
                 let name = String::from_utf8(k.to_vec())
@@ -325,6 +340,31 @@ impl Store {
         self.namespaces.insert(name.as_bytes(), record)?;
         self.namespaces.flush()?;
         Ok(())
+    }
+
+    /// Removes the catalog record of `name` and records that id `id` was
+    /// deleted, atomically and durably (ids are never reused).
+    pub fn put_namespace_tombstone(&self, name: &str, id: NamespaceId) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.remove(name.as_bytes());
+        batch.insert(&tombstone_key(id)[..], name.as_bytes());
+        self.namespaces.apply_batch(batch)?;
+        self.namespaces.flush()?;
+        Ok(())
+    }
+
+    /// The ids of deleted namespaces.
+    pub fn deleted_namespace_ids(&self) -> Result<Vec<NamespaceId>> {
+        self.namespaces
+            .scan_prefix([DELETED_PREFIX])
+            .map(|item| {
+                let (k, _) = item?;
+                k.get(1..5)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| Error::Corrupt("deleted namespace record".into()))
+            })
+            .collect()
     }
 
     /// The last log position included in sled.

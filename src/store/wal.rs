@@ -27,6 +27,10 @@ pub struct Wal {
     writer: BufWriter<File>,
     path: PathBuf,
     next_lsn: u64,
+    /// Length of the current segment and next LSN after the last sync
+    /// that returned, for [`Wal::rollback`].
+    synced_len: u64,
+    synced_next_lsn: u64,
     /// Segments before the current one, by first LSN.
     sealed: Vec<(u64, PathBuf)>,
 }
@@ -74,12 +78,15 @@ impl Wal {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         sync_dir(dir)?;
+        let synced_len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         Ok((
             Wal {
                 dir: dir.to_owned(),
                 writer: BufWriter::with_capacity(1 << 20, file),
                 path,
                 next_lsn,
+                synced_len,
+                synced_next_lsn: next_lsn,
                 sealed: segments,
             },
             records,
@@ -111,7 +118,37 @@ impl Wal {
         self.writer
             .flush()
             .and_then(|()| self.writer.get_ref().sync_data())
-            .map_err(|e| Error::io(&self.path, e))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.synced_len = self
+            .writer
+            .get_ref()
+            .metadata()
+            .map_err(|e| Error::io(&self.path, e))?
+            .len();
+        self.synced_next_lsn = self.next_lsn;
+        Ok(())
+    }
+
+    /// Forgets every record appended since the last [`Wal::sync`] that
+    /// returned (after an append or a sync failed, e.g. on a full disk):
+    /// drops them from the buffer, cuts the segment back to its synced
+    /// length and reuses their LSNs, so the log holds no torn record
+    /// before the next ones.
+    pub fn rollback(&mut self) -> Result<()> {
+        let file = self
+            .writer
+            .get_ref()
+            .try_clone()
+            .map_err(|e| Error::io(&self.path, e))?;
+        file.set_len(self.synced_len)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| Error::io(&self.path, e))?;
+        // The unwritten buffer is dropped with the old writer (a BufWriter
+        // flushes on drop, so take it apart instead).
+        let old = std::mem::replace(&mut self.writer, BufWriter::with_capacity(1 << 20, file));
+        let (_file, _unwritten) = old.into_parts();
+        self.next_lsn = self.synced_next_lsn;
+        Ok(())
     }
 
     /// The LSN of the last record appended (0 if none ever was).
@@ -124,6 +161,13 @@ impl Wal {
     pub fn rotate(&mut self) -> Result<Vec<PathBuf>> {
         self.sync()?;
         let path = segment_path(&self.dir, self.next_lsn);
+        if path == self.path {
+            // The current segment holds no record yet (e.g. the first
+            // checkpoint after a start that replayed the log): it stays the
+            // current one, and only the older ones are sealed. Sealing it
+            // would delete the file new records are written to.
+            return Ok(self.sealed.drain(..).map(|(_, p)| p).collect());
+        }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -132,6 +176,8 @@ impl Wal {
         sync_dir(&self.dir)?;
         let old = std::mem::replace(&mut self.path, path);
         self.writer = BufWriter::with_capacity(1 << 20, file);
+        self.synced_len = 0;
+        self.synced_next_lsn = self.next_lsn;
         self.sealed.push((0, old));
         Ok(self.sealed.drain(..).map(|(_, p)| p).collect())
     }
@@ -238,6 +284,49 @@ mod tests {
 
     fn payloads(records: &[WalRecord]) -> Vec<Vec<u8>> {
         records.iter().map(|r| r.payload.clone()).collect()
+    }
+
+    #[test]
+    fn rotating_a_segment_without_records_keeps_it_as_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 0).unwrap();
+        wal.append(b"before").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        // A start that replays the log, then its first checkpoint, before
+        // any new record.
+        let (mut wal, records) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(records.len(), 1);
+        let sealed = wal.rotate().unwrap();
+        assert!(sealed.iter().all(|p| *p != wal.path), "{sealed:?}");
+        for path in sealed {
+            fs::remove_file(path).unwrap();
+        }
+        wal.append(b"after").unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, records) = Wal::open(dir.path(), 1).unwrap();
+        assert_eq!(payloads(&records), vec![b"after".to_vec()]);
+    }
+
+    #[test]
+    fn a_rollback_forgets_unsynced_records_and_reuses_their_lsns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = Wal::open(dir.path(), 0).unwrap();
+        wal.append(b"kept").unwrap();
+        wal.sync().unwrap();
+        wal.append(b"lost-1").unwrap();
+        wal.append(b"lost-2").unwrap();
+        // Part of it reached the file, as when a write meets a full disk.
+        wal.writer.flush().unwrap();
+        wal.append(b"lost-3").unwrap();
+        wal.rollback().unwrap();
+        assert_eq!(wal.append(b"next").unwrap(), 2);
+        wal.sync().unwrap();
+        drop(wal);
+        let (_, records) = Wal::open(dir.path(), 0).unwrap();
+        assert_eq!(payloads(&records), vec![b"kept".to_vec(), b"next".to_vec()]);
+        assert_eq!(records[1].lsn, 2);
     }
 
     #[test]
