@@ -22,6 +22,7 @@ use crate::error::{quoted, Error, Result};
 use crate::sketch::HashSeed;
 use crate::store::keys::NamespaceId;
 use crate::store::Store;
+use crate::time::Day;
 
 /// Longest namespace name accepted.
 pub const MAX_NAME_LEN: usize = 128;
@@ -34,6 +35,42 @@ pub struct Namespace {
     pub seed: HashSeed,
 }
 
+impl Namespace {
+    /// The first day its retention keeps at `now` (`retention_days` days,
+    /// today included), or `None` when it keeps every day.
+    pub fn retained_from(&self, now: i64) -> Option<Day> {
+        let keep = self.policy.retention_days;
+        if keep == 0 {
+            return None;
+        }
+        let today = Day::from_unix_seconds(now).unwrap_or(Day(0));
+        Some(Day((today.0 + 1).saturating_sub(keep)))
+    }
+
+    /// Refuses `days` (row by row) when one is before what the retention
+    /// keeps at `now`: such a day was, or is being, removed.
+    pub fn check_retained(&self, days: &[u32], now: i64) -> Result<()> {
+        let Some(from) = self.retained_from(now) else {
+            return Ok(());
+        };
+        match days.iter().position(|&d| d < from.0) {
+            None => Ok(()),
+            Some(row) => Err(Error::row(
+                row,
+                "unix_seconds",
+                format!(
+                    "its day {} is no longer kept by namespace {}: its policy retention_days = \
+                     {} keeps {from} and later, and removes earlier days; send such rows to a \
+                     namespace created with a larger retention_days (0 keeps every day)",
+                    Day(days[row]),
+                    quoted(&self.name),
+                    self.policy.retention_days
+                ),
+            )),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Record {
     id: NamespaceId,
@@ -41,6 +78,9 @@ struct Record {
     max_age_days: u32,
     max_future_skew_seconds: u32,
     seed_fingerprint: String,
+    /// Absent in records written before retention existed: keep every day.
+    #[serde(default)]
+    retention_days: u32,
 }
 
 pub struct Catalog {
@@ -81,6 +121,7 @@ impl Catalog {
                 precision: record.precision,
                 max_age_days: record.max_age_days,
                 max_future_skew_seconds: record.max_future_skew_seconds,
+                retention_days: record.retention_days,
             };
             policy
                 .validate(&name)
@@ -184,6 +225,7 @@ impl Catalog {
             max_age_days: policy.max_age_days,
             max_future_skew_seconds: policy.max_future_skew_seconds,
             seed_fingerprint: fingerprint_hex(seed),
+            retention_days: policy.retention_days,
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| Error::Corrupt(e.to_string()))?;
         self.store.put_namespace_record(name, &bytes)?;

@@ -33,6 +33,9 @@ pub struct NamespacePolicy {
     pub max_age_days: u32,
     /// How far in the future an observation may lie, in seconds.
     pub max_future_skew_seconds: u32,
+    /// Days kept, today (UTC) included; older days are removed in the
+    /// background and rows for them refused. 0: every day is kept.
+    pub retention_days: u32,
 }
 
 impl Default for NamespacePolicy {
@@ -41,6 +44,7 @@ impl Default for NamespacePolicy {
             precision: crate::sketch::DEFAULT_PRECISION,
             max_age_days: MAX_AGE_ANY,
             max_future_skew_seconds: 3600,
+            retention_days: 0,
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct RawConfig {
     /// answers RESOURCE_EXHAUSTED with a retry-after hint.
     pub ingest_queue_depth: Option<usize>,
     pub rollup_interval_ms: Option<u64>,
+    /// How often namespaces' retention is applied (removing expired days).
+    pub retention_interval_ms: Option<u64>,
     pub rollup_max_stale_blocks: Option<usize>,
     pub sketch_cache_bytes: Option<usize>,
     pub sled_cache_bytes: Option<usize>,
@@ -191,6 +197,7 @@ pub struct RawPolicy {
     pub precision: Option<u8>,
     pub max_age_days: Option<u32>,
     pub max_future_skew_seconds: Option<u32>,
+    pub retention_days: Option<u32>,
 }
 
 impl RawConfig {
@@ -220,6 +227,9 @@ impl RawConfig {
             max_future_skew_seconds: raw_policy
                 .max_future_skew_seconds
                 .unwrap_or(defaults.default_policy.max_future_skew_seconds),
+            retention_days: raw_policy
+                .retention_days
+                .unwrap_or(defaults.default_policy.retention_days),
         };
         default_policy
             .validate("default_policy")
@@ -320,6 +330,10 @@ impl RawConfig {
             rollup_max_stale_blocks: self
                 .rollup_max_stale_blocks
                 .unwrap_or(defaults.rollup_max_stale_blocks),
+            retention_interval: self
+                .retention_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.retention_interval),
             sketch_cache_bytes: self
                 .sketch_cache_bytes
                 .unwrap_or(defaults.sketch_cache_bytes),
@@ -528,6 +542,9 @@ pub struct ServerConfig {
     /// keep coming (they are also rebuilt when the server is idle and at
     /// shutdown).
     pub rollup_interval: Duration,
+    /// How often the days namespaces' retention no longer keeps are looked
+    /// for and removed (also at start).
+    pub retention_interval: Duration,
     /// Rebuild stale rollup blocks early once this many are stale.
     pub rollup_max_stale_blocks: usize,
     /// Bound of the cache of decoded rollup sketches (0: none).
@@ -759,6 +776,7 @@ impl Default for ServerConfig {
             checkpoint_max_dirty_sketches: 100_000,
             ingest_queue_depth: crate::ingest::commit::DEFAULT_QUEUE_DEPTH,
             rollup_interval: Duration::from_secs(20),
+            retention_interval: Duration::from_secs(600),
             rollup_max_stale_blocks: 150_000,
             sketch_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             sled_cache_bytes: crate::store::DEFAULT_SLED_CACHE_BYTES,

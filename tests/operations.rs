@@ -334,3 +334,103 @@ async fn a_full_data_directory_refuses_ingest_keeps_answering_and_resumes_when_s
     assert_eq!(observations(&client, "study").await.unwrap(), acknowledged);
     assert!(stop(&mut server).success());
 }
+
+/// Rows of collector `c`, batch `b`, over the 28 days before `NOW`.
+fn recent_rows(c: u64, b: u64) -> Vec<sketchd::client::Observation> {
+    let mut rows = common::study_rows(c, b, ROWS, NOW);
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.unix_seconds = NOW - 1 - ((b * 7919 + i as u64 * 104_729) % (28 * 86_400)) as i64;
+    }
+    rows
+}
+
+fn batch(ns: &str, b: u64, rows: &[sketchd::client::Observation]) -> pb::IngestRequest {
+    let mut builder = BatchBuilder::new();
+    for obs in rows {
+        builder.push(obs);
+    }
+    builder.build(ns, "collector-1", b + 1)
+}
+
+/// The sketches, counters and org presence of a data directory (kinds
+/// `s`, `c`, `p`), by key.
+fn day_records(dir: &Path) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    common::dump(dir)
+        .into_iter()
+        .filter(|(k, _)| b"scp".contains(&k[0]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_exactly_the_expired_days_and_refuses_rows_for_them() {
+    const NS: &str = "kept-30";
+    const LATER: i64 = NOW + 10 * common::DAY;
+    let policy = pb::NamespacePolicy {
+        retention_days: Some(30),
+        ..Default::default()
+    };
+    let config = |dir: &Path| sketchd::config::ServerConfig {
+        retention_interval: Duration::from_millis(100),
+        checkpoint_interval: Duration::from_millis(100),
+        ..common::config(dir)
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = common::start_with(config(a_dir.path())).await;
+    a.client.create_namespace(NS, policy).await.unwrap();
+    let batches: Vec<_> = (0..30).map(|b| recent_rows(1, b)).collect();
+    for (b, rows) in batches.iter().enumerate() {
+        a.client.ingest(batch(NS, b as u64, rows)).await.unwrap();
+    }
+    let addr = a.addr;
+    a.stop().await;
+
+    // Ten days later: the days before LATER + 1 - 30 go.
+    let first_kept = sketchd::time::Day::from_unix_seconds(LATER).unwrap().0 + 1 - 30;
+    let kept_from = i64::from(first_kept) * common::DAY;
+    let a = common::start_on(config(a_dir.path()), addr, LATER).await;
+    let b = common::start_on(config(b_dir.path()), "127.0.0.1:0".parse().unwrap(), LATER).await;
+    b.client.create_namespace(NS, policy).await.unwrap();
+    let mut kept_rows = 0u64;
+    for (i, rows) in batches.iter().enumerate() {
+        let kept: Vec<_> = rows
+            .iter()
+            .filter(|r| r.unix_seconds >= kept_from)
+            .cloned()
+            .collect();
+        kept_rows += kept.len() as u64;
+        if !kept.is_empty() {
+            b.client.ingest(batch(NS, i as u64, &kept)).await.unwrap();
+        }
+    }
+    assert!(kept_rows > 0 && kept_rows < 30 * ROWS as u64);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while observations(&a.client, NS).await.unwrap() != kept_rows {
+        assert!(
+            Instant::now() < deadline,
+            "retention did not remove the expired days"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        common::answers(NS, &a.client, LATER).await,
+        common::answers(NS, &b.client, LATER).await
+    );
+
+    // A row for a removed day is refused, naming the policy.
+    let old = vec![sketchd::client::Observation {
+        unix_seconds: kept_from - 1,
+        ..batches[0][0].clone()
+    }];
+    let err = a.client.ingest(batch(NS, 1000, &old)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("retention_days = 30"), "{text}");
+
+    // After a restart (rollups rebuilt at the stop), the stored records
+    // are those of a server that only ever had the kept days.
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(day_records(a_dir.path()), day_records(b_dir.path()));
+    let a = common::start_on(config(a_dir.path()), addr, LATER).await;
+    assert_eq!(observations(&a.client, NS).await.unwrap(), kept_rows);
+    a.stop().await;
+}

@@ -216,6 +216,7 @@ fn chunk(records: Vec<pb::ReplicatedRecord>, fingerprint: &str) -> pb::PushChunk
             precision: 14,
             max_age_days: 0,
             max_future_skew_seconds: 0,
+            retention_days: None,
         }),
         seed_fingerprint: fingerprint.into(),
         records,

@@ -633,6 +633,7 @@ async fn namespaces_are_created_with_a_policy_and_listed() {
         precision: 12,
         max_age_days: 30,
         max_future_skew_seconds: 60,
+        retention_days: Some(0),
     };
     let info = admin
         .create_namespace(pb::CreateNamespaceRequest {

@@ -241,6 +241,7 @@ async fn prepare_namespace(client: &Client, args: &LoadgenArgs) -> anyhow::Resul
                 precision: args.precision,
                 max_age_days: MAX_AGE_DAYS,
                 max_future_skew_seconds: 0,
+                retention_days: None,
             }),
         };
         client

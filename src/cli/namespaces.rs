@@ -61,6 +61,10 @@ pub struct CreateArgs {
     /// How far in the future an observation may lie, in seconds [default: the server's, 3600].
     #[arg(long, default_value_t = 0)]
     max_future_skew_seconds: u32,
+    /// Days kept, today included; older ones are removed and refused (0: every day)
+    /// [default: the server's, every day].
+    #[arg(long)]
+    retention_days: Option<u32>,
     #[command(flatten)]
     server: Server,
 }
@@ -88,20 +92,22 @@ pub async fn run(command: NamespacesCommand) -> anyhow::Result<()> {
                 outln!("no namespaces (batches create one on first use, or `sketchd namespaces create NAME`)");
             } else {
                 outln!(
-                    "{:<24} {:>9} {:>12} {:<10} {:<10}",
+                    "{:<24} {:>9} {:>12} {:>12} {:<10} {:<10}",
                     "NAME",
                     "PRECISION",
                     "MAX AGE",
+                    "RETENTION",
                     "FIRST DAY",
                     "END DAY"
                 );
                 for ns in &all {
                     let p = ns.policy.unwrap_or_default();
                     outln!(
-                        "{:<24} {:>9} {:>12} {:<10} {:<10}",
+                        "{:<24} {:>9} {:>12} {:>12} {:<10} {:<10}",
                         ns.name,
                         p.precision,
                         max_age_text(p.max_age_days),
+                        retention_text(p.retention_days),
                         or_dash(&ns.first_day),
                         or_dash(&ns.end_day)
                     );
@@ -122,6 +128,7 @@ pub async fn run(command: NamespacesCommand) -> anyhow::Result<()> {
                         precision: a.precision,
                         max_age_days: a.max_age_days,
                         max_future_skew_seconds: a.max_future_skew_seconds,
+                        retention_days: a.retention_days,
                     },
                 )
                 .await?;
@@ -172,6 +179,7 @@ fn print_one(ns: &pb::NamespaceInfo, as_json: bool) -> anyhow::Result<()> {
     outln!("precision         {}", p.precision);
     outln!("max age           {}", max_age_text(p.max_age_days));
     outln!("max future skew   {} s", p.max_future_skew_seconds);
+    outln!("retention         {}", retention_text(p.retention_days));
     outln!("seed fingerprint  {}", ns.seed_fingerprint);
     if ns.first_day.is_empty() {
         outln!("days              none yet");
@@ -195,6 +203,7 @@ fn info_json(ns: &pb::NamespaceInfo) -> Value {
         "precision": p.precision,
         "max_age_days": if p.max_age_days == MAX_AGE_ANY { Value::Null } else { json!(p.max_age_days) },
         "max_future_skew_seconds": p.max_future_skew_seconds,
+        "retention_days": p.retention_days.filter(|&d| d != 0),
         "seed_fingerprint": ns.seed_fingerprint,
         "first_day": (!ns.first_day.is_empty()).then_some(&ns.first_day),
         "end_day": (!ns.end_day.is_empty()).then_some(&ns.end_day),
@@ -207,6 +216,13 @@ fn max_age_text(days: u32) -> String {
         "any".into()
     } else {
         format!("{days} days")
+    }
+}
+
+fn retention_text(days: Option<u32>) -> String {
+    match days {
+        None | Some(0) => "every day".into(),
+        Some(n) => format!("{n} days"),
     }
 }
 

@@ -93,6 +93,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record> {
                 max_future_skew_seconds: u32::from_le_bytes(
                     body[5..9].try_into().expect("4 bytes"),
                 ),
+                // Cluster nodes refuse retention (see `Engine::create_namespace`).
+                retention_days: 0,
             };
             let mut at = 9;
             let seed_fingerprint = get_str(body, &mut at).ok_or_else(|| corrupt("seed"))?;

@@ -37,7 +37,7 @@ use crate::time::{Clock, SystemClock};
 
 pub struct Engine {
     pub(crate) store: Store,
-    pub(crate) catalog: Catalog,
+    pub(crate) catalog: Arc<Catalog>,
     /// Deltas not yet in sled; see `store::memtable`.
     pub(crate) mem: Arc<RwLock<MemState>>,
     /// Readers of exact counters hold this for read; a checkpoint holds it
@@ -88,12 +88,12 @@ impl Engine {
             config.sketch_cache_bytes,
             config.sled_cache_bytes,
         )?;
-        let catalog = Catalog::open(
+        let catalog = Arc::new(Catalog::open(
             store.clone(),
             config.default_policy,
             config.auto_create_namespaces,
             config.seeds.clone(),
-        )?;
+        )?);
         if config.replication.is_some() {
             store.enable_changelog();
         }
@@ -172,6 +172,7 @@ impl Engine {
                 gate: checkpoint_gate.clone(),
                 metrics: metrics.clone(),
                 space: DiskSpace::new(&config.data_dir, config.min_free_disk_bytes),
+                catalog: catalog.clone(),
             },
             applied,
             CheckpointPolicy {
@@ -180,6 +181,7 @@ impl Engine {
                 max_memtable_bytes: config.memtable_max_bytes,
                 rollup_interval: config.rollup_interval,
                 rollup_max_stale_blocks: config.rollup_max_stale_blocks,
+                retention_interval: config.retention_interval,
             },
             clock.clone(),
             config.ingest_queue_depth,
@@ -342,6 +344,13 @@ impl Engine {
             Some(node) => {
                 crate::catalog::validate_name("name", name)?;
                 policy.validate("policy")?;
+                if policy.retention_days != 0 {
+                    return Err(Error::Refused(
+                        "policy.retention_days is not supported on a cluster node yet: give 0 \
+                         (keep every day), and no retention_days under [default_policy]"
+                            .into(),
+                    ));
+                }
                 if let Some(ns) = self.catalog.get(name) {
                     return if ns.policy == policy {
                         Ok(ns)

@@ -41,12 +41,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::sync::oneshot;
 
 use super::dedupe::AppliedBatches;
 use super::{apply, PreparedBatch};
-use crate::catalog::Namespace;
+use crate::catalog::{Catalog, Namespace};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::replication::{self, MergeBatch};
@@ -56,7 +56,7 @@ use crate::store::snapshot::SnapshotSummary;
 use crate::store::space::{self, DiskSpace};
 use crate::store::wal::Wal;
 use crate::store::Store;
-use crate::time::Clock;
+use crate::time::{Clock, Day};
 
 /// Batches waiting for the log at most, by default; beyond, callers get
 /// `Overloaded` (RESOURCE_EXHAUSTED with a retry-after hint).
@@ -85,6 +85,8 @@ pub struct CheckpointPolicy {
     pub rollup_interval: Duration,
     /// ...unless this many are stale.
     pub rollup_max_stale_blocks: usize,
+    /// How often namespaces' retention is applied (and once at start).
+    pub retention_interval: Duration,
 }
 
 /// What a log record carries.
@@ -136,6 +138,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The free-space floor of the data directory.
     pub space: DiskSpace,
+    /// The namespaces, for their retention.
+    pub catalog: Arc<Catalog>,
 }
 
 /// Handle to the commit thread. Dropping it checkpoints and stops the thread.
@@ -164,6 +168,7 @@ impl GroupCommit {
             gate,
             metrics,
             space,
+            catalog,
         } = shared;
         let writer = Writer {
             wal,
@@ -174,6 +179,9 @@ impl GroupCommit {
             space,
             full_log: Throttle::default(),
             dropped: FxHashSet::default(),
+            catalog,
+            retention_checked: None,
+            retained_from: FxHashMap::default(),
             applied,
             policy,
             clock,
@@ -373,6 +381,11 @@ struct Writer {
     full_log: Throttle,
     /// Namespaces deleted since start: their batches are refused.
     dropped: FxHashSet<NamespaceId>,
+    catalog: Arc<Catalog>,
+    /// When retention was last applied (`None`: not yet).
+    retention_checked: Option<Instant>,
+    /// Per namespace with retention: the first day kept by the last pass.
+    retained_from: FxHashMap<NamespaceId, Day>,
     applied: AppliedBatches,
     policy: CheckpointPolicy,
     clock: Arc<dyn Clock>,
@@ -402,6 +415,7 @@ impl Writer {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => {
                     self.checkpoint_if_due(false);
+                    self.expire_if_due();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -432,6 +446,7 @@ impl Writer {
             for (path, reply) in snapshots {
                 self.snapshot(path, reply);
             }
+            self.expire_if_due();
             if checkpoint_waiters.is_empty() {
                 self.checkpoint_if_due(false);
             } else {
@@ -451,6 +466,79 @@ impl Writer {
             tracing::error!(error = %e, "final checkpoint failed; the log still holds the data");
         }
         result
+    }
+
+    /// Applies namespaces' retention when due (every `retention_interval`,
+    /// and first at start): for each namespace whose first kept day moved
+    /// since the last pass (every one, at start), checkpoints
+    /// everything applied, forgets the removed days' org presence in memory
+    /// and removes their records from sled on the checkpoint thread's slot.
+    /// Batches of those days are refused from the moment the day turns
+    /// (`Namespace::check_retained`), so nothing brings them back.
+    fn expire_if_due(&mut self) {
+        if self.failed.is_some()
+            || self
+                .retention_checked
+                .is_some_and(|t| t.elapsed() < self.policy.retention_interval)
+        {
+            return;
+        }
+        if self.in_flight.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.retention_checked = Some(Instant::now());
+        let now = self.clock.now_unix_seconds();
+        let mut due: Vec<(Arc<Namespace>, Day)> = Vec::new();
+        for ns in self.catalog.list() {
+            let Some(from) = ns.retained_from(now) else {
+                continue;
+            };
+            if self.retained_from.get(&ns.id) != Some(&from) {
+                due.push((ns, from));
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        if let Err(e) = self.checkpoint(true) {
+            tracing::error!(error = %e, "checkpoint before applying retention failed");
+            return;
+        }
+        {
+            let mut mem = self.mem.write();
+            for (ns, from) in &due {
+                if let Some(presence) = mem.index.presence.get_mut(&ns.id) {
+                    presence.remove_days_before(*from);
+                }
+            }
+        }
+        for (ns, from) in &due {
+            self.retained_from.insert(ns.id, *from);
+        }
+        let store = self.store.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sketchd-retention".into())
+            .spawn(move || {
+                for (ns, from) in due {
+                    let started = Instant::now();
+                    let removed = store.remove_days_before(ns.id, from)?;
+                    store.flush()?;
+                    if removed > 0 {
+                        tracing::info!(
+                            namespace = %ns.name,
+                            kept_from = %from,
+                            records = removed,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "removed the days retention no longer keeps"
+                        );
+                    }
+                }
+                Ok(())
+            });
+        match spawned {
+            Ok(handle) => self.in_flight = Some(handle),
+            Err(e) => tracing::error!(error = %e, "cannot start the retention thread"),
+        }
     }
 
     /// See [`GroupCommit::drop_namespace`].
@@ -539,6 +627,14 @@ impl Writer {
         } in batches
         {
             position = at.max(position);
+            if let (Work::Batch(b), None) = (&batch, at) {
+                // Prepared before the day turned, the retention may have
+                // moved on since: its days would come back after removal.
+                if let Err(e) = ns.check_retained(&b.days, self.clock.now_unix_seconds()) {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            }
             let id = batch.id();
             let duplicate = match id
                 .as_ref()

@@ -171,6 +171,7 @@ pub fn prepare(
             .ok_or_else(|| Error::row(row, "unix_seconds", format!("{t} is before 1970")))?;
         days.push(day.0);
     }
+    ns.check_retained(&days, now)?;
     for (row, &i) in batch.org_index.iter().enumerate() {
         if i as usize > batch.org_dict.len() {
             return Err(Error::row(

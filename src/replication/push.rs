@@ -333,6 +333,7 @@ fn produce(
                     precision: u32::from(ns.policy.precision),
                     max_age_days: ns.policy.max_age_days,
                     max_future_skew_seconds: ns.policy.max_future_skew_seconds,
+                    retention_days: Some(ns.policy.retention_days),
                 }),
                 seed_fingerprint: fingerprint_hex(ns.seed),
                 records: Vec::new(),

@@ -172,6 +172,7 @@ fn policy_pb(p: NamespacePolicy) -> pb::NamespacePolicy {
         precision: u32::from(p.precision),
         max_age_days: p.max_age_days,
         max_future_skew_seconds: p.max_future_skew_seconds,
+        retention_days: Some(p.retention_days),
     }
 }
 
@@ -535,6 +536,7 @@ impl pb::admin_server::Admin for AdminService {
             } else {
                 p.max_future_skew_seconds
             },
+            retention_days: p.retention_days.unwrap_or(defaults.retention_days),
         };
         let ns = self
             .engine

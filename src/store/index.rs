@@ -58,6 +58,22 @@ impl DayBits {
         }
     }
 
+    /// Removes every day before `cutoff`.
+    pub fn clear_before(&mut self, cutoff: Day) {
+        for (i, w) in self.words.iter_mut().enumerate() {
+            let start = self.base + 64 * i as u32;
+            if start + 64 <= cutoff.0 {
+                *w = 0;
+            } else if start < cutoff.0 {
+                *w &= !0u64 << (cutoff.0 - start);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
+    }
+
     pub fn contains(&self, day: Day) -> bool {
         if day.0 < self.base {
             return false;
@@ -375,6 +391,28 @@ impl OrgPresence {
         self.anywhere.insert_days(oc.org, days);
     }
 
+    /// Forgets every day before `cutoff` (orgs left without a day go).
+    pub fn remove_days_before(&mut self, cutoff: Day) {
+        let trim = |days: &OrgDays| {
+            let mut kept = OrgDays::default();
+            for &org in &days.orgs {
+                let mut bits = days.days(org).unwrap_or_default();
+                bits.clear_before(cutoff);
+                if !bits.is_empty() {
+                    kept.insert_days(org, &bits);
+                }
+            }
+            kept
+        };
+        self.countries = self
+            .countries
+            .iter()
+            .map(|(cc, days)| (*cc, trim(days)))
+            .filter(|(_, days)| !days.is_empty())
+            .collect();
+        self.anywhere = trim(&self.anywhere);
+    }
+
     /// The orgs seen in `country`, if any was.
     pub fn country(&self, country: [u8; 2]) -> Option<&OrgDays> {
         self.countries.get(&country)
@@ -431,6 +469,33 @@ impl Index {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn removing_days_before_a_cutoff_keeps_exactly_the_later_ones() {
+        let mut bits = DayBits::default();
+        for d in [3, 63, 64, 65, 130, 200] {
+            bits.insert(Day(d));
+        }
+        bits.clear_before(Day(65));
+        assert_eq!(bits.iter().collect::<Vec<_>>(), [65, 130, 200].map(Day));
+        bits.clear_before(Day(201));
+        assert!(bits.is_empty());
+
+        let mut p = OrgPresence::default();
+        let oc = |org, country| OrgCountry { org, country };
+        p.insert(oc(1, *b"DE"), Day(10));
+        p.insert(oc(1, *b"US"), Day(100));
+        p.insert(oc(2, *b"DE"), Day(20));
+        p.remove_days_before(Day(50));
+        let all = DayWindow {
+            from: Day(0),
+            to: Day(1000),
+        };
+        assert_eq!(p.anywhere().count_in(all), 1);
+        assert_eq!(p.anywhere().len(), 1);
+        assert!(p.country(*b"DE").is_none());
+        assert_eq!(p.country(*b"US").unwrap().count_in(all), 1);
+    }
 
     #[test]
     fn day_bits_insert_in_any_order() {

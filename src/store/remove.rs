@@ -1,17 +1,31 @@
-//! Removing a deleted namespace's records from sled.
+//! Removing records from sled: a deleted namespace's, and the days a
+//! namespace's retention no longer keeps.
 //!
 //! Every record of a namespace lies under a key `kind | ns u32 | ...`
 //! (see [`keys`]), so deleting a namespace is one prefix scan per kind.
 //! The catalog writes its tombstone first (see `catalog`), so a crash part
-//! way leaves records of an id no name maps to; [`Store::open`]'s caller
-//! removes them again at the next start. Runs on the checkpoint thread's
-//! slot, never beside a checkpoint or a rollup pass.
+//! way leaves records of an id no name maps to; the engine removes them
+//! again at the next start.
+//!
+//! Removing the days before a cut-off deletes the day sketches and every
+//! rollup block wholly before it (sketch keys are day-major: one range per
+//! family and level), marks the day before the cut-off stale in each
+//! series that has a block straddling it (the next rollup pass rebuilds
+//! those blocks from what is left, see the module doc of `store`), drops
+//! the counters of those days, clears their bits from org presence and
+//! moves the extent's first day. Each step is idempotent, so a crash part
+//! way is finished by the next pass.
+//!
+//! Both run on the checkpoint thread's slot, never beside a checkpoint or
+//! a rollup pass.
 
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::keys::{self, NamespaceId};
-use super::{Series, Store};
-use crate::error::Result;
+use super::index::DayBits;
+use super::keys::{self, CounterKey, Family, NamespaceId, SketchKey};
+use super::{Series, Store, ROLLUP_LEVELS};
+use crate::error::{Error, Result};
+use crate::time::{Block, Day};
 
 /// The kinds of `data` keys that start with a namespace id.
 const PER_NAMESPACE: &[u8] = &[
@@ -64,6 +78,138 @@ impl Store {
         Ok(removed)
     }
 
+    /// Removes every record of namespace `ns` about a day before `cutoff`
+    /// (see the module doc). Returns the number of records deleted or
+    /// rewritten. Does not flush.
+    pub fn remove_days_before(&self, ns: NamespaceId, cutoff: Day) -> Result<u64> {
+        if cutoff.0 == 0 {
+            return Ok(0);
+        }
+        let last_removed = Day(cutoff.0 - 1);
+        let mut touched = 0u64;
+        // Series with a block holding both removed and kept days: mark the
+        // last removed day stale first, so that readers stop using those
+        // blocks before the days under them go.
+        let mut straddling: FxHashSet<Series> = FxHashSet::default();
+        for family in (1..=9).filter_map(Family::from_u8) {
+            for &level in &ROLLUP_LEVELS[1..] {
+                let block = Block::containing(last_removed, level);
+                if block.start.0 + block.days() <= cutoff.0 {
+                    continue;
+                }
+                let prefix = sketch_prefix(ns, family, level, Some(block.start));
+                for item in self.data.scan_prefix(prefix) {
+                    let (k, _) = item?;
+                    let key =
+                        SketchKey::decode(&k).ok_or_else(|| Error::Corrupt("sketch key".into()))?;
+                    straddling.insert((ns, family, key.dim));
+                }
+            }
+        }
+        if !straddling.is_empty() {
+            let mut marked: FxHashMap<Series, DayBits> = FxHashMap::default();
+            let mut blocks = FxHashSet::default();
+            {
+                let state = self.stale.read();
+                for &series in &straddling {
+                    let mut days = state.days.get(&series).cloned().unwrap_or_default();
+                    days.insert(last_removed);
+                    state.blocks_above(series, last_removed, &mut blocks);
+                    marked.insert(series, days);
+                }
+            }
+            let mut batch = sled::Batch::default();
+            for (&(ns, family, dim), days) in &marked {
+                batch.insert(&keys::stale_days_key(ns, family, dim)[..], days.encode());
+            }
+            {
+                let mut state = self.stale.write();
+                state.blocks.extend(blocks);
+                state.days.extend(marked);
+            }
+            self.data.apply_batch(batch)?;
+        }
+        // Day sketches and blocks wholly before the cut-off.
+        for family in (1..=9).filter_map(Family::from_u8) {
+            for &level in ROLLUP_LEVELS {
+                let span = 1u32 << level;
+                if cutoff.0 < span {
+                    continue;
+                }
+                // Blocks starting at or before cutoff - span end by the cut-off.
+                let end = Day(cutoff.0 - span + 1);
+                let from = sketch_prefix(ns, family, level, None);
+                let to = sketch_prefix(ns, family, level, Some(end));
+                let mut removed = Vec::new();
+                loop {
+                    let mut batch = sled::Batch::default();
+                    let mut n = 0;
+                    for item in self.data.range(from.clone()..to.clone()).take(CHUNK) {
+                        let (k, _) = item?;
+                        if let Some(key) = SketchKey::decode(&k) {
+                            removed.push(key);
+                        }
+                        batch.remove(k);
+                        n += 1;
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                    self.data.apply_batch(batch)?;
+                    touched += n as u64;
+                }
+                self.cache.invalidate(&removed);
+            }
+        }
+        // Counters: per dimension, the days before the cut-off.
+        let mut prefix = vec![keys::KIND_COUNTER];
+        prefix.extend_from_slice(&ns.to_be_bytes());
+        let mut batch = sled::Batch::default();
+        for item in self.data.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            if k.len() != CounterKey::LEN {
+                return Err(Error::Corrupt("counter key".into()));
+            }
+            let day = u32::from_be_bytes(k[13..17].try_into().unwrap_or_default());
+            if day < cutoff.0 {
+                batch.remove(k);
+                touched += 1;
+            }
+        }
+        self.data.apply_batch(batch)?;
+        // Org presence: the removed days' bits.
+        let mut prefix = vec![keys::KIND_PRESENCE];
+        prefix.extend_from_slice(&ns.to_be_bytes());
+        let mut batch = sled::Batch::default();
+        for item in self.data.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let mut days =
+                DayBits::decode(&v).ok_or_else(|| Error::Corrupt("presence days".into()))?;
+            if days.iter().next().is_some_and(|first| first < cutoff) {
+                days.clear_before(cutoff);
+                if days.is_empty() {
+                    batch.remove(k);
+                } else {
+                    batch.insert(k, days.encode());
+                }
+                touched += 1;
+            }
+        }
+        self.data.apply_batch(batch)?;
+        // The extent.
+        if let Some((first, end)) = self.extent(ns)? {
+            let key = keys::extent_key(ns);
+            if end <= cutoff {
+                self.data.remove(key)?;
+            } else if first < cutoff {
+                let mut value = cutoff.0.to_le_bytes().to_vec();
+                value.extend_from_slice(&end.0.to_le_bytes());
+                self.data.insert(key, value)?;
+            }
+        }
+        Ok(touched)
+    }
+
     /// Namespace ids that hold records in sled, for finding the leftovers
     /// of a deletion cut short.
     pub fn namespace_ids_with_records(&self) -> Result<FxHashSet<NamespaceId>> {
@@ -89,6 +235,19 @@ impl Store {
         }
         Ok(ids)
     }
+}
+
+/// The sketch keys of one (namespace, family, level), from `start` on
+/// when given.
+fn sketch_prefix(ns: NamespaceId, family: Family, level: u8, start: Option<Day>) -> Vec<u8> {
+    let mut key = vec![keys::KIND_SKETCH];
+    key.extend_from_slice(&ns.to_be_bytes());
+    key.push(family as u8);
+    key.push(level);
+    if let Some(day) = start {
+        key.extend_from_slice(&day.0.to_be_bytes());
+    }
+    key
 }
 
 #[cfg(test)]
