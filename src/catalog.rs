@@ -86,6 +86,8 @@ struct Record {
 pub struct Catalog {
     store: Store,
     default_policy: NamespacePolicy,
+    /// `[namespaces.NAME]` policies, for namespaces created later.
+    policies: std::collections::BTreeMap<String, NamespacePolicy>,
     auto_create: bool,
     /// The configured seed of each namespace, for the ones created later.
     seeds: NamespaceSeeds,
@@ -99,6 +101,7 @@ impl Catalog {
     pub fn open(
         store: Store,
         default_policy: NamespacePolicy,
+        policies: std::collections::BTreeMap<String, NamespacePolicy>,
         auto_create: bool,
         seeds: NamespaceSeeds,
     ) -> Result<Catalog> {
@@ -140,6 +143,7 @@ impl Catalog {
         Ok(Catalog {
             store,
             default_policy,
+            policies,
             auto_create,
             seeds,
             by_name: RwLock::new(by_name),
@@ -184,7 +188,7 @@ impl Catalog {
         Ok(Err(Namespace {
             id: 0,
             name: name.to_owned(),
-            policy: self.default_policy,
+            policy: self.default_policy_for(name),
             seed: self.seeds.seed_for(name),
         }))
     }
@@ -271,6 +275,15 @@ impl Catalog {
 
     pub fn default_policy(&self) -> NamespacePolicy {
         self.default_policy
+    }
+
+    /// The policy a new namespace `name` gets where nothing else is said:
+    /// its `[namespaces.NAME]` policy, else `[default_policy]`.
+    pub fn default_policy_for(&self, name: &str) -> NamespacePolicy {
+        self.policies
+            .get(name)
+            .copied()
+            .unwrap_or(self.default_policy)
     }
 }
 

@@ -106,7 +106,7 @@ pub struct RawConfig {
     /// The hash seed secret of every namespace without its own.
     pub default_seed: Option<RawSeed>,
     /// Per-namespace settings: `[namespaces.NAME]`.
-    pub namespaces: Option<BTreeMap<String, RawSeed>>,
+    pub namespaces: Option<BTreeMap<String, RawNamespace>>,
 }
 
 /// `[replication]`: push this server's state to an upstream.
@@ -191,6 +191,31 @@ pub struct RawSeed {
     pub seed_env: Option<String>,
 }
 
+/// `[namespaces.NAME]`: a seed secret of its own (optional), and policy
+/// fields that override `[default_policy]` when the namespace is created
+/// (on first use, or by CreateNamespace for the fields it leaves at 0).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNamespace {
+    pub seed_file: Option<PathBuf>,
+    pub seed_env: Option<String>,
+    pub precision: Option<u8>,
+    pub max_age_days: Option<u32>,
+    pub max_future_skew_seconds: Option<u32>,
+    pub retention_days: Option<u32>,
+}
+
+impl RawNamespace {
+    fn policy(&self) -> RawPolicy {
+        RawPolicy {
+            precision: self.precision,
+            max_age_days: self.max_age_days,
+            max_future_skew_seconds: self.max_future_skew_seconds,
+            retention_days: self.retention_days,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
@@ -217,23 +242,23 @@ impl RawConfig {
             None => defaults.listen,
         };
         let raw_policy = self.default_policy.unwrap_or_default();
-        let default_policy = NamespacePolicy {
-            precision: raw_policy
-                .precision
-                .unwrap_or(defaults.default_policy.precision),
-            max_age_days: raw_policy
-                .max_age_days
-                .unwrap_or(defaults.default_policy.max_age_days),
-            max_future_skew_seconds: raw_policy
-                .max_future_skew_seconds
-                .unwrap_or(defaults.default_policy.max_future_skew_seconds),
-            retention_days: raw_policy
-                .retention_days
-                .unwrap_or(defaults.default_policy.retention_days),
-        };
+        let default_policy = raw_policy.over(defaults.default_policy);
         default_policy
             .validate("default_policy")
             .map_err(|e| Error::Config(e.to_string()))?;
+        let raw_namespaces = self.namespaces.unwrap_or_default();
+        let mut namespace_policies = BTreeMap::new();
+        for (name, raw) in &raw_namespaces {
+            let raw = raw.policy();
+            if raw.is_empty() {
+                continue;
+            }
+            let policy = raw.over(default_policy);
+            policy
+                .validate(&format!("namespaces.{name}"))
+                .map_err(|e| Error::Config(e.to_string()))?;
+            namespace_policies.insert(name.clone(), policy);
+        }
         let max_rows_per_batch = self
             .max_rows_per_batch
             .unwrap_or(defaults.max_rows_per_batch);
@@ -301,7 +326,7 @@ impl RawConfig {
         let cluster = self.cluster.map(ClusterConfig::from_raw).transpose()?;
         let tls = self.tls.map(read_tls).transpose()?;
         let tokens = read_tokens(self.auth.unwrap_or_default())?;
-        let seeds = read_seeds(self.default_seed, self.namespaces.unwrap_or_default())?;
+        let seeds = read_seeds(self.default_seed, raw_namespaces)?;
         let config = ServerConfig {
             replication,
             cluster,
@@ -351,6 +376,7 @@ impl RawConfig {
             tokens,
             allow_insecure_remote: self.allow_insecure_remote.unwrap_or(false),
             seeds,
+            namespace_policies,
         };
         config.check_exposure(config.listen)?;
         Ok(config)
@@ -450,7 +476,7 @@ fn read_seed(what: &str, raw: &RawSeed) -> Result<HashSeed> {
 
 fn read_seeds(
     default: Option<RawSeed>,
-    namespaces: BTreeMap<String, RawSeed>,
+    namespaces: BTreeMap<String, RawNamespace>,
 ) -> Result<NamespaceSeeds> {
     let mut seeds = NamespaceSeeds::default();
     if let Some(raw) = default {
@@ -459,10 +485,38 @@ fn read_seeds(
     for (name, raw) in namespaces {
         crate::catalog::validate_name("namespaces", &name)
             .map_err(|e| Error::Config(e.to_string()))?;
+        if raw.seed_file.is_none() && raw.seed_env.is_none() {
+            continue;
+        }
+        let raw = RawSeed {
+            seed_file: raw.seed_file,
+            seed_env: raw.seed_env,
+        };
         let seed = read_seed(&format!("namespaces.{name}"), &raw)?;
         seeds.by_namespace.insert(name, seed);
     }
     Ok(seeds)
+}
+
+impl RawPolicy {
+    fn is_empty(&self) -> bool {
+        self.precision.is_none()
+            && self.max_age_days.is_none()
+            && self.max_future_skew_seconds.is_none()
+            && self.retention_days.is_none()
+    }
+
+    /// `base` with the fields this one sets.
+    fn over(&self, base: NamespacePolicy) -> NamespacePolicy {
+        NamespacePolicy {
+            precision: self.precision.unwrap_or(base.precision),
+            max_age_days: self.max_age_days.unwrap_or(base.max_age_days),
+            max_future_skew_seconds: self
+                .max_future_skew_seconds
+                .unwrap_or(base.max_future_skew_seconds),
+            retention_days: self.retention_days.unwrap_or(base.retention_days),
+        }
+    }
 }
 
 /// The hash seed of each namespace: its own if configured, else the
@@ -574,6 +628,8 @@ pub struct ServerConfig {
     pub allow_insecure_remote: bool,
     /// Hash seeds per namespace.
     pub seeds: NamespaceSeeds,
+    /// `[namespaces.NAME]` policies (`[default_policy]` with their fields).
+    pub namespace_policies: BTreeMap<String, NamespacePolicy>,
 }
 
 impl ServerConfig {
@@ -790,6 +846,7 @@ impl Default for ServerConfig {
             tokens: TokenTable::new(),
             allow_insecure_remote: false,
             seeds: NamespaceSeeds::default(),
+            namespace_policies: BTreeMap::new(),
         }
     }
 }
@@ -933,6 +990,26 @@ name = "root"
     }
 
     #[test]
+    fn namespace_tables_override_the_default_policy_field_by_field() {
+        let cfg = parse(
+            "[default_policy]\nprecision = 12\nretention_days = 400\n\
+             [namespaces.short]\nretention_days = 7\n",
+        )
+        .unwrap();
+        let short = cfg.namespace_policies["short"];
+        assert_eq!((short.precision, short.retention_days), (12, 7));
+        assert_eq!(cfg.default_policy.retention_days, 400);
+        assert!(cfg.seeds.by_namespace.is_empty());
+        let err = parse("[namespaces.short]\nretention = 7\n").unwrap_err();
+        assert!(err.to_string().contains("retention"), "{err}");
+        let err = parse("[namespaces.short]\nprecision = 30\n").unwrap_err();
+        assert!(
+            err.to_string().contains("namespaces.short.precision"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn seeds_come_from_files_and_never_show_in_debug() {
         let dir = tempfile::tempdir().unwrap();
         let ips = dir.path().join("ips.seed");
@@ -956,7 +1033,7 @@ name = "root"
         assert!(parse(&text).is_err());
         assert!(parse("[namespaces.ips]\nseed_env = \"SKETCHD_TEST_UNSET_SEED\"").is_err());
         assert!(parse("[namespaces.\"bad name\"]\nseed_file = \"x\"").is_err());
-        assert!(parse("[namespaces.ips]\nprecision = 12").is_err());
+        assert!(parse("[namespaces.ips]\nprecsion = 12").is_err());
     }
 
     #[test]

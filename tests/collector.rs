@@ -224,7 +224,10 @@ async fn every_format_lands_the_same_observations() {
 #[tokio::test]
 async fn bad_rows_are_reported_with_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(&dir.path().join("data")).await;
+    // Namespaces created on first use refuse rows older than three years.
+    let mut config = common::config(&dir.path().join("data"));
+    config.default_policy.max_age_days = 3 * 366;
+    let server = common::start_with(config).await;
     let csv = dir.path().join("bad.csv");
     std::fs::write(
         &csv,

@@ -312,7 +312,10 @@ fn strings(args: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn cli_errors_are_one_sentence_with_a_remedy() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(&dir.path().join("data")).await;
+    // Namespaces created on first use refuse rows older than three years.
+    let mut config = common::config(&dir.path().join("data"));
+    config.default_policy.max_age_days = 3 * 366;
+    let server = common::start_with(config).await;
     server.client.ingest(batch("c", 1, 10, 0)).await.unwrap();
     let tls = tls_server(&dir.path().join("tls")).await;
     let tokens = token_server(&dir.path().join("tokens")).await;
@@ -532,7 +535,10 @@ async fn cli_errors_are_one_sentence_with_a_remedy() {
 #[tokio::test]
 async fn a_refused_batch_creates_no_namespace() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(dir.path()).await;
+    // Namespaces created on first use refuse rows older than three years.
+    let mut config = common::config(dir.path());
+    config.default_policy.max_age_days = 3 * 366;
+    let server = common::start_with(config).await;
     let client = &server.client;
     let fresh = |mut r: pb::IngestRequest| {
         r.namespace = "never-created".into();

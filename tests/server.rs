@@ -334,7 +334,10 @@ fn valid() -> pb::IngestRequest {
 #[tokio::test]
 async fn bad_batches_are_rejected_whole_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = common::start(dir.path()).await;
+    // Namespaces created on first use refuse rows older than three years.
+    let mut config = common::config(dir.path());
+    config.default_policy.max_age_days = 3 * 366;
+    let server = common::start_with(config).await;
     // Something already counted, to see that it does not change.
     let rows = world(4, 2_000, 3, 1_500);
     send(&server, &rows, "base", 1).await;

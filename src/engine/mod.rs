@@ -91,6 +91,7 @@ impl Engine {
         let catalog = Arc::new(Catalog::open(
             store.clone(),
             config.default_policy,
+            config.namespace_policies.clone(),
             config.auto_create_namespaces,
             config.seeds.clone(),
         )?);

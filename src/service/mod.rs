@@ -513,7 +513,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::NamespaceInfo>, Status> {
         authorize(&request, &request.get_ref().name, Role::Admin)?;
         let r = request.into_inner();
-        let defaults = self.engine.catalog().default_policy();
+        let defaults = self.engine.catalog().default_policy_for(&r.name);
         let p = r.policy.unwrap_or_default();
         let precision = match p.precision {
             0 => defaults.precision,

@@ -45,11 +45,14 @@ async fn target_namespace(engine: &Engine, chunk: &pb::PushChunk) -> Result<Arc<
                     })?,
                     max_age_days: p.max_age_days,
                     max_future_skew_seconds: p.max_future_skew_seconds,
-                    retention_days: p
-                        .retention_days
-                        .unwrap_or(engine.catalog().default_policy().retention_days),
+                    retention_days: p.retention_days.unwrap_or(
+                        engine
+                            .catalog()
+                            .default_policy_for(&chunk.namespace)
+                            .retention_days,
+                    ),
                 },
-                None => engine.catalog().default_policy(),
+                None => engine.catalog().default_policy_for(&chunk.namespace),
             };
             engine.create_namespace(&chunk.namespace, policy).await?
         }

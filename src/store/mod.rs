@@ -256,11 +256,27 @@ impl Store {
         sled_cache_bytes: usize,
     ) -> Result<Store> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let db = sled::Config::new()
-            .path(dir.join("sled"))
-            .cache_capacity(sled_cache_bytes as u64)
-            .flush_every_ms(None)
-            .open()?;
+        // sled releases the file lock of a database closed moments ago
+        // from its background threads (a snapshot restored into `dir` just
+        // before, say): a lock held by this process a moment ago is waited
+        // for; one held by another server still fails, after that wait.
+        let started = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir.join("sled"))
+                .cache_capacity(sled_cache_bytes as u64)
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < std::time::Duration::from_secs(3) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
         check_key_layout(&data)?;
