@@ -59,7 +59,11 @@ pub enum Error {
         namespace: String,
     },
 
-    #[error("namespace {} already exists with a different policy", quoted(.0))]
+    #[error(
+        "namespace {} already exists with a different policy (a policy is fixed at creation: \
+         `sketchd namespaces show NAME` shows it; delete the namespace first to create it anew)",
+        quoted(.0)
+    )]
     NamespaceExists(String),
 
     /// Namespaces must be created explicitly (config `auto_create_namespaces = false`).
