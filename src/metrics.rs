@@ -79,6 +79,8 @@ pub struct Metrics {
     pub batches: AtomicU64,
     pub duplicate_batches: AtomicU64,
     pub rejected_batches: AtomicU64,
+    /// Batches refused because the data directory is (nearly) full.
+    pub disk_full_batches: AtomicU64,
     pub batch_ack: Histogram,
     pub wal_sync: Histogram,
     pub checkpoint: Histogram,
@@ -135,6 +137,12 @@ impl Metrics {
             "sketchd_rejected_batches_total",
             "Batches refused.",
             &self.rejected_batches,
+        );
+        counter(
+            &mut out,
+            "sketchd_disk_full_batches_total",
+            "Batches refused because the data directory's file system is full (also in rejected).",
+            &self.disk_full_batches,
         );
         counter(
             &mut out,
@@ -212,6 +220,11 @@ impl Metrics {
                 "sketchd_disk_bytes",
                 "Bytes sled uses on disk.",
                 g.disk_bytes as f64,
+            ),
+            (
+                "sketchd_disk_free_bytes",
+                "Free bytes on the data directory's file system (ingest is refused below min_free_disk_bytes plus room to checkpoint).",
+                g.disk_free_bytes as f64,
             ),
         ];
         for (name, help, v) in gauges {

@@ -70,6 +70,7 @@ pub struct Gauges {
     pub cache_bytes: usize,
     pub stale_rollup_blocks: usize,
     pub disk_bytes: u64,
+    pub disk_free_bytes: u64,
 }
 
 impl Engine {
@@ -285,6 +286,7 @@ impl Engine {
             cache_bytes,
             stale_rollup_blocks: self.store.stale_rollups(),
             disk_bytes: self.store.size_on_disk().unwrap_or(0),
+            disk_free_bytes: crate::store::space::free_bytes(self.store.dir()).unwrap_or(0),
         }
     }
 

@@ -673,6 +673,9 @@ impl Writer {
                 for id in &logged_ids {
                     self.applied.remove(id);
                 }
+                self.metrics
+                    .disk_full_batches
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 for p in pending {
                     let _ = p.reply.send(Err(self.space.full(&e)));
                 }
@@ -737,6 +740,9 @@ impl Writer {
     /// Answers every job of `batches` with `full`, logging at most once a
     /// second.
     fn refuse_for_space(&mut self, batches: Vec<Job>, full: Error) {
+        self.metrics
+            .disk_full_batches
+            .fetch_add(batches.len() as u64, Ordering::Relaxed);
         let detail = full.to_string();
         for job in batches {
             let _ = job.reply.send(Err(match &full {
