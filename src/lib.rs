@@ -32,6 +32,7 @@
 //! `service`, `server` and `client`. `wire` is the codec their services
 //! and clients use.
 
+pub mod access;
 pub mod attribution;
 pub mod auth;
 pub mod catalog;
@@ -42,6 +43,7 @@ pub mod engine;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod names;
 pub mod query;
 pub mod replication;
 pub mod server;
