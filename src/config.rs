@@ -16,7 +16,7 @@ use crate::access::{
 };
 use crate::attribution::TableFiles;
 use crate::error::{Error, Result};
-use crate::names::{validate_name, validate_region};
+use crate::names::validate_region;
 use crate::sketch::{HashSeed, MAX_PRECISION, MIN_PRECISION};
 
 /// Default free space kept on the data directory's file system.
@@ -464,7 +464,8 @@ fn read_seeds(
         seeds.default = read_seed("default_seed", &raw)?;
     }
     for (name, raw) in namespaces {
-        validate_name("namespaces", &name).map_err(|e| Error::Config(e.to_string()))?;
+        crate::names::validate_name("namespaces", &name)
+            .map_err(|e| Error::Config(e.to_string()))?;
         let seed = read_seed(&format!("namespaces.{name}"), &raw)?;
         seeds.by_namespace.insert(name, seed);
     }
