@@ -24,8 +24,7 @@ use crate::store::keys::NamespaceId;
 use crate::store::Store;
 use crate::time::Day;
 
-/// Longest namespace name accepted.
-pub const MAX_NAME_LEN: usize = 128;
+pub use crate::names::{validate_name, MAX_NAME_LEN};
 
 #[derive(Debug)]
 pub struct Namespace {
@@ -289,30 +288,4 @@ impl Catalog {
 
 pub fn fingerprint_hex(seed: HashSeed) -> String {
     format!("{:016x}", seed.fingerprint())
-}
-
-/// Names are 1 to 128 characters of `A-Z a-z 0-9 . _ -`.
-pub fn validate_name(field: &str, name: &str) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::invalid(field, "is empty"));
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(Error::invalid(
-            field,
-            format!("is {} bytes long; the limit is {MAX_NAME_LEN}", name.len()),
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "{} contains {c:?}; use letters, digits, '.', '_' and '-'",
-                quoted(name)
-            ),
-        ));
-    }
-    Ok(())
 }

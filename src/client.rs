@@ -32,6 +32,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+pub use crate::access::{ClientOptions, ClientTls};
 use crate::pb;
 use crate::query::{CompareRow, GroupBy, GroupRow, Metric, Overlap, Retention, Scope};
 use crate::sketch::Estimate;
@@ -286,51 +287,6 @@ fn not_plain_http2(error: &(dyn std::error::Error + 'static)) -> bool {
 pub struct CountReply {
     pub estimate: Estimate,
     pub covered: DayWindow,
-}
-
-/// How to reach a server that authenticates its callers.
-#[derive(Clone, Default)]
-pub struct ClientOptions {
-    /// Sent as `authorization: Bearer <token>` with every call.
-    pub token: Option<String>,
-    /// Speak TLS (an `http://` URL is then dialled as `https://`).
-    pub tls: Option<ClientTls>,
-}
-
-impl fmt::Debug for ClientOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientOptions")
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
-/// TLS options of a client, as PEM bytes.
-#[derive(Clone, Default)]
-pub struct ClientTls {
-    /// The CA that signed the server's certificate.
-    pub ca_cert_pem: Option<Vec<u8>>,
-    /// A client certificate and its key, for servers that require one.
-    pub client_cert_pem: Option<Vec<u8>>,
-    pub client_key_pem: Option<Vec<u8>>,
-    /// The name to check the server's certificate against (default: the
-    /// URL's host).
-    pub domain: Option<String>,
-}
-
-impl fmt::Debug for ClientTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientTls")
-            .field("ca_cert", &self.ca_cert_pem.is_some())
-            .field("client_cert", &self.client_cert_pem.is_some())
-            .field(
-                "client_key",
-                &self.client_key_pem.as_ref().map(|_| "<redacted>"),
-            )
-            .field("domain", &self.domain)
-            .finish()
-    }
 }
 
 impl ClientTls {

@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::access::{
+    ClientOptions, ClientTls, Grant, Namespaces, Role, Secret, TlsConfig, TokenTable,
+};
 use crate::attribution::TableFiles;
-use crate::auth::{Grant, Namespaces, Role, Secret, TlsConfig, TokenTable};
 use crate::error::{Error, Result};
+use crate::names::validate_region;
 use crate::sketch::{HashSeed, MAX_PRECISION, MIN_PRECISION};
 
 /// Default free space kept on the data directory's file system.
@@ -22,6 +25,10 @@ pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 32 * 1024 * 1024;
 /// `max_age_days` that accepts any past day (late data for any day is
 /// welcome unless a namespace says otherwise).
 pub const MAX_AGE_ANY: u32 = u32::MAX;
+
+/// Batches waiting for the log at most, by default; beyond, callers get
+/// `Overloaded` (RESOURCE_EXHAUSTED with a retry-after hint).
+pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
 
 /// The sketch and validation policy of a namespace, fixed at creation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,7 +320,7 @@ impl RawConfig {
                             })
                             .transpose()
                     };
-                    r.client.tls = Some(crate::client::ClientTls {
+                    r.client.tls = Some(ClientTls {
                         ca_cert_pem: read(&raw.ca_cert)?,
                         client_cert_pem: read(&raw.client_cert)?,
                         client_key_pem: read(&raw.client_key)?,
@@ -483,7 +490,7 @@ fn read_seeds(
         seeds.default = read_seed("default_seed", &raw)?;
     }
     for (name, raw) in namespaces {
-        crate::catalog::validate_name("namespaces", &name)
+        crate::names::validate_name("namespaces", &name)
             .map_err(|e| Error::Config(e.to_string()))?;
         if raw.seed_file.is_none() && raw.seed_env.is_none() {
             continue;
@@ -798,13 +805,12 @@ pub struct ReplicationConfig {
     /// How often digests are compared to repair lost pushes.
     pub anti_entropy_interval: Duration,
     /// Token and TLS for the connection to the upstream.
-    pub client: crate::client::ClientOptions,
+    pub client: ClientOptions,
 }
 
 impl ReplicationConfig {
     pub fn new(region: String, upstream: String) -> Result<ReplicationConfig> {
-        crate::replication::validate_region("region", &region)
-            .map_err(|e| Error::Config(e.to_string()))?;
+        validate_region("region", &region).map_err(|e| Error::Config(e.to_string()))?;
         if !(upstream.starts_with("http://") || upstream.starts_with("https://")) {
             return Err(Error::Config(format!(
                 "upstream {upstream:?}: expected an http:// or https:// URL"
@@ -815,7 +821,7 @@ impl ReplicationConfig {
             upstream,
             push_interval: Duration::from_secs(1),
             anti_entropy_interval: Duration::from_secs(600),
-            client: crate::client::ClientOptions::default(),
+            client: ClientOptions::default(),
         })
     }
 }
@@ -830,7 +836,7 @@ impl Default for ServerConfig {
             max_message_bytes: 64 * 1024 * 1024,
             checkpoint_interval: Duration::from_secs(2),
             checkpoint_max_dirty_sketches: 100_000,
-            ingest_queue_depth: crate::ingest::commit::DEFAULT_QUEUE_DEPTH,
+            ingest_queue_depth: DEFAULT_QUEUE_DEPTH,
             rollup_interval: Duration::from_secs(20),
             retention_interval: Duration::from_secs(600),
             rollup_max_stale_blocks: 150_000,

@@ -58,9 +58,7 @@ use crate::store::wal::Wal;
 use crate::store::Store;
 use crate::time::{Clock, Day};
 
-/// Batches waiting for the log at most, by default; beyond, callers get
-/// `Overloaded` (RESOURCE_EXHAUSTED with a retry-after hint).
-pub const DEFAULT_QUEUE_DEPTH: usize = 1024;
+pub use crate::config::DEFAULT_QUEUE_DEPTH;
 /// Batches logged under one sync at most.
 const GROUP_MAX: usize = 256;
 

@@ -47,7 +47,7 @@ use std::collections::hash_map::Entry;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::catalog::Namespace;
-use crate::error::{quoted, Error, Result};
+use crate::error::{Error, Result};
 use crate::sketch::Sketch;
 use crate::store::index::{DayBits, OrgCountry};
 use crate::store::keys::{self, CounterKey, NamespaceId, SketchKey};
@@ -58,8 +58,7 @@ use crate::time::Day;
 /// Log payload version of a merge record (ingested batches use 1).
 pub const LOG_VERSION: u8 = 2;
 
-/// Longest region name.
-pub const MAX_REGION_LEN: usize = 64;
+pub use crate::names::{validate_region, MAX_REGION_LEN};
 
 /// One chunk of records from a region, validated.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,25 +68,6 @@ pub struct MergeBatch {
     pub revision: u64,
     pub merged_at: i64,
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// Checks a region name: 1-64 bytes of `[A-Za-z0-9._-]`.
-pub fn validate_region(field: &str, region: &str) -> Result<()> {
-    if region.is_empty()
-        || region.len() > MAX_REGION_LEN
-        || !region
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "{} is not a region name (1-{MAX_REGION_LEN} of A-Z a-z 0-9 . _ -)",
-                quoted(region)
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Checks one record against the namespace it is merged into. Errors

@@ -1,0 +1,347 @@
+//! The query set of `truth.json`: each query becomes one RPC (`Count`,
+//! `GroupBy`, `Compare` or `Retention`), run `--repeats` times on a thread
+//! of its own and scored against its truth; the round-trip floor of a
+//! health check is measured alongside.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::{json, Value};
+
+use sketchd::client::Client;
+use sketchd::query::{GroupBy, Metric, Scope};
+use sketchd::time::DayWindow;
+
+use super::score::{percentile, ErrorStats, ScoredPair};
+use super::LoadgenArgs;
+
+/// One RPC answering one query of the set.
+pub(super) enum Call {
+    Count {
+        metric: Metric,
+        scope: Scope,
+        window: DayWindow,
+    },
+    Group {
+        metric: Metric,
+        window: DayWindow,
+    },
+    /// Drop % per country: 100·(1 − |B|/|A|).
+    Drop {
+        a: DayWindow,
+        b: DayWindow,
+    },
+    /// 100·|A∩B|/|A| of the orgs of one country.
+    Retention {
+        country: [u8; 2],
+        a: DayWindow,
+        b: DayWindow,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum Answer {
+    Value(f64),
+    PerCountry(BTreeMap<String, f64>),
+}
+
+impl Answer {
+    pub(super) fn to_json(&self) -> Value {
+        match self {
+            Answer::Value(v) => json!(v),
+            Answer::PerCountry(m) => json!(m),
+        }
+    }
+}
+
+pub(super) struct Query {
+    pub(super) id: String,
+    pub(super) kind: String,
+    /// The kind its latency is reported under.
+    pub(super) latency_kind: String,
+    pub(super) call: Call,
+    pub(super) truth: Value,
+}
+
+pub(super) struct QueryResults {
+    /// Seconds of every execution, per latency kind.
+    pub(super) latency: BTreeMap<String, Vec<f64>>,
+    pub(super) answers: Vec<(String, Answer)>,
+    /// Per error kind (the query kind) the (estimate, truth) pairs.
+    pub(super) errors: BTreeMap<String, ErrorStats>,
+    /// Error stats of the `ipglob:whole` query alone.
+    pub(super) whole_error: Option<ErrorStats>,
+    pub(super) skipped: Vec<String>,
+    pub(super) wall: Duration,
+}
+
+pub(super) fn window(start: &Value, end: &Value) -> anyhow::Result<DayWindow> {
+    let s = start
+        .as_str()
+        .ok_or_else(|| anyhow!("start is not a date"))?;
+    let e = end.as_str().ok_or_else(|| anyhow!("end is not a date"))?;
+    DayWindow::parse("start", s, "end", e).map_err(|e| anyhow!("{e}"))
+}
+
+pub(super) fn country(q: &Value) -> anyhow::Result<[u8; 2]> {
+    q["cc"]
+        .as_str()
+        .and_then(|s| s.as_bytes().try_into().ok())
+        .ok_or_else(|| anyhow!("cc is not a two-letter code"))
+}
+
+/// The RPC for one query of truth.json, or `None` for an unknown kind.
+pub(super) fn parse_query(q: &Value) -> anyhow::Result<Option<Query>> {
+    let id = q["id"].as_str().unwrap_or("?").to_owned();
+    let kind = q["kind"].as_str().unwrap_or("?").to_owned();
+    let whole = || window(&q["start"], &q["end"]);
+    let call = match kind.as_str() {
+        "ip_country_window" => Call::Count {
+            metric: Metric::Ips,
+            scope: Scope::Country(country(q)?),
+            window: whole()?,
+        },
+        "ip_all_countries" => Call::Group {
+            metric: Metric::Ips,
+            window: whole()?,
+        },
+        "ip_global_window" => Call::Count {
+            metric: Metric::Ips,
+            scope: Scope::Global,
+            window: whole()?,
+        },
+        "drop_pct_by_country" => Call::Drop {
+            a: window(&q["a"][0], &q["a"][1])?,
+            b: window(&q["b"][0], &q["b"][1])?,
+        },
+        "org_country_window" => Call::Group {
+            metric: Metric::Orgs,
+            window: whole()?,
+        },
+        "org_global_window" => Call::Count {
+            metric: Metric::Orgs,
+            scope: Scope::Global,
+            window: whole()?,
+        },
+        "ip_org_window" => Call::Count {
+            metric: Metric::Ips,
+            scope: Scope::Org(
+                q["org"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("org is not an integer"))?
+                    .to_string(),
+            ),
+            window: whole()?,
+        },
+        "org_retention" => Call::Retention {
+            country: country(q)?,
+            a: window(&q["start"], &q["cutoff"])?,
+            b: window(&q["cutoff"], &q["end"])?,
+        },
+        _ => return Ok(None),
+    };
+    let latency_kind = if id == "ipglob:whole" {
+        "ip_global_whole".to_owned()
+    } else {
+        kind.clone()
+    };
+    Ok(Some(Query {
+        id,
+        kind,
+        latency_kind,
+        call,
+        truth: q["truth"].clone(),
+    }))
+}
+
+pub(super) async fn answer(client: &Client, ns: &str, call: &Call) -> anyhow::Result<Answer> {
+    Ok(match call {
+        Call::Count {
+            metric,
+            scope,
+            window,
+        } => Answer::Value(
+            client
+                .count(ns, *metric, scope, *window)
+                .await?
+                .estimate
+                .value,
+        ),
+        Call::Group { metric, window } => {
+            let rows = client
+                .group(ns, *metric, GroupBy::Country, &Scope::Global, *window, 0)
+                .await?;
+            Answer::PerCountry(
+                rows.into_iter()
+                    .map(|r| (r.group, r.estimate.value))
+                    .collect(),
+            )
+        }
+        Call::Drop { a, b } => {
+            let rows = client
+                .compare(ns, Metric::Ips, GroupBy::Country, &Scope::Global, *a, *b, 0)
+                .await?;
+            Answer::PerCountry(
+                rows.into_iter()
+                    .filter(|r| r.a.value > 0.0)
+                    .map(|r| (r.group, 100.0 * (1.0 - r.b.value / r.a.value)))
+                    .collect(),
+            )
+        }
+        Call::Retention { country, a, b } => {
+            let r = client
+                .retention(ns, &Scope::Country(*country), *a, *b)
+                .await?;
+            Answer::Value(100.0 * r.share())
+        }
+    })
+}
+
+pub(super) async fn run_queries(
+    client: &Client,
+    args: &LoadgenArgs,
+    truth: &Value,
+) -> anyhow::Result<QueryResults> {
+    let list = truth["queries"]
+        .as_array()
+        .ok_or_else(|| anyhow!("truth.json has no `queries` list"))?;
+    let mut queries = Vec::with_capacity(list.len());
+    let mut skipped = Vec::new();
+    for q in list {
+        match parse_query(q).with_context(|| format!("query {}", q["id"]))? {
+            Some(query) => queries.push(query),
+            None => skipped.push(q["id"].as_str().unwrap_or("?").to_owned()),
+        }
+    }
+    eprintln!(
+        "loadgen: {} queries x {} repeats",
+        queries.len(),
+        args.repeats
+    );
+    let started = Instant::now();
+    let mut latency: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut answers = Vec::with_capacity(queries.len());
+    for q in &queries {
+        let mut last = None;
+        for _ in 0..args.repeats {
+            let t = Instant::now();
+            let a = answer(client, &args.namespace, &q.call)
+                .await
+                .with_context(|| format!("query {}", q.id))?;
+            latency
+                .entry(q.latency_kind.clone())
+                .or_default()
+                .push(t.elapsed().as_secs_f64());
+            last = Some(a);
+        }
+        answers.push((q.id.clone(), last.expect("repeats >= 1")));
+    }
+    let wall = started.elapsed();
+    let mut pairs: BTreeMap<String, (Vec<ScoredPair>, bool)> = BTreeMap::new();
+    let mut whole_pairs = Vec::new();
+    for (q, (_, a)) in queries.iter().zip(&answers) {
+        let abs = matches!(q.kind.as_str(), "drop_pct_by_country" | "org_retention");
+        let list = &mut pairs.entry(q.kind.clone()).or_insert((Vec::new(), abs)).0;
+        match (&q.truth, a) {
+            (Value::Object(t), Answer::PerCountry(est)) => {
+                for (cc, tv) in t {
+                    let e = est.get(cc).copied().or(if abs { None } else { Some(0.0) });
+                    list.push((e, tv.as_f64().unwrap_or(0.0)));
+                }
+            }
+            (t, Answer::Value(v)) => {
+                list.push((Some(*v), t.as_f64().unwrap_or(0.0)));
+                if q.id == "ipglob:whole" {
+                    whole_pairs.push((Some(*v), t.as_f64().unwrap_or(0.0)));
+                }
+            }
+            (t, Answer::PerCountry(_)) => bail!("query {}: truth {t} is not per country", q.id),
+        }
+    }
+    let errors = pairs
+        .into_iter()
+        .map(|(k, (p, abs))| (k, ErrorStats::of(&p, abs)))
+        .collect();
+    let whole_error = (!whole_pairs.is_empty()).then(|| ErrorStats::of(&whole_pairs, false));
+    Ok(QueryResults {
+        latency,
+        answers,
+        errors,
+        whole_error,
+        skipped,
+        wall,
+    })
+}
+
+/// Runs the queries of `truth` (if any) and measures the round-trip floor,
+/// on a thread of its own with a single-threaded runtime and its own
+/// connections: a query then costs no wake-up of another client thread, so
+/// the latencies are the server's and the transport's, like those of the
+/// peers' single-threaded clients.
+pub(super) fn query_phase(
+    args: &LoadgenArgs,
+    truth: Option<&Value>,
+) -> anyhow::Result<(Option<QueryResults>, Option<f64>)> {
+    let phase = || -> anyhow::Result<(Option<QueryResults>, Option<f64>)> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the query runtime")?;
+        runtime.block_on(async {
+            let queries = match truth {
+                Some(truth) => {
+                    let client = args.connect.connect(args.first_server()).await?;
+                    Some(run_queries(&client, args, truth).await?)
+                }
+                None => None,
+            };
+            Ok((queries, rpc_floor(args.first_server()).await?))
+        })
+    };
+    let on_own_thread = || {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(phase)
+                .join()
+                .map_err(|_| anyhow!("the query phase panicked"))?
+        })
+    };
+    // The caller's runtime has nothing else to do meanwhile; tell it so
+    // when it can be told (block_in_place panics on a current-thread one).
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(on_own_thread)
+        }
+        _ => on_own_thread(),
+    }
+}
+
+/// Health checks answered on one connection.
+pub(super) const FLOOR_CALLS: usize = 200;
+
+/// Median latency (ms) of a gRPC health check: the transport's share of
+/// every query latency. `None` when the server does not serve health checks.
+pub(super) async fn rpc_floor(url: &str) -> anyhow::Result<Option<f64>> {
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    let mut health = HealthClient::new(channel);
+    let mut ms = Vec::with_capacity(FLOOR_CALLS);
+    for _ in 0..FLOOR_CALLS {
+        let t = Instant::now();
+        if health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(percentile(&ms, 50.0))
+}
