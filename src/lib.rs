@@ -26,6 +26,9 @@
 //!
 //! client                 typed gRPC client, the collector (batching,
 //!                        exactly-once sequences, retries), input readers
+//! report                 the study in one call (text, JSON, charts) from a
+//!                        server over gRPC or this process's engine
+//! web                    the report page and its JSON endpoints over HTTP
 //! ```
 //!
 //! `pb` holds the generated protobuf types; they are used only by
@@ -44,6 +47,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod query;
 pub mod replication;
+pub mod report;
 pub mod server;
 pub mod service;
 pub mod sketch;

@@ -23,7 +23,8 @@ use sketchd::client::Client;
 use sketchd::config::ServerConfig;
 use sketchd::engine::Engine;
 use sketchd::pb;
-use sketchd::query::{Metric, Scope};
+use sketchd::report::chart::ChartSpec;
+use sketchd::report::{ReportSpec, Sort};
 use sketchd::time::{Day, DayWindow};
 
 use super::report;
@@ -280,35 +281,31 @@ async fn demo(
         .await?;
 
     send(&client, rows, collectors).await?;
-    let wa = window(0, 30);
-    let wb = window(214, 244);
-    outln!("\n{}", report::report(&client, "demo", wa, wb, 10).await?);
-    let before = window(0, CUTOFF_DAY);
-    let after = window(CUTOFF_DAY, DAYS);
-    let us_gov = Scope::CountrySector(*b"US", "government".into());
-    let kept = client.retention("demo", &us_gov, before, after).await?;
-    let active = client
-        .count("demo", Metric::Orgs, &us_gov, after)
-        .await?
-        .estimate;
-    outln!(
-        "US government organisations: {} seen before {}, {} of them ({:.0} %) still seen after; {} active after the cut-off",
-        kept.in_a,
-        before.to,
-        kept.in_both,
-        100.0 * kept.share(),
-        active.value
-    );
-    let all = client
-        .retention("demo", &Scope::Global, before, after)
-        .await?;
-    outln!(
-        "All organisations: {:.0} % of those seen before {} are still seen after (exact)",
-        100.0 * all.share(),
-        before.to
-    );
+    let spec = ReportSpec {
+        namespace: "demo".into(),
+        a: window(0, 30),
+        b: window(214, 244),
+        cutoff: Some(window(CUTOFF_DAY, CUTOFF_DAY).from),
+        countries: Vec::new(),
+        top: 10,
+        sort: Sort::A,
+        names: false,
+    };
+    let built = sketchd::report::build(&client, &spec).await?;
+    outln!("\n{}", sketchd::report::text::render(&built));
     if let Some(path) = chart {
-        report::write_chart(&client, "demo", window(0, DAYS), window(0, DAYS), &path).await?;
+        let chart = ChartSpec {
+            namespace: "demo".into(),
+            span: window(0, DAYS),
+            step: "week".into(),
+            countries: Vec::new(),
+            top: 4,
+            index: false,
+            cutoff: spec.cutoff,
+            a: Some(spec.a),
+            b: Some(spec.b),
+        };
+        report::write_chart(&client, &chart, &path).await?;
     }
     drop(client);
     let _ = stop_tx.send(());

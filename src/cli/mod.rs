@@ -406,6 +406,7 @@ mod tests {
             "global",
             "country:CC",
             "org:ID",
+            "org:NAME",
             "sector:S",
             "country:CC,sector:S",
         ] {

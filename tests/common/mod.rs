@@ -1,6 +1,8 @@
 //! Starts the real server on 127.0.0.1:0 with a temp data dir, in-process.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
