@@ -53,6 +53,7 @@ pub mod service;
 pub mod sketch;
 pub mod store;
 pub mod time;
+pub mod web;
 pub mod wire;
 
 /// Generated protobuf and gRPC types of `sketchd.v1`.

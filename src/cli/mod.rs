@@ -143,6 +143,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the report page and its JSON over HTTP here (e.g. 127.0.0.1:8080);
+    /// readers authenticate with their gRPC token.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
     /// Directory with the attribution tables (asn-ipv4.csv.gz, asn-country-ipv4.csv.gz, ...,
     /// or their *-sample.csv forms, plus optional orgs.csv and networks.csv).
     #[arg(long)]
@@ -286,6 +290,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr} for metrics"))?;
         tracing::info!(addr = %metrics.local_addr()?, "serving Prometheus metrics at /metrics");
         tokio::spawn(sketchd::metrics::serve(metrics, Arc::downgrade(&engine)));
+    }
+    if let Some(addr) = args.http_listen {
+        if !addr.ip().is_loopback() && !config.allow_insecure_remote {
+            anyhow::bail!(
+                "--http-listen {addr}: the page speaks plain HTTP, so tokens would cross the \
+                 network in clear; listen on 127.0.0.1 (behind a TLS proxy) or pass \
+                 --allow-insecure-remote"
+            );
+        }
+        let page = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the page"))?;
+        let at = page.local_addr()?;
+        tracing::info!(addr = %at, "serving the report page at /");
+        let _ = output::write(format_args!("sketchd page at http://{at}/\n"));
+        tokio::spawn(sketchd::web::serve(
+            page,
+            Arc::downgrade(&engine),
+            config.tokens.clone(),
+        ));
     }
     sketchd::server::run(
         listener,

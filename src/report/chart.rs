@@ -338,7 +338,7 @@ pub fn svg(data: &ChartData) -> String {
             let last = line.points.last().map(|(_, e)| e.value).unwrap_or(0.0);
             let _ = writeln!(
                 s,
-                r##"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} ({})</text>"##,
+                r##"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{} (last {})</text>"##,
                 lx + 18.0,
                 lx + 24.0,
                 ly + 4.0,
