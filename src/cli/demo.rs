@@ -47,9 +47,12 @@ pub struct DemoArgs {
     /// Concurrent collectors.
     #[arg(long, default_value_t = 4)]
     collectors: usize,
-    /// Also draw the monthly decline into this SVG file.
-    #[arg(long)]
+    /// Also draw IPs and orgs per week into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
     chart: Option<PathBuf>,
+    /// After the report, serve the report page here (e.g. 127.0.0.1:8080) until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -212,6 +215,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.scale,
         args.collectors.max(1),
         args.chart,
+        args.http_listen,
         started,
     )
     .await;
@@ -225,8 +229,18 @@ async fn demo(
     scale: f64,
     collectors: usize,
     chart: Option<PathBuf>,
+    http_listen: Option<std::net::SocketAddr>,
     started: Instant,
 ) -> anyhow::Result<()> {
+    let page = match http_listen {
+        Some(addr) if addr.ip().is_loopback() => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--http-listen {addr}: cannot listen there"))?,
+        ),
+        Some(addr) => bail!("--http-listen {addr}: the demo serves its page on loopback only"),
+        None => None,
+    };
     eprintln!("tables: {}", dir.display());
     let mut files = TableFiles::from_dir(dir);
     let plain = Attributor::load(&files)?;
@@ -254,8 +268,10 @@ async fn demo(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine = Arc::new(engine);
+    let weak = Arc::downgrade(&engine);
     let server = tokio::spawn(async move {
-        sketchd::server::run(listener, Arc::new(engine), &config, async {
+        sketchd::server::run(listener, engine, &config, async {
             let _ = stop_rx.await;
         })
         .await
@@ -306,6 +322,19 @@ async fn demo(
             b: Some(spec.b),
         };
         report::write_chart(&client, &chart, &path).await?;
+    }
+    if let Some(page) = page {
+        let at = page.local_addr()?;
+        tokio::spawn(sketchd::web::serve(page, weak, Default::default()));
+        outln!(
+            "\nthe report page: http://{at}/?namespace=demo&a_from={}&a_to={}&b_from={}&b_to={}&cutoff={} (Ctrl-C stops)",
+            spec.a.from,
+            spec.a.to,
+            spec.b.from,
+            spec.b.to,
+            window(CUTOFF_DAY, CUTOFF_DAY).from
+        );
+        tokio::signal::ctrl_c().await?;
     }
     drop(client);
     let _ = stop_tx.send(());

@@ -12,7 +12,7 @@
 //!   IPs and orgs in A and B with their changes, and org retention;
 //! * with a cut-off: the span `[A's first day, cut-off)` against
 //!   `[cut-off, B's end)`: org retention and the IP change across it,
-//!   globally and per country;
+//!   globally and for the same countries;
 //! * one line per country and sector (and per sector over all countries):
 //!   the orgs seen before (A, or before the cut-off), how many are still
 //!   seen after, and on request their names.
@@ -269,7 +269,9 @@ pub async fn build<S: Source>(source: &S, spec: &ReportSpec) -> Result<Report, R
     spec.validate()?;
     let ns = spec.namespace.as_str();
     let (global, a, b) = global_figures(source, ns, spec.a, spec.b).await?;
-    let countries = country_lines(source, spec, spec.a, spec.b).await?;
+    let countries = country_lines(source, spec, spec.a, spec.b, None).await?;
+    // The same countries across the cut-off, so that the lines compare.
+    let listed: Vec<String> = countries.iter().map(|l| l.country.clone()).collect();
     let cut = match spec.cut_windows() {
         Some((before, after)) => {
             let (global, before, after) = global_figures(source, ns, before, after).await?;
@@ -278,7 +280,8 @@ pub async fn build<S: Source>(source: &S, spec: &ReportSpec) -> Result<Report, R
                 before,
                 after,
                 global,
-                countries: country_lines(source, spec, before.asked, after.asked).await?,
+                countries: country_lines(source, spec, before.asked, after.asked, Some(&listed))
+                    .await?,
             })
         }
         None => None,
@@ -325,13 +328,14 @@ async fn global_figures<S: Source>(
     ))
 }
 
-/// The per-country lines over `a` and `b`: the countries asked, else the
-/// largest by IPs in `a`; sorted as asked.
+/// The per-country lines over `a` and `b`: the countries `listed`, else
+/// those asked, else the largest by IPs in `a`; sorted as asked.
 async fn country_lines<S: Source>(
     source: &S,
     spec: &ReportSpec,
     a: DayWindow,
     b: DayWindow,
+    listed: Option<&[String]>,
 ) -> Result<Vec<CountryLine>, ReportError> {
     let ns = spec.namespace.as_str();
     let ips = source
@@ -340,7 +344,9 @@ async fn country_lines<S: Source>(
     let orgs = source
         .compare(ns, Metric::Orgs, GroupBy::Country, &Scope::Global, a, b)
         .await?;
-    let chosen: Vec<String> = if spec.countries.is_empty() {
+    let chosen: Vec<String> = if let Some(listed) = listed {
+        listed.to_vec()
+    } else if spec.countries.is_empty() {
         ips.iter()
             .filter(|r| r.group != "ZZ")
             .take(spec.top)
