@@ -145,7 +145,7 @@ fn step_name(step: &str) -> String {
 }
 
 const COLOURS: [&str; 8] = [
-    "#d94801", "#238b45", "#6a51a3", "#cb181d", "#0570b0", "#ce1256", "#8c6d31", "#525252",
+    "#d94801", "#238b45", "#6a51a3", "#e6ab02", "#0570b0", "#ce1256", "#8c6d31", "#525252",
 ];
 const GLOBAL: &str = "#08519c";
 
@@ -223,7 +223,7 @@ pub fn svg(data: &ChartData) -> String {
                 r##"<rect x="{x1:.1}" y="{y0:.1}" width="{:.1}" height="{plot_h:.1}" fill="#bdbdbd" opacity="0.3"/><text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555" font-weight="bold">window {name}</text>"##,
                 x2 - x1,
                 (x1 + x2) / 2.0,
-                y0 + 14.0
+                y0 + plot_h - 8.0
             );
         }
         if let Some(cut) = spec.cutoff.filter(|c| spec.span.contains(*c)) {
