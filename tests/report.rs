@@ -458,6 +458,33 @@ async fn org_rows_carry_names_and_names_resolve_to_orgs() {
     assert!(out.status.success(), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["estimate"].as_f64().unwrap(), by_id.estimate.value);
+    // A window wider than the data is printed as asked, the data's days beside it.
+    let out = sketchd(args(&[
+        "query",
+        "count",
+        "--server",
+        &server.url,
+        "--namespace",
+        NS,
+        "--metric",
+        "orgs",
+        "--from",
+        "2026-04-01",
+        "--to",
+        "2026-12-01",
+    ]))
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        format!(
+            "{} distinct orgs (exact), 2026-04-01 to 2026-12-01 (exclusive); data only from \
+             2026-04-01 to {} (exclusive)",
+            world.orgs_in(window(0, 200), None, None).len(),
+            world::day(200)
+        )
+    );
     let out = sketchd(args(&[
         "query",
         "compare",
