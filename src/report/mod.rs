@@ -486,3 +486,62 @@ async fn org_entries<S: Source>(
     });
     Ok(orgs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_sort_as_asked() {
+        // (name, a, b, change)
+        let rows = [
+            ("DE", 50.0, 10.0, Some(-80.0)),
+            ("US", 90.0, 60.0, Some(-33.3)),
+            ("ZZ", 0.0, 5.0, None),
+            ("GB", 70.0, 20.0, Some(-71.4)),
+        ];
+        let order = |sort: Sort| {
+            let mut r = rows.to_vec();
+            sort.apply(&mut r, |x| (x.0, x.1, x.2, x.3));
+            r.iter().map(|x| x.0).collect::<Vec<_>>().join(",")
+        };
+        assert_eq!(order(Sort::A), "US,GB,DE,ZZ");
+        assert_eq!(order(Sort::B), "US,GB,DE,ZZ");
+        assert_eq!(order(Sort::Change), "DE,GB,US,ZZ");
+        assert_eq!(order(Sort::Name), "DE,GB,US,ZZ");
+        assert!(Sort::parse("sort", "size")
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid sort: "));
+    }
+
+    #[test]
+    fn the_cutoff_lies_inside_the_span() {
+        let day = |s: &str| Day::parse(s).unwrap();
+        let mut spec = ReportSpec {
+            namespace: "n".into(),
+            a: DayWindow::new(day("2024-04-01"), day("2024-05-01")).unwrap(),
+            b: DayWindow::new(day("2024-11-01"), day("2024-12-01")).unwrap(),
+            cutoff: Some(day("2024-09-29")),
+            countries: Vec::new(),
+            top: 10,
+            sort: Sort::A,
+            names: false,
+        };
+        spec.validate().unwrap();
+        let (before, after) = spec.cut_windows().unwrap();
+        assert_eq!(
+            (before.from, before.to),
+            (day("2024-04-01"), day("2024-09-29"))
+        );
+        assert_eq!(
+            (after.from, after.to),
+            (day("2024-09-29"), day("2024-12-01"))
+        );
+        for bad in ["2024-04-01", "2024-12-01", "2023-01-01"] {
+            spec.cutoff = Some(day(bad));
+            let err = spec.validate().unwrap_err().to_string();
+            assert!(err.starts_with("invalid cutoff: "), "{err}");
+        }
+    }
+}
