@@ -103,7 +103,7 @@ enum Command {
     /// Ask a server.
     #[command(subcommand)]
     Query(query::QueryCommand),
-    /// The study-style report of two windows (A before, B after).
+    /// The study in one command: windows A (before) and B (after), a cut-off, countries, sectors; text, JSON, chart.
     Report(report::ReportArgs),
     /// Start a server in-process, stream a generated world in, print the report.
     Demo(demo::DemoArgs),

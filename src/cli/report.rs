@@ -28,7 +28,7 @@ pub struct ReportArgs {
     windows: TwoWindows,
     /// A day between A and B (e.g. a ban): org retention and the IP change
     /// from [a-from, cutoff) to [cutoff, b-to), globally and per country.
-    #[arg(long, value_name = "DAY")]
+    #[arg(long, value_name = "DAY", allow_hyphen_values = true)]
     cutoff: Option<String>,
     /// Countries listed, e.g. DE,GB,IT,US [default: the --top largest by IPs in A].
     #[arg(long, value_delimiter = ',', value_name = "CC,CC")]
