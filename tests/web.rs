@@ -257,6 +257,13 @@ async fn the_page_shows_the_study_in_a_real_browser() {
     assert!(dom.contains(&format!("cut-off {}", world::day(CUTOFF))));
     assert!(dom.contains("global 95 % interval"));
     assert!(dom.contains("distinct organisations"));
+    // The chart as PNG, drawn by the browser from the SVG.
+    assert!(
+        dom.contains(&format!(
+            r#"download="sketchd-{NS}.png" href="data:image/png;base64,iVBORw0KGgo"#
+        )),
+        "no PNG of the chart on the page"
+    );
 
     let out = browse(vec![format!("--screenshot={}", shot.display())])
         .await
