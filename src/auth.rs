@@ -107,29 +107,36 @@ impl Authenticate {
 
     /// The caller behind `metadata`, or `UNAUTHENTICATED`.
     fn caller(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Caller, Status> {
+        let value = metadata
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or(""));
+        self.caller_for(value).map_err(Status::unauthenticated)
+    }
+
+    /// The caller presenting `authorization` (the value of an
+    /// `authorization` header or metadata entry, if any), or why not: the
+    /// one check of gRPC calls and of the web page's requests.
+    pub fn caller_for(&self, authorization: Option<&str>) -> Result<Caller, &'static str> {
         if self.tokens.is_empty() {
             return Ok(Caller::Unrestricted);
         }
-        let Some(value) = metadata.get("authorization") else {
-            return Err(Status::unauthenticated(
-                "missing \"authorization: Bearer <token>\" metadata",
-            ));
+        let Some(value) = authorization else {
+            return Err("missing \"authorization: Bearer <token>\" metadata");
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .ok_or_else(|| {
-                Status::unauthenticated("the authorization metadata is not \"Bearer <token>\"")
-            })?;
+        let token = {
+            let (scheme, token) = value
+                .split_once(' ')
+                .ok_or("the authorization metadata is not \"Bearer <token>\"")?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err("the authorization metadata is not \"Bearer <token>\"");
+            }
+            token.trim()
+        };
         match self.tokens.resolve(token) {
             Some(principal) => Ok(Caller::Token(principal)),
             None => {
                 tracing::warn!("request with an unknown bearer token refused");
-                Err(Status::unauthenticated("unknown bearer token"))
+                Err("unknown bearer token")
             }
         }
     }

@@ -34,7 +34,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 pub use crate::access::{ClientOptions, ClientTls};
 use crate::pb;
-use crate::query::{CompareRow, GroupBy, GroupRow, Metric, Overlap, Retention, Scope};
+use crate::query::{CompareRow, GroupBy, GroupRow, Metric, OrgLabel, Overlap, Retention, Scope};
 use crate::sketch::Estimate;
 use crate::time::{Day, DayWindow};
 
@@ -587,6 +587,7 @@ impl Client {
         let mut rows = Vec::new();
         while let Some(row) = stream.message().await.map_err(|s| self.failed(s))? {
             rows.push(GroupRow {
+                org: label_of(&row.org_name, &row.org_country),
                 group: row.group,
                 estimate: estimate(row.estimate)?,
             });
@@ -626,6 +627,7 @@ impl Client {
         let mut rows = Vec::new();
         while let Some(row) = stream.message().await.map_err(|s| self.failed(s))? {
             rows.push(CompareRow {
+                org: label_of(&row.org_name, &row.org_country),
                 group: row.group,
                 a: estimate(row.a)?,
                 b: estimate(row.b)?,
@@ -813,6 +815,15 @@ fn estimate(e: Option<pb::Estimate>) -> Result<Estimate, ClientError> {
         upper: e.upper,
         confidence: e.confidence,
         exact: e.exact,
+    })
+}
+
+/// An org's label from a row's two string fields (`None` when both are
+/// empty: not an org row, or an org the registry does not know).
+fn label_of(name: &str, country: &str) -> Option<OrgLabel> {
+    (!name.is_empty() || !country.is_empty()).then(|| OrgLabel {
+        name: name.to_owned(),
+        country: (!country.is_empty()).then(|| country.to_owned()),
     })
 }
 

@@ -28,6 +28,9 @@
 //!
 //! client                 typed gRPC client, the collector (batching,
 //!                        exactly-once sequences, retries), input readers
+//! report                 the study in one call (text, JSON, charts) from a
+//!                        server over gRPC or this process's engine
+//! web                    the report page and its JSON endpoints over HTTP
 //! ```
 //!
 //! `pb` holds the generated protobuf types; they are used only by
@@ -54,11 +57,13 @@ pub mod metrics;
 pub mod names;
 pub mod query;
 pub mod replication;
+pub mod report;
 pub mod server;
 pub mod service;
 pub mod sketch;
 pub mod store;
 pub mod time;
+pub mod web;
 pub mod wire;
 
 /// Generated protobuf and gRPC types of `sketchd.v1`.

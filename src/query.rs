@@ -17,6 +17,9 @@
 //! seen is refused (`known`), not answered with a zero that looks real.
 
 mod known;
+mod names;
+
+pub use names::{label, OrgLabel};
 
 use crate::catalog::Namespace;
 use crate::engine::Engine;
@@ -97,10 +100,15 @@ fn series_of(metric: Metric, scope: &Scope) -> Result<(Family, u64)> {
     })
 }
 
-/// Refuses `scope` (the request field `field`) if it names an org, sector
-/// or country `ns` has never seen.
-fn require_known(engine: &Engine, ns: &Namespace, field: &str, scope: &Scope) -> Result<()> {
-    known::require_known(&engine.mem.read().index, ns, field, scope)
+/// `scope` (the request field `field`) with an org name resolved to its id
+/// (`names`); refused if it names an org, sector or country `ns` has never
+/// seen.
+fn checked(engine: &Engine, ns: &Namespace, field: &str, scope: &Scope) -> Result<Scope> {
+    let tables = engine.tables();
+    let mem = engine.mem.read();
+    let scope = names::resolve(&mem.index, &tables, ns, field, scope)?;
+    known::require_known(&mem.index, ns, field, &scope)?;
+    Ok(scope)
 }
 
 /// The namespace's days with data, clipped to `window`.
@@ -138,8 +146,9 @@ pub fn count(
 ) -> Result<CountAnswer> {
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
+    series_of(metric, scope)?;
+    let scope = &checked(engine, &ns, "scope", scope)?;
     let (family, dim) = series_of(metric, scope)?;
-    require_known(engine, &ns, "scope", scope)?;
     let covered = covered(engine, &ns, window)?;
     let exact = presence_orgs(&engine.mem.read().index, &ns, metric, scope, covered);
     let estimate = match exact {
@@ -253,7 +262,7 @@ pub fn observations(
             ))
         }
     };
-    require_known(engine, &ns, "scope", scope)?;
+    checked(engine, &ns, "scope", scope)?;
     let window = covered(engine, &ns, window)?;
     let _gate = engine.checkpoint_gate.read();
     let mem = engine.mem.read();
@@ -317,6 +326,8 @@ impl GroupBy {
 pub struct GroupRow {
     pub group: String,
     pub estimate: Estimate,
+    /// The org's name and country, when rows are orgs the registry knows.
+    pub org: Option<OrgLabel>,
 }
 
 /// The family and the candidate dimensions of a group-by, with their names.
@@ -455,7 +466,7 @@ pub fn group(
     } = *spec;
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
-    require_known(engine, &ns, "within", within)?;
+    let within = &checked(engine, &ns, "within", within)?;
     let covered = covered(engine, &ns, window)?;
     if let Some(counts) = presence_orgs_by_country(engine, &ns, spec, [covered]) {
         let mut rows: Vec<GroupRow> = counts
@@ -464,6 +475,7 @@ pub fn group(
             .map(|(group, [n])| GroupRow {
                 group,
                 estimate: Estimate::exact_at(n, confidence),
+                org: None,
             })
             .collect();
         sort_and_limit(&mut rows, |r| r.estimate.value, |r| &r.group, limit);
@@ -479,9 +491,11 @@ pub fn group(
         rows.push(GroupRow {
             group: name,
             estimate: sketch.estimate_at(confidence),
+            org: None,
         });
     }
     sort_and_limit(&mut rows, |r| r.estimate.value, |r| &r.group, limit);
+    with_labels(engine, by, &mut rows, |r| (&r.group, &mut r.org));
     Ok(rows)
 }
 
@@ -493,6 +507,25 @@ pub struct CompareRow {
     pub b: Estimate,
     /// 100·(b − a)/a with bounds; `None` when a is 0.
     pub change_pct: Option<Estimate>,
+    /// The org's name and country, when rows are orgs the registry knows.
+    pub org: Option<OrgLabel>,
+}
+
+/// The registry's label of each row's org, when rows are orgs.
+fn with_labels<T>(
+    engine: &Engine,
+    by: GroupBy,
+    rows: &mut [T],
+    parts: impl Fn(&mut T) -> (&String, &mut Option<OrgLabel>),
+) {
+    if by != GroupBy::Org {
+        return;
+    }
+    let tables = engine.tables();
+    for row in rows {
+        let (group, org) = parts(row);
+        *org = label(&tables, group);
+    }
 }
 
 /// Every group in window A and window B, with the change in %, ordered by
@@ -513,7 +546,7 @@ pub fn compare(
     } = *spec;
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
-    require_known(engine, &ns, "within", within)?;
+    let within = &checked(engine, &ns, "within", within)?;
     let (a, b) = (covered(engine, &ns, a)?, covered(engine, &ns, b)?);
     if let Some(counts) = presence_orgs_by_country(engine, &ns, spec, [a, b]) {
         let mut rows: Vec<CompareRow> = counts
@@ -529,6 +562,7 @@ pub fn compare(
                     a: ea,
                     b: eb,
                     change_pct: change_pct(&ea, &eb),
+                    org: None,
                 }
             })
             .collect();
@@ -556,9 +590,11 @@ pub fn compare(
             a: ea,
             b: eb,
             change_pct: change_pct(&ea, &eb),
+            org: None,
         });
     }
     sort_and_limit(&mut rows, |r| r.a.value, |r| &r.group, limit);
+    with_labels(engine, by, &mut rows, |r| (&r.group, &mut r.org));
     Ok(rows)
 }
 
@@ -629,7 +665,7 @@ pub fn retention(
             ))
         }
     };
-    require_known(engine, &ns, "scope", scope)?;
+    checked(engine, &ns, "scope", scope)?;
     let tables = engine.tables();
     let mem = engine.mem.read();
     let index = &mem.index;
@@ -680,8 +716,9 @@ pub fn overlap(
 ) -> Result<Overlap> {
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
+    series_of(Metric::Ips, scope)?;
+    let scope = &checked(engine, &ns, "scope", scope)?;
     let (family, dim) = series_of(Metric::Ips, scope)?;
-    require_known(engine, &ns, "scope", scope)?;
     let sa = series_sketch(engine, &ns, family, dim, covered(engine, &ns, a)?)?;
     let sb = series_sketch(engine, &ns, family, dim, covered(engine, &ns, b)?)?;
     let mut union = sa.clone();
@@ -789,8 +826,9 @@ pub fn series(
 ) -> Result<Vec<(DayWindow, Estimate)>> {
     check_confidence(confidence)?;
     let ns = engine.catalog.require("namespace", namespace)?;
+    series_of(metric, scope)?;
+    let scope = &checked(engine, &ns, "scope", scope)?;
     let (family, dim) = series_of(metric, scope)?;
-    require_known(engine, &ns, "scope", scope)?;
     let steps = step.windows(window);
     if steps.len() > MAX_SERIES_POINTS {
         return Err(Error::invalid(

@@ -146,46 +146,38 @@ impl OrgRegistry {
 
     /// Apply an operator orgs file (see the module docs for the format).
     pub(crate) fn apply_orgs_file(&mut self, path: &Path) -> Result<LoadedFile, AttributionError> {
-        const COLUMNS: [&str; 4] = ["org", "name", "country", "sectors"];
         let mut seen: HashMap<String, u64> = HashMap::new();
-        let mut header_seen = false;
+        let mut layout: Option<OrgsHeader> = None;
         let mut loaded = for_each_record(path, |row| {
-            if !header_seen {
-                header_seen = true;
-                let ok = row.len() == COLUMNS.len()
-                    && (0..COLUMNS.len()).all(|i| row.get(i).eq_ignore_ascii_case(COLUMNS[i]));
-                if !ok {
-                    let found: Vec<&str> = (0..row.len()).map(|i| row.get(i)).collect();
-                    return Err(format!(
-                        "expected the header row {:?}, found {:?}",
-                        COLUMNS.join(","),
-                        found.join(",")
-                    ));
-                }
+            let Some(cols) = &layout else {
+                let names: Vec<&str> = (0..row.len()).map(|i| row.get(i)).collect();
+                layout = Some(OrgsHeader::parse(&names)?);
                 return Ok(());
-            }
-            check_columns(&row, &COLUMNS, COLUMNS.len())?;
-            let id = row.get(0);
+            };
+            let names: Vec<&str> = cols.names.iter().map(String::as_str).collect();
+            check_columns(&row, &names, names.len())?;
+            let id = row.get(cols.org);
             if id.is_empty() {
                 return Err("empty org id".to_string());
             }
             if let Some(first) = seen.insert(id.to_string(), row.line()) {
                 return Err(format!("org {id:?} is already defined on line {first}"));
             }
-            let country = match row.get(2) {
+            let field = |col: Option<usize>| col.map(|i| row.get(i)).unwrap_or("");
+            let country = match field(cols.country) {
                 "" => None,
                 c => Some(parse_country(c)?),
             };
             let idx = self.intern_id(id, None)?;
             let org = &mut self.orgs[idx.0 as usize];
-            if !row.get(1).is_empty() {
-                org.name = row.get(1).to_string();
+            if !field(cols.name).is_empty() {
+                org.name = field(cols.name).to_string();
             }
             if country.is_some() {
                 org.country = country;
             }
-            if !row.get(3).is_empty() {
-                org.sectors = parse_sectors(row.get(3));
+            if !field(cols.sectors).is_empty() {
+                org.sectors = parse_sectors(field(cols.sectors));
             }
             Ok(())
         })?;
@@ -205,4 +197,41 @@ impl OrgRegistry {
 /// Approximate heap bytes of a `HashMap`'s table (entries plus one control byte each).
 pub(crate) fn map_heap_bytes<K, V>(m: &HashMap<K, V>) -> usize {
     m.capacity() * (std::mem::size_of::<(K, V)>() + 1)
+}
+
+/// Where the columns of an orgs file are, from its header row: `org` (or
+/// `org_id`, `id`) and any of `name` (`org_name`), `country` (`cc`) and
+/// `sectors` (`sector`), in any order, in any case; other columns (e.g. the
+/// peers' `pool_ips`) are ignored.
+struct OrgsHeader {
+    /// The header's column names, for messages.
+    names: Vec<String>,
+    org: usize,
+    name: Option<usize>,
+    country: Option<usize>,
+    sectors: Option<usize>,
+}
+
+impl OrgsHeader {
+    fn parse(header: &[&str]) -> Result<OrgsHeader, String> {
+        let find = |aliases: &[&str]| {
+            header
+                .iter()
+                .position(|h| aliases.iter().any(|a| h.trim().eq_ignore_ascii_case(a)))
+        };
+        let Some(org) = find(&["org", "org_id", "id"]) else {
+            return Err(format!(
+                "the header row names no org column: found {:?}; it needs org (or org_id) and \
+                 any of name, country, sector/sectors",
+                header.join(",")
+            ));
+        };
+        Ok(OrgsHeader {
+            names: header.iter().map(|h| h.to_string()).collect(),
+            org,
+            name: find(&["name", "org_name"]),
+            country: find(&["country", "cc"]),
+            sectors: find(&["sectors", "sector"]),
+        })
+    }
 }

@@ -682,8 +682,12 @@ fn malformed_networks_and_orgs_files() {
         assert_malformed(Attributor::load(&files), &p, line, needle);
     }
     for (body, line, needle) in [
-        ("org,name\nacme,Acme\n", 1, "expected the header row"),
-        ("acme,Acme,GB,\n", 1, "expected the header row"),
+        (
+            "name,country\nAcme,GB\n",
+            1,
+            "the header row names no org column",
+        ),
+        ("acme,Acme,GB,\n", 1, "the header row names no org column"),
         (
             "org,name,country,sectors\nacme,Acme,gb,\n",
             2,
@@ -1205,4 +1209,29 @@ fn full_tables_random_addresses_match_naive_scan() {
     let asn6 = Naive::<u128>::from_csv(&dir.join("asn-ipv6.csv.gz"), 2);
     let cc6 = Naive::<u128>::from_csv(&dir.join("asn-country-ipv6.csv.gz"), 2);
     cross_check(a, &asn6, &cc6, 300, 12, |a, ip| a.lookup_v6(ip));
+}
+
+/// An orgs file is read by its header: `org` or `org_id` and any of
+/// `name`, `country`, `sector`/`sectors` in any order, other columns
+/// ignored (the peers' world file among them).
+#[test]
+fn orgs_files_are_read_by_their_header() {
+    let dir = TempDir::new("orgs-header");
+    for body in [
+        "org_id,country,sector,pool_ips,survives,end_day\n7,US,government,10,0,181\n8,DE,,3,1,244\n",
+        "Sectors,Country,Name,ORG\ngovernment,US,Dept,7\n,DE,,8\n",
+    ] {
+        let p = dir.write("orgs.csv", body);
+        let files = TableFiles {
+            orgs: Some(p),
+            ..TableFiles::default()
+        };
+        let a = Attributor::load(&files).unwrap();
+        let seven = a.org(a.org_by_id("7").unwrap());
+        assert_eq!(seven.country_str(), Some("US"));
+        assert_eq!(seven.sectors, ["government"]);
+        let eight = a.org(a.org_by_id("8").unwrap());
+        assert_eq!(eight.country_str(), Some("DE"));
+        assert!(eight.sectors.is_empty());
+    }
 }

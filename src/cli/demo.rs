@@ -23,7 +23,8 @@ use sketchd::client::Client;
 use sketchd::config::ServerConfig;
 use sketchd::engine::Engine;
 use sketchd::pb;
-use sketchd::query::{Metric, Scope};
+use sketchd::report::chart::ChartSpec;
+use sketchd::report::{ReportSpec, Sort};
 use sketchd::time::{Day, DayWindow};
 
 use super::report;
@@ -46,9 +47,12 @@ pub struct DemoArgs {
     /// Concurrent collectors.
     #[arg(long, default_value_t = 4)]
     collectors: usize,
-    /// Also draw the monthly decline into this SVG file.
-    #[arg(long)]
+    /// Also draw IPs and orgs per week into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
     chart: Option<PathBuf>,
+    /// After the report, serve the report page here (e.g. 127.0.0.1:8080) until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
 }
 
 /// A small deterministic generator (xorshift64*).
@@ -211,6 +215,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         args.scale,
         args.collectors.max(1),
         args.chart,
+        args.http_listen,
         started,
     )
     .await;
@@ -224,8 +229,18 @@ async fn demo(
     scale: f64,
     collectors: usize,
     chart: Option<PathBuf>,
+    http_listen: Option<std::net::SocketAddr>,
     started: Instant,
 ) -> anyhow::Result<()> {
+    let page = match http_listen {
+        Some(addr) if addr.ip().is_loopback() => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--http-listen {addr}: cannot listen there"))?,
+        ),
+        Some(addr) => bail!("--http-listen {addr}: the demo serves its page on loopback only"),
+        None => None,
+    };
     eprintln!("tables: {}", dir.display());
     let mut files = TableFiles::from_dir(dir);
     let plain = Attributor::load(&files)?;
@@ -253,8 +268,10 @@ async fn demo(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let engine = Arc::new(engine);
+    let weak = Arc::downgrade(&engine);
     let server = tokio::spawn(async move {
-        sketchd::server::run(listener, Arc::new(engine), &config, async {
+        sketchd::server::run(listener, engine, &config, async {
             let _ = stop_rx.await;
         })
         .await
@@ -280,35 +297,44 @@ async fn demo(
         .await?;
 
     send(&client, rows, collectors).await?;
-    let wa = window(0, 30);
-    let wb = window(214, 244);
-    outln!("\n{}", report::report(&client, "demo", wa, wb, 10).await?);
-    let before = window(0, CUTOFF_DAY);
-    let after = window(CUTOFF_DAY, DAYS);
-    let us_gov = Scope::CountrySector(*b"US", "government".into());
-    let kept = client.retention("demo", &us_gov, before, after).await?;
-    let active = client
-        .count("demo", Metric::Orgs, &us_gov, after)
-        .await?
-        .estimate;
-    outln!(
-        "US government organisations: {} seen before {}, {} of them ({:.0} %) still seen after; {} active after the cut-off",
-        kept.in_a,
-        before.to,
-        kept.in_both,
-        100.0 * kept.share(),
-        active.value
-    );
-    let all = client
-        .retention("demo", &Scope::Global, before, after)
-        .await?;
-    outln!(
-        "All organisations: {:.0} % of those seen before {} are still seen after (exact)",
-        100.0 * all.share(),
-        before.to
-    );
+    let spec = ReportSpec {
+        namespace: "demo".into(),
+        a: window(0, 30),
+        b: window(214, 244),
+        cutoff: Some(window(CUTOFF_DAY, CUTOFF_DAY).from),
+        countries: Vec::new(),
+        top: 10,
+        sort: Sort::A,
+        names: false,
+    };
+    let built = sketchd::report::build(&client, &spec).await?;
+    outln!("\n{}", sketchd::report::text::render(&built));
     if let Some(path) = chart {
-        report::write_chart(&client, "demo", window(0, DAYS), window(0, DAYS), &path).await?;
+        let chart = ChartSpec {
+            namespace: "demo".into(),
+            span: window(0, DAYS),
+            step: "week".into(),
+            countries: Vec::new(),
+            top: 4,
+            index: false,
+            cutoff: spec.cutoff,
+            a: Some(spec.a),
+            b: Some(spec.b),
+        };
+        report::write_chart(&client, &chart, &path).await?;
+    }
+    if let Some(page) = page {
+        let at = page.local_addr()?;
+        tokio::spawn(sketchd::web::serve(page, weak, Default::default()));
+        outln!(
+            "\nthe report page: http://{at}/?namespace=demo&a_from={}&a_to={}&b_from={}&b_to={}&cutoff={} (Ctrl-C stops)",
+            spec.a.from,
+            spec.a.to,
+            spec.b.from,
+            spec.b.to,
+            window(CUTOFF_DAY, CUTOFF_DAY).from
+        );
+        tokio::signal::ctrl_c().await?;
     }
     drop(client);
     let _ = stop_tx.send(());

@@ -104,7 +104,7 @@ enum Command {
     /// Ask a server.
     #[command(subcommand)]
     Query(query::QueryCommand),
-    /// The study-style report of two windows (A before, B after).
+    /// The study in one command: windows A (before) and B (after), a cut-off, countries, sectors; text, JSON, chart.
     Report(report::ReportArgs),
     /// Start a server in-process, stream a generated world in, print the report.
     Demo(demo::DemoArgs),
@@ -147,6 +147,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics over HTTP here (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the report page and its JSON over HTTP here (e.g. 127.0.0.1:8080);
+    /// readers authenticate with their gRPC token.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
     /// Directory with the attribution tables (asn-ipv4.csv.gz, asn-country-ipv4.csv.gz, ...,
     /// or their *-sample.csv forms, plus optional orgs.csv and networks.csv).
     #[arg(long)]
@@ -292,6 +296,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %metrics.local_addr()?, "serving Prometheus metrics at /metrics");
         tokio::spawn(sketchd::metrics::serve(metrics, Arc::downgrade(&engine)));
     }
+    if let Some(addr) = args.http_listen {
+        if !addr.ip().is_loopback() && !config.allow_insecure_remote {
+            anyhow::bail!(
+                "--http-listen {addr}: the page speaks plain HTTP, so tokens would cross the \
+                 network in clear; listen on 127.0.0.1 (behind a TLS proxy) or pass \
+                 --allow-insecure-remote"
+            );
+        }
+        let page = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the page"))?;
+        let at = page.local_addr()?;
+        tracing::info!(addr = %at, "serving the report page at /");
+        let _ = output::write(format_args!("sketchd page at http://{at}/\n"));
+        tokio::spawn(sketchd::web::serve(
+            page,
+            Arc::downgrade(&engine),
+            config.tokens.clone(),
+        ));
+    }
     sketchd::server::run(
         listener,
         engine,
@@ -411,6 +435,7 @@ mod tests {
             "global",
             "country:CC",
             "org:ID",
+            "org:NAME",
             "sector:S",
             "country:CC,sector:S",
         ] {

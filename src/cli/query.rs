@@ -6,7 +6,10 @@ use serde_json::{json, Value};
 
 use sketchd::client::Client;
 use sketchd::ingest::parse_country;
-use sketchd::query::{GroupBy, Metric, Scope};
+use sketchd::query::{GroupBy, Metric, OrgLabel, Scope};
+use sketchd::report::dates;
+use sketchd::report::text::{count as show_count, pct as show_change, thousands};
+use sketchd::report::Sort;
 use sketchd::sketch::Estimate;
 use sketchd::time::DayWindow;
 
@@ -31,8 +34,8 @@ pub enum QueryCommand {
 }
 
 /// `--scope` of the counting questions.
-const SCOPE: &str = "What to count within: global, country:CC (e.g. country:DE), org:ID (e.g. \
-org:AS15169), sector:S (a sector label of the org registry, e.g. sector:government) or \
+const SCOPE: &str = "What to count within: global, country:CC (e.g. country:DE), org:ID or org:NAME \
+(e.g. org:AS15169, org:\"Google LLC\"; a name must match one org), sector:S (a sector label of the org registry, e.g. sector:government) or \
 country:CC,sector:S";
 /// `--scope` of the questions over organisations (no org:ID).
 const ORG_SCOPE: &str = "Which organisations: global, country:CC (e.g. country:DE), sector:S \
@@ -71,11 +74,11 @@ pub struct CountArgs {
     metric: String,
     #[arg(long, default_value = "global", help = SCOPE)]
     scope: String,
-    /// First day, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day: YYYY-MM-DD, an RFC 3339 time, today, or -30d / -4w from today.
+    #[arg(long, allow_hyphen_values = true)]
     from: String,
-    /// First day not included, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day not included (same forms as --from).
+    #[arg(long, allow_hyphen_values = true)]
     to: String,
 }
 
@@ -86,11 +89,11 @@ pub struct ObservationsArgs {
     /// Where: global or country:CC (observations are counted globally and per country).
     #[arg(long, default_value = "global")]
     scope: String,
-    /// First day, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day: YYYY-MM-DD, an RFC 3339 time, today, or -30d / -4w from today.
+    #[arg(long, allow_hyphen_values = true)]
     from: String,
-    /// First day not included, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day not included (same forms as --from).
+    #[arg(long, allow_hyphen_values = true)]
     to: String,
 }
 
@@ -106,11 +109,11 @@ pub struct GroupArgs {
     by: String,
     #[arg(long, default_value = "global", help = GROUP_SCOPE)]
     scope: String,
-    /// First day, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day: YYYY-MM-DD, an RFC 3339 time, today, or -30d / -4w from today.
+    #[arg(long, allow_hyphen_values = true)]
     from: String,
-    /// First day not included, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day not included (same forms as --from).
+    #[arg(long, allow_hyphen_values = true)]
     to: String,
     /// Most rows; 0 = all.
     #[arg(long, default_value_t = 0)]
@@ -119,17 +122,17 @@ pub struct GroupArgs {
 
 #[derive(clap::Args)]
 pub struct TwoWindows {
-    /// First day of window A (the earlier one), YYYY-MM-DD.
-    #[arg(long)]
+    /// First day of window A (the earlier one): YYYY-MM-DD, an RFC 3339 time, today, or -30d / -4w.
+    #[arg(long, allow_hyphen_values = true)]
     pub a_from: String,
-    /// First day not in window A, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day not in window A (same forms).
+    #[arg(long, allow_hyphen_values = true)]
     pub a_to: String,
-    /// First day of window B (the later one), YYYY-MM-DD.
-    #[arg(long)]
+    /// First day of window B (the later one; same forms).
+    #[arg(long, allow_hyphen_values = true)]
     pub b_from: String,
-    /// First day not in window B, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day not in window B (same forms).
+    #[arg(long, allow_hyphen_values = true)]
     pub b_to: String,
 }
 
@@ -156,7 +159,10 @@ pub struct CompareArgs {
     scope: String,
     #[command(flatten)]
     windows: TwoWindows,
-    /// Most rows (by the value in A); 0 = all.
+    /// Order: a (largest in A first), b, change (largest decline first) or name.
+    #[arg(long, default_value = "a")]
+    sort: String,
+    /// Most rows (the first of --sort); 0 = all.
     #[arg(long, default_value_t = 0)]
     limit: u32,
 }
@@ -190,11 +196,11 @@ pub struct SeriesArgs {
     metric: String,
     #[arg(long, default_value = "global", help = SCOPE)]
     scope: String,
-    /// First day, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day: YYYY-MM-DD, an RFC 3339 time, today, or -30d / -4w from today.
+    #[arg(long, allow_hyphen_values = true)]
     from: String,
-    /// First day not included, YYYY-MM-DD.
-    #[arg(long)]
+    /// First day not included (same forms as --from).
+    #[arg(long, allow_hyphen_values = true)]
     to: String,
     /// day, week, month or Nd.
     #[arg(long, default_value = "day")]
@@ -230,10 +236,14 @@ pub fn parse_by(text: &str) -> anyhow::Result<GroupBy> {
     }
 }
 
-/// `global`, `country:CC`, `org:ID`, `sector:S` or `country:CC,sector:S`.
+/// `global`, `country:CC`, `org:ID` (or `org:NAME`), `sector:S` or `country:CC,sector:S`.
 pub fn parse_scope(text: &str) -> anyhow::Result<Scope> {
     if text == "global" {
         return Ok(Scope::Global);
+    }
+    // An org stands alone; its name may hold commas ("Example, Inc.").
+    if let Some(org) = text.strip_prefix("org:").filter(|o| !o.trim().is_empty()) {
+        return Ok(Scope::Org(org.trim().to_owned()));
     }
     let (mut country, mut org, mut sector) = (None, None, None);
     for part in text.split(',') {
@@ -257,35 +267,40 @@ pub fn parse_scope(text: &str) -> anyhow::Result<Scope> {
     })
 }
 
+/// A window from two flags: days as YYYY-MM-DD, RFC 3339 times, `today`
+/// or distances from today (`-30d`, `-4w`).
 pub fn parse_window(
     from_flag: &str,
     from: &str,
     to_flag: &str,
     to: &str,
 ) -> anyhow::Result<DayWindow> {
-    DayWindow::parse(from_flag, from, to_flag, to).map_err(|e| anyhow!("{e}"))
+    dates::parse_window(from_flag, from, to_flag, to, dates::today()).map_err(|e| anyhow!("{e}"))
+}
+
+/// Header of the name and country columns of org rows.
+const NAME_HEADER: &str = "name                             country  ";
+
+/// An org's name (cut to 32 characters) and country, for org rows.
+fn name_cell(label: Option<&OrgLabel>) -> String {
+    let (name, country) = label
+        .map(|l| (l.name.as_str(), l.country.as_deref().unwrap_or("")))
+        .unwrap_or(("", ""));
+    let name: String = name.chars().take(32).collect();
+    format!("{name:<32} {country:<8} ")
+}
+
+/// Adds `"name"` and `"country"` of an org row.
+fn add_label(v: &mut Value, label: Option<&OrgLabel>) {
+    if let Some(l) = label {
+        v["name"] = json!(l.name);
+        v["country"] = json!(l.country);
+    }
 }
 
 /// `{"estimate", "lower", "upper", "exact"}`.
 pub fn estimate_json(e: &Estimate) -> Value {
     json!({ "estimate": e.value, "lower": e.lower, "upper": e.upper, "exact": e.exact })
-}
-
-/// A value with its interval, for tables: `1234 [1200, 1260]` or `17 (exact)`.
-pub fn show(e: &Estimate) -> String {
-    if e.exact {
-        format!("{:.0}", e.value)
-    } else {
-        format!("{:.0} [{:.0}, {:.0}]", e.value, e.lower, e.upper)
-    }
-}
-
-pub fn show_pct(e: Option<&Estimate>) -> String {
-    match e {
-        None => "n/a".into(),
-        Some(e) if e.exact => format!("{:+.1} %", e.value),
-        Some(e) => format!("{:+.1} % [{:+.1}, {:+.1}]", e.value, e.lower, e.upper),
-    }
 }
 
 async fn count(a: CountArgs) -> anyhow::Result<()> {
@@ -299,6 +314,17 @@ async fn count(a: CountArgs) -> anyhow::Result<()> {
         .count(&a.conn.namespace, metric, &scope, window)
         .await?;
     let e = reply.estimate;
+    let asked = format!("{} to {} (exclusive)", window.from, window.to);
+    let data = if reply.covered == window {
+        String::new()
+    } else if reply.covered.is_empty() {
+        "; no data in it".to_owned()
+    } else {
+        format!(
+            "; data only from {} to {} (exclusive)",
+            reply.covered.from, reply.covered.to
+        )
+    };
     if a.conn.json {
         let doc = json!({
             "estimate": e.value,
@@ -306,28 +332,26 @@ async fn count(a: CountArgs) -> anyhow::Result<()> {
             "upper": e.upper,
             "confidence": e.confidence,
             "exact": e.exact,
-            "from": reply.covered.from.to_string(),
-            "to": reply.covered.to.to_string(),
+            "from": window.from.to_string(),
+            "to": window.to.to_string(),
+            "data_from": reply.covered.from.to_string(),
+            "data_to": reply.covered.to.to_string(),
         });
         outln!("{doc}");
     } else if e.exact {
         outln!(
-            "{} distinct {} (exact), {} to {} (exclusive)",
-            e.value,
-            a.metric,
-            reply.covered.from,
-            reply.covered.to
+            "{} distinct {} (exact), {asked}{data}",
+            thousands(e.value),
+            a.metric
         );
     } else {
         outln!(
-            "{:.0} distinct {} ({:.0}% interval {:.0} to {:.0}), {} to {} (exclusive)",
-            e.value,
+            "{} distinct {} ({:.0}% interval {} to {}), {asked}{data}",
+            thousands(e.value),
             a.metric,
             e.confidence * 100.0,
-            e.lower,
-            e.upper,
-            reply.covered.from,
-            reply.covered.to
+            thousands(e.lower),
+            thousands(e.upper)
         );
     }
     Ok(())
@@ -367,14 +391,30 @@ async fn group(a: GroupArgs) -> anyhow::Result<()> {
             .map(|r| {
                 let mut v = estimate_json(&r.estimate);
                 v["group"] = json!(r.group);
+                add_label(&mut v, r.org.as_ref());
                 v
             })
             .collect();
         outln!("{}", Value::Array(doc));
     } else {
-        outln!("{:<24} distinct {} [95 % interval]", a.by, a.metric);
+        let names = by == GroupBy::Org;
+        outln!(
+            "{:<24} {}distinct {} [95 % interval]",
+            a.by,
+            if names { NAME_HEADER } else { "" },
+            a.metric
+        );
         for r in rows {
-            outln!("{:<24} {}", r.group, show(&r.estimate));
+            outln!(
+                "{:<24} {}{}",
+                r.group,
+                if names {
+                    name_cell(r.org.as_ref())
+                } else {
+                    String::new()
+                },
+                show_count(&r.estimate)
+            );
         }
     }
     Ok(())
@@ -385,36 +425,64 @@ async fn compare(a: CompareArgs) -> anyhow::Result<()> {
     let by = parse_by(&a.by)?;
     let scope = parse_scope(&a.scope)?;
     let (wa, wb) = a.windows.parse()?;
-    let rows = a
+    let sort = Sort::parse("--sort", &a.sort)?;
+    // Every row, then ordered and cut here, so that --limit keeps the
+    // first rows of the order asked.
+    let mut rows = a
         .conn
         .client()
         .await?
-        .compare(&a.conn.namespace, metric, by, &scope, wa, wb, a.limit)
+        .compare(&a.conn.namespace, metric, by, &scope, wa, wb, 0)
         .await?;
+    sort.apply(&mut rows, |r| {
+        (
+            r.group.as_str(),
+            r.a.value,
+            r.b.value,
+            r.change_pct.map(|c| c.value),
+        )
+    });
+    if a.limit > 0 {
+        rows.truncate(a.limit as usize);
+    }
     if a.conn.json {
-        let pick =
-            |e: &Estimate| json!({ "estimate": e.value, "lower": e.lower, "upper": e.upper });
+        let pick = |e: &Estimate| json!({ "estimate": e.value, "lower": e.lower, "upper": e.upper, "exact": e.exact });
         let doc: Vec<Value> = rows
             .iter()
             .map(|r| {
-                json!({
+                let mut v = json!({
                     "group": r.group,
                     "a": pick(&r.a),
                     "b": pick(&r.b),
                     "change_pct": r.change_pct.as_ref().map(pick),
-                })
+                });
+                add_label(&mut v, r.org.as_ref());
+                v
             })
             .collect();
         outln!("{}", Value::Array(doc));
     } else {
-        outln!("{:<24} {:>26} {:>26} {:>30}", a.by, "A", "B", "change");
+        let names = by == GroupBy::Org;
+        outln!(
+            "{:<24} {}{:>34} {:>34} {:>30}",
+            a.by,
+            if names { NAME_HEADER } else { "" },
+            "A",
+            "B",
+            "change [95 % interval]"
+        );
         for r in rows {
             outln!(
-                "{:<24} {:>26} {:>26} {:>30}",
+                "{:<24} {}{:>34} {:>34} {:>30}",
                 r.group,
-                show(&r.a),
-                show(&r.b),
-                show_pct(r.change_pct.as_ref())
+                if names {
+                    name_cell(r.org.as_ref())
+                } else {
+                    String::new()
+                },
+                show_count(&r.a),
+                show_count(&r.b),
+                show_change(r.change_pct.as_ref())
             );
         }
     }
@@ -466,10 +534,10 @@ async fn overlap(a: OverlapArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        outln!("in A      {}", show(&o.a));
-        outln!("in B      {}", show(&o.b));
-        outln!("in both   {}", show(&o.both));
-        outln!("in either {}", show(&o.either));
+        outln!("in A      {}", show_count(&o.a));
+        outln!("in B      {}", show_count(&o.b));
+        outln!("in both   {}", show_count(&o.both));
+        outln!("in either {}", show_count(&o.either));
     }
     Ok(())
 }
@@ -497,7 +565,7 @@ async fn series(a: SeriesArgs) -> anyhow::Result<()> {
         outln!("{}", Value::Array(doc));
     } else {
         for (w, e) in points {
-            outln!("{} .. {}  {}", w.from, w.to, show(&e));
+            outln!("{} .. {}  {}", w.from, w.to, show_count(&e));
         }
     }
     Ok(())

@@ -103,6 +103,14 @@ fn estimate_pb(e: Estimate) -> pb::Estimate {
     }
 }
 
+/// An org's name and country as the two string fields of a row (empty
+/// when unknown).
+fn label_pb(label: Option<query::OrgLabel>) -> (String, String) {
+    label
+        .map(|l| (l.name, l.country.unwrap_or_default()))
+        .unwrap_or_default()
+}
+
 fn metric(value: i32) -> Result<Metric, Error> {
     match pb::Metric::try_from(value) {
         Ok(pb::Metric::Ips) => Ok(Metric::Ips),
@@ -344,9 +352,14 @@ impl pb::query_server::Query for QueryService {
             query::group(e, &namespace, &spec, window)
         })
         .await?;
-        Ok(stream(rows.into_iter().map(|row| pb::GroupRow {
-            group: row.group,
-            estimate: Some(estimate_pb(row.estimate)),
+        Ok(stream(rows.into_iter().map(|row| {
+            let (org_name, org_country) = label_pb(row.org);
+            pb::GroupRow {
+                group: row.group,
+                estimate: Some(estimate_pb(row.estimate)),
+                org_name,
+                org_country,
+            }
         })))
     }
 
@@ -365,11 +378,16 @@ impl pb::query_server::Query for QueryService {
             query::compare(e, &namespace, &spec, a, b)
         })
         .await?;
-        Ok(stream(rows.into_iter().map(|row| pb::CompareRow {
-            group: row.group,
-            a: Some(estimate_pb(row.a)),
-            b: Some(estimate_pb(row.b)),
-            change_pct: row.change_pct.map(estimate_pb),
+        Ok(stream(rows.into_iter().map(|row| {
+            let (org_name, org_country) = label_pb(row.org);
+            pb::CompareRow {
+                group: row.group,
+                a: Some(estimate_pb(row.a)),
+                b: Some(estimate_pb(row.b)),
+                change_pct: row.change_pct.map(estimate_pb),
+                org_name,
+                org_country,
+            }
         })))
     }
 

@@ -1,6 +1,8 @@
 //! Starts the real server on 127.0.0.1:0 with a temp data dir, in-process.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The Prometheus endpoint of the same engine.
     pub metrics_addr: SocketAddr,
+    /// The report page of the same engine.
+    pub web_addr: SocketAddr,
     pub url: String,
     pub client: Client,
     pub data_dir: PathBuf,
@@ -79,6 +83,13 @@ async fn start_full(
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics.local_addr().unwrap();
     tokio::spawn(sketchd::metrics::serve(metrics, Arc::downgrade(&engine)));
+    let web = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let web_addr = web.local_addr().unwrap();
+    tokio::spawn(sketchd::web::serve(
+        web,
+        Arc::downgrade(&engine),
+        config.tokens.clone(),
+    ));
     let (tx, rx) = oneshot::channel::<()>();
     let data_dir = config.data_dir.clone();
     let config_tls = config.tls.is_some();
@@ -96,6 +107,7 @@ async fn start_full(
     TestServer {
         addr,
         metrics_addr,
+        web_addr,
         url,
         client,
         data_dir,
