@@ -6,50 +6,40 @@
 //! keyed as in [`keys`]; the tree `namespaces` holds the namespace catalog
 //! and the ids of deleted namespaces (never reused).
 //!
-//! Invariant: a checkpoint writes the merged sketches, the counter sums and
-//! the new log position in one atomic sled batch, so after any crash sled
-//! holds exactly the effects of the records up to its log position, and the
-//! log holds the rest.
+//! This file holds [`Store`]: opening a data directory, the catalog
+//! records, and the reads (index, windows, counters, replicated records).
+//! Its parts, each with its invariants:
 //!
-//! Rollups are coalesced: a checkpoint writes day sketches only, and in the
-//! same sled batch, per series, the set of days changed since the series'
-//! rollup blocks were built (`u` records); every block above such a day is
-//! stale. Only the levels of [`ROLLUP_LEVELS`] are stored (days and blocks
-//! of 4, 16, 64, 256 days). [`Store::rebuild_rollups`] rebuilds stale
-//! blocks bottom-up (each the union of the four blocks of the stored level
-//! below) and deletes the series' record in the same batch. Invariant: a
-//! block above no stale day equals the union of its days in sled. Readers
-//! never use a stale block: [`Store::merge_window`] reads its children
-//! instead (down to days), using an in-memory copy of the stale days and
-//! blocks that grows before the records are written and shrinks only after
-//! the rebuilt blocks are written. The level set is recorded in sled; a
-//! store written with another set has its blocks dropped and all its days
-//! marked stale at open, so answers stay exact while they are rebuilt.
-//!
-//! A series has rollup blocks only once it needs them: while every day
-//! sketch it has stored is an exact set of at most [`FLAT_MAX_HASHES`]
-//! hashes (most org series), it is *flat*: its days are written, no block
-//! and no `u` record, and a window reads its days one by one. Its
-//! dimension record (`i` key) says which: [`DIM_FLAT`] or [`DIM_ROLLED`]
-//! (an empty value, written before flat series existed, is rolled). The
-//! checkpoint that stores a larger day turns the series rolled: in one
-//! sled batch it marks every stored day of the series stale and rewrites
-//! the record, so the next rollup pass builds its blocks; readers switch
-//! from reading days to stale-aware blocks, which read the same days
-//! until the blocks are built.
+//! - `checkpoint`: moving a frozen memtable into sled; the counters, the
+//!   rest of the final batch and the log position go in one atomic sled
+//!   batch, so after any crash sled holds exactly the records up to its
+//!   log position and the log the rest;
+//! - `rollup`: the stored levels ([`ROLLUP_LEVELS`]), stale blocks and
+//!   their rebuild, flat series; a block above no stale day equals the
+//!   union of its days, and readers never use a stale block;
+//! - `series`: checkpoint work split by series over
+//!   [`CHECKPOINT_THREADS`], a series handled by one thread only.
 //!
 //! sled calls block: callers run them off the async runtime.
 
 pub mod cache;
+mod checkpoint;
 pub mod index;
 pub mod keys;
 pub mod memtable;
 pub mod remove;
+mod rollup;
+mod series;
 pub mod snapshot;
 pub mod space;
 pub mod wal;
 
-use std::collections::HashMap;
+pub use checkpoint::Checkpoint;
+pub use rollup::{
+    lower_rollup_level, DIM_FLAT, DIM_ROLLED, FLAT_MAX_HASHES, MAX_LEVEL, ROLLUP_LEVELS,
+};
+pub use series::CHECKPOINT_THREADS;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -59,66 +49,17 @@ use rustc_hash::FxHashSet;
 
 use crate::error::{Error, Result};
 use crate::sketch::{Sketch, SketchError};
-use crate::time::{Block, Day, DayWindow};
+use crate::time::{Day, DayWindow};
 
 use cache::SketchCache;
 use index::{DayBits, Index, OrgCountry};
 use keys::{
-    dim_key, extent_key, org_name_key, presence_key, BatchId, CounterKey, Family, NamespaceId,
-    SketchKey, KIND_DEDUPE, KIND_DIM, KIND_ORG_NAME, KIND_PRESENCE, META_CHECKPOINT_LSN,
+    extent_key, BatchId, CounterKey, Family, NamespaceId, SketchKey, KIND_DEDUPE, KIND_DIM,
+    KIND_ORG_NAME, KIND_PRESENCE, META_CHECKPOINT_LSN,
 };
-use memtable::{Memtable, OriginRecord, RegionMark};
-use rustc_hash::FxHashMap;
-
-/// The levels sled keeps of each series: days (level 0) and aligned blocks
-/// of 4, 16, 64 and 256 days; a block is the union of the four blocks of
-/// the level below. A window reads at most 3 blocks of each lower level on
-/// either side plus one per 256 days ([`DayWindow::cover`]); a series holds
-/// about one block per three days. Strictly increasing, starting at 0.
-/// Changing it is an on-disk format change that [`Store::open`] handles by
-/// rebuilding every block (see [`keys::META_ROLLUP_LEVELS`]).
-pub const ROLLUP_LEVELS: &[u8] = &[0, 2, 4, 6, 8];
-
-/// The largest stored level.
-pub const MAX_LEVEL: u8 = ROLLUP_LEVELS[ROLLUP_LEVELS.len() - 1];
-
-const _: () = {
-    assert!(ROLLUP_LEVELS[0] == 0, "level 0 (days) must be stored");
-    let mut i = 1;
-    while i < ROLLUP_LEVELS.len() {
-        assert!(
-            ROLLUP_LEVELS[i - 1] < ROLLUP_LEVELS[i],
-            "levels must increase"
-        );
-        i += 1;
-    }
-    assert!(MAX_LEVEL < 32, "blocks must fit in u32 days");
-};
-
-/// The stored level below `level`, or `None` for days and for levels that
-/// are not stored.
-pub fn lower_rollup_level(level: u8) -> Option<u8> {
-    let at = ROLLUP_LEVELS.iter().position(|&l| l == level)?;
-    at.checked_sub(1).map(|below| ROLLUP_LEVELS[below])
-}
-
-/// The largest exact day sketch a flat series (one without rollup blocks)
-/// may have. A window over a flat series reads its days: for a month, at
-/// most 30 small sled values and ~4k hashes merged.
-pub const FLAT_MAX_HASHES: usize = 128;
-
-/// Dimension record value of a flat series (days only, no rollup blocks).
-pub const DIM_FLAT: &[u8] = &[0];
-/// Dimension record value of a series with rollup blocks.
-pub const DIM_ROLLED: &[u8] = &[1];
-
-/// Whether a stored day sketch makes its series need rollup blocks.
-fn needs_rollups(day: &Sketch) -> bool {
-    day.exact_len().is_none_or(|n| n > FLAT_MAX_HASHES)
-}
-
-/// Threads that write a checkpoint's day sketches and rebuild rollups.
-pub const CHECKPOINT_THREADS: usize = 2;
+use memtable::{OriginRecord, RegionMark};
+use rollup::{adopt_rollup_levels, StaleRollups};
+use series::Series;
 
 /// Default bound of the decoded-sketch cache.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -157,89 +98,6 @@ pub struct Store {
     /// Every series with a dimension record (`i` key) in sled, so that a
     /// checkpoint writes one only for a new series (they are never deleted).
     dims: Arc<RwLock<FxHashSet<Series>>>,
-}
-
-/// One series: (namespace, family, dimension).
-type Series = (NamespaceId, Family, u64);
-
-/// Which of the [`CHECKPOINT_THREADS`] handles a series.
-fn series_part(series: &Series) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = rustc_hash::FxHasher::default();
-    series.hash(&mut h);
-    // The high bits of a multiplicative mix: Fx's low bits are weak.
-    ((h.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % CHECKPOINT_THREADS as u64) as usize
-}
-
-/// Splits `keys` by series over [`CHECKPOINT_THREADS`] scoped threads and
-/// runs `work` on each part, sorted (so a series' keys are contiguous and in
-/// level order). A series belongs to one thread only, so its records and
-/// its entries in the stale set are never written by two at once.
-fn by_series<K>(
-    keys: impl IntoIterator<Item = K>,
-    work: impl Fn(Vec<K>) -> Result<()> + Sync,
-) -> Result<()>
-where
-    K: std::borrow::Borrow<SketchKey> + Ord + Send,
-{
-    let mut parts: Vec<Vec<K>> = (0..CHECKPOINT_THREADS).map(|_| Vec::new()).collect();
-    for key in keys {
-        let k = key.borrow();
-        parts[series_part(&(k.ns, k.family, k.dim))].push(key);
-    }
-    let work = &work;
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = parts
-            .into_iter()
-            .map(|mut part| {
-                scope.spawn(move || {
-                    part.sort_unstable();
-                    work(part)
-                })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|w| {
-            w.join()
-                .map_err(|_| Error::Unavailable("a checkpoint worker panicked".into()))?
-        })
-    })
-}
-
-/// Rollup blocks that are out of date, as the days below them that changed,
-/// and the series that have no blocks at all.
-#[derive(Default)]
-struct StaleRollups {
-    /// Per series, the days changed since its blocks were built.
-    days: FxHashMap<Series, DayBits>,
-    /// Every stored block of level >= 1 above those days.
-    blocks: FxHashSet<SketchKey>,
-    /// Flat series: stored as days only (never in `days`).
-    flat: FxHashSet<Series>,
-}
-
-impl StaleRollups {
-    /// Adds the blocks above `day` of `series`; returns the new ones to
-    /// `fresh` unless already known.
-    fn blocks_above(&self, series: Series, day: Day, fresh: &mut FxHashSet<SketchKey>) {
-        let (ns, family, dim) = series;
-        for &level in &ROLLUP_LEVELS[1..] {
-            let key = SketchKey {
-                ns,
-                family,
-                dim,
-                block: Block::containing(day, level),
-            };
-            if !self.blocks.contains(&key) {
-                fresh.insert(key);
-            }
-        }
-    }
-}
-
-/// The final, atomic part of a checkpoint: counters, presence, names,
-/// batch ids, extents and the log position.
-pub struct Checkpoint {
-    batch: sled::Batch,
 }
 
 impl Store {
@@ -295,22 +153,7 @@ impl Store {
             dims.insert(series);
         }
         adopt_rollup_levels(&db, &data, &flat)?;
-        let mut stale = StaleRollups {
-            flat,
-            ..StaleRollups::default()
-        };
-        for item in data.scan_prefix([keys::KIND_STALE_ROLLUP]) {
-            let (k, v) = item?;
-            let corrupt = || Error::Corrupt("stale rollup days".into());
-            let series = keys::decode_stale_days_key(&k).ok_or_else(corrupt)?;
-            let days = DayBits::decode(&v).ok_or_else(corrupt)?;
-            let mut blocks = FxHashSet::default();
-            for day in days.iter() {
-                stale.blocks_above(series, day, &mut blocks);
-            }
-            stale.blocks.extend(blocks);
-            stale.days.insert(series, days);
-        }
+        let stale = StaleRollups::load(&data, flat)?;
         Ok(Store {
             db,
             data,
@@ -553,53 +396,6 @@ impl Store {
         Ok(())
     }
 
-    /// The blocks [`Store::merge_window`] reads: the window's cover by
-    /// stored levels with every stale block replaced by its children (the
-    /// blocks of the level below), recursively; `None` for a flat series.
-    fn window_blocks(
-        &self,
-        ns: NamespaceId,
-        family: Family,
-        dim: u64,
-        window: DayWindow,
-    ) -> Option<Vec<SketchKey>> {
-        let state = self.stale.read();
-        if state.flat.contains(&(ns, family, dim)) {
-            return None;
-        }
-        let cover = window
-            .cover(ROLLUP_LEVELS)
-            .into_iter()
-            .map(|block| SketchKey {
-                ns,
-                family,
-                dim,
-                block,
-            });
-        let stale = &state.blocks;
-        if stale.is_empty() {
-            return Some(cover.collect());
-        }
-        let mut planned = Vec::new();
-        let mut todo: Vec<SketchKey> = cover.rev().collect();
-        while let Some(key) = todo.pop() {
-            if key.block.level > 0 && stale.contains(&key) {
-                let first = todo.len();
-                todo.extend(key.children());
-                // Popped in order: the first child next.
-                todo[first..].reverse();
-            } else {
-                planned.push(key);
-            }
-        }
-        Some(planned)
-    }
-
-    /// Number of rollup blocks waiting for [`Store::rebuild_rollups`].
-    pub fn stale_rollups(&self) -> usize {
-        self.stale.read().blocks.len()
-    }
-
     /// The sum of stored observation counters of one series within a window.
     pub fn counter_sum(&self, ns: NamespaceId, dim: u64, window: DayWindow) -> Result<u64> {
         let start = CounterKey {
@@ -617,326 +413,6 @@ impl Store {
             sum += decode_u64(&v)?;
         }
         Ok(sum)
-    }
-
-    /// Builds the sled batch that moves a frozen memtable into sled, with
-    /// the log position `lsn` it covers. Only checkpoints change the stored
-    /// values it reads, and one runs at a time, so the batch stays valid
-    /// until [`Store::apply_checkpoint`].
-    pub fn prepare_checkpoint(&self, mem: &Memtable, lsn: u64) -> Result<Checkpoint> {
-        let mut batch = sled::Batch::default();
-        for ((ns, oc), days) in &mem.presence {
-            let k = presence_key(*ns, oc.org, oc.country);
-            let mut bits = match self.data.get(k)? {
-                Some(v) => {
-                    DayBits::decode(&v).ok_or_else(|| Error::Corrupt("presence days".into()))?
-                }
-                None => DayBits::default(),
-            };
-            let before = bits.clone();
-            bits.union(days);
-            // Within a day most (org, country) pairs are seen again: their
-            // stored days do not change, and a write would only cost sled.
-            if bits != before {
-                batch.insert(&k[..], bits.encode());
-            }
-        }
-        for (key, add) in &mem.counters {
-            let k = key.encode();
-            let stored = match self.data.get(k)? {
-                Some(v) => decode_u64(&v)?,
-                None => 0,
-            };
-            batch.insert(&k[..], &(stored + add).to_le_bytes()[..]);
-        }
-        for (ns, version) in &mem.table_versions {
-            batch.insert(keys::tables_key(*ns, version), &[][..]);
-        }
-        for ((ns, dim), name) in &mem.names {
-            batch.insert(&org_name_key(*ns, *dim)[..], name.as_bytes());
-        }
-        for (id, applied_at) in &mem.applied {
-            batch.insert(id.key.encode(), id.value(*applied_at));
-        }
-        for (ns, (first, end)) in &mem.extents {
-            let k = extent_key(*ns);
-            let (mut f, mut e) = (*first, *end);
-            if let Some(v) = self.data.get(k)? {
-                let (_, (sf, se)) = decode_extent(&k, &v)?;
-                f = f.min(sf);
-                e = e.max(se);
-            }
-            let mut value = [0u8; 8];
-            value[..4].copy_from_slice(&f.0.to_le_bytes());
-            value[4..].copy_from_slice(&e.0.to_le_bytes());
-            batch.insert(&k[..], &value[..]);
-        }
-        for ((ns, region, record), origin) in &mem.origins {
-            let mut k = keys::origin_prefix(*ns, region);
-            k.extend_from_slice(record);
-            batch.insert(k, &origin.encode()[..]);
-        }
-        for (region, mark) in &mem.regions {
-            batch.insert(keys::region_key(region), &mark.encode()[..]);
-        }
-        if self.changelog.load(Ordering::SeqCst) {
-            let rev = lsn.to_le_bytes();
-            let mut note = |ns: NamespaceId, key: &[u8]| {
-                batch.insert(keys::change_key(ns, &keys::record_of(key)), &rev[..]);
-            };
-            for key in mem.sketches.keys() {
-                note(key.ns, &key.encode());
-            }
-            for key in mem.counters.keys() {
-                note(key.ns, &key.encode());
-            }
-            for (ns, oc) in mem.presence.keys() {
-                note(*ns, &presence_key(*ns, oc.org, oc.country));
-            }
-            for (ns, dim) in mem.names.keys() {
-                note(*ns, &org_name_key(*ns, *dim));
-            }
-            for (ns, version) in &mem.table_versions {
-                note(*ns, &keys::tables_key(*ns, version));
-            }
-        }
-        batch.insert(META_CHECKPOINT_LSN, &lsn.to_le_bytes()[..]);
-        if mem.log_position > 0 {
-            batch.insert(
-                keys::META_CLUSTER_POSITION,
-                &mem.log_position.to_le_bytes()[..],
-            );
-        }
-        Ok(Checkpoint { batch })
-    }
-
-    /// Merges a frozen memtable's day deltas into the stored days and marks
-    /// every rollup block above them stale, in the same sled batch, in
-    /// chunks so that memory stays bounded. This runs before
-    /// [`Store::prepare_checkpoint`]'s batch: union is idempotent, so if the
-    /// process dies in between, the log replays into sketches that already
-    /// hold part of it, with the same result. (Counters, which are not
-    /// idempotent, go in the final batch.) The blocks are rebuilt later by
-    /// [`Store::rebuild_rollups`].
-    ///
-    /// The work is split over [`CHECKPOINT_THREADS`] threads by series (a
-    /// series' days and stale record are only ever handled by one of them),
-    /// so that the read-merge-write of day sketches uses the cores the
-    /// commit thread leaves idle.
-    pub fn write_checkpoint_sketches(&self, mem: &Memtable) -> Result<()> {
-        by_series(mem.sketches.keys(), |keys| {
-            self.write_day_chunks(mem, &keys)
-        })
-    }
-
-    /// [`Store::write_checkpoint_sketches`] for `keys` (sorted, whole series).
-    fn write_day_chunks(&self, mem: &Memtable, keys: &[&SketchKey]) -> Result<()> {
-        /// Day sketches merged per sled batch (a batch holds their encoded
-        /// values, up to 12 KiB each, and sled's copies of the nodes it
-        /// rewrites). With 256 here and 128 blocks per rollup batch instead
-        /// of 1,024 and 512, scale 1 peaked at 421-446 MiB RSS instead of
-        /// 439-467, with no more CPU (docs/PERFORMANCE.md).
-        const CHUNK: usize = 256;
-        let series_of = |key: &SketchKey| (key.ns, key.family, key.dim);
-        for chunk in keys.chunks(CHUNK) {
-            let mut batch = sled::Batch::default();
-            // The merged days first: they decide which series need blocks.
-            let mut big: FxHashSet<Series> = FxHashSet::default();
-            for key in chunk {
-                let delta = &mem.sketches[*key];
-                let merged;
-                let sketch = match self.block_sketch_uncached(key)? {
-                    Some(stored) => {
-                        // Not shared unless it came from the cache.
-                        let mut stored = Arc::unwrap_or_clone(stored);
-                        stored.merge(delta)?;
-                        merged = stored;
-                        &merged
-                    }
-                    // A new day is the delta itself.
-                    None => delta,
-                };
-                if needs_rollups(sketch) {
-                    big.insert(series_of(key));
-                }
-                batch.insert(&key.encode()[..], sketch.encode());
-            }
-            // New series (and their dimension records), and flat series
-            // that turn rolled.
-            let mut new_dims = Vec::new();
-            let (mut new_flat, mut to_roll) = (FxHashSet::default(), Vec::new());
-            {
-                let dims = self.dims.read();
-                let state = self.stale.read();
-                for (i, key) in chunk.iter().enumerate() {
-                    // Once per series (the keys are sorted).
-                    let series = series_of(key);
-                    if i > 0 && series_of(chunk[i - 1]) == series {
-                        continue;
-                    }
-                    let record = if !dims.contains(&series) {
-                        new_dims.push(series);
-                        if big.contains(&series) {
-                            DIM_ROLLED
-                        } else {
-                            new_flat.insert(series);
-                            DIM_FLAT
-                        }
-                    } else if state.flat.contains(&series) && big.contains(&series) {
-                        to_roll.push(series);
-                        DIM_ROLLED
-                    } else {
-                        continue;
-                    };
-                    batch.insert(&dim_key(key.ns, key.family, key.dim)[..], record);
-                }
-            }
-            // The days whose blocks go stale: those of rolled series in the
-            // chunk, and every stored day of a series turning rolled.
-            let mut marked: FxHashMap<Series, DayBits> = FxHashMap::default();
-            let mut newly_stale = FxHashSet::default();
-            {
-                let state = self.stale.read();
-                let mut mark = |series: Series, day: Day| {
-                    let known = marked.get(&series).or_else(|| state.days.get(&series));
-                    if known.is_some_and(|days| days.contains(day)) {
-                        return;
-                    }
-                    marked
-                        .entry(series)
-                        .or_insert_with(|| state.days.get(&series).cloned().unwrap_or_default())
-                        .insert(day);
-                    state.blocks_above(series, day, &mut newly_stale);
-                };
-                for key in chunk {
-                    let series = series_of(key);
-                    let flat = new_flat.contains(&series)
-                        || (state.flat.contains(&series) && !to_roll.contains(&series));
-                    if !flat {
-                        mark(series, key.block.start);
-                    }
-                }
-                for &(ns, family, dim) in &to_roll {
-                    // Its stored days lie within the namespace's stored
-                    // extent, or within this memtable's: earlier chunks of
-                    // this checkpoint may have written some (the chunk's
-                    // own days were marked above).
-                    let (first, end) = match (self.extent(ns)?, mem.extents.get(&ns)) {
-                        (Some((f, e)), Some(&(mf, me))) => (f.min(mf), e.max(me)),
-                        (Some(stored), None) => stored,
-                        (None, Some(&written)) => written,
-                        (None, None) => continue,
-                    };
-                    for day in (first.0..end.0).map(Day) {
-                        let key = SketchKey::day(ns, family, dim, day);
-                        if self.data.contains_key(key.encode())? {
-                            mark((ns, family, dim), day);
-                        }
-                    }
-                }
-            }
-            for (&(ns, family, dim), days) in &marked {
-                batch.insert(&keys::stale_days_key(ns, family, dim)[..], days.encode());
-            }
-            // Readers must stop using these blocks (and reading a series
-            // turning rolled as flat) before the days under them change in
-            // sled.
-            {
-                let mut state = self.stale.write();
-                state.blocks.extend(newly_stale);
-                state.days.extend(marked);
-                for series in &to_roll {
-                    state.flat.remove(series);
-                }
-                state.flat.extend(new_flat);
-            }
-            self.data.apply_batch(batch)?;
-            self.cache.invalidate(chunk.iter().copied());
-            if !new_dims.is_empty() {
-                self.dims.write().extend(new_dims);
-            }
-        }
-        Ok(())
-    }
-
-    /// Rebuilds every stale rollup block, bottom-up (a block is the union of
-    /// its children, rebuilt first when stale themselves), writing the
-    /// blocks of whole series with the deletion of their stale days in one
-    /// sled batch. Returns the number of blocks rebuilt. Runs on the
-    /// checkpoint thread, never beside a checkpoint. Does not flush.
-    pub fn rebuild_rollups(&self) -> Result<usize> {
-        let todo: Vec<SketchKey> = self.stale.read().blocks.iter().copied().collect();
-        let total = todo.len();
-        by_series(todo, |part| self.rebuild_part(part))?;
-        Ok(total)
-    }
-
-    /// [`Store::rebuild_rollups`] for the stale blocks of some whole series.
-    fn rebuild_part(&self, todo: Vec<SketchKey>) -> Result<()> {
-        /// Blocks rebuilt per sled batch, at least (whole series). The batch
-        /// and the blocks built hold up to ~28 KiB per block (see
-        /// `write_day_chunks`).
-        const CHUNK: usize = 128;
-        // `todo` is sorted: series by series, and within a series by level
-        // (`Block` orders by level first), so children come before parents.
-        let same_series =
-            |a: &SketchKey, b: &SketchKey| (a.ns, a.family, a.dim) == (b.ns, b.family, b.dim);
-        let mut start = 0;
-        while start < todo.len() {
-            let mut end = (start + CHUNK).min(todo.len());
-            while end < todo.len() && same_series(&todo[end - 1], &todo[end]) {
-                end += 1;
-            }
-            let chunk = &todo[start..end];
-            // What this chunk rebuilt (`None`: no day below holds data).
-            let mut built: HashMap<SketchKey, Option<Sketch>> = HashMap::new();
-            let mut batch = sled::Batch::default();
-            for key in chunk {
-                let mut union: Option<Sketch> = None;
-                for child in key.children() {
-                    // A block has one parent: what was built for it is
-                    // taken, not copied.
-                    let sketch = match built.remove(&child) {
-                        Some(Some(sketch)) => sketch,
-                        Some(None) => continue,
-                        None => match self.block_sketch_uncached(&child)? {
-                            Some(stored) => Arc::unwrap_or_clone(stored),
-                            None => continue,
-                        },
-                    };
-                    match &mut union {
-                        Some(u) => u.merge(&sketch)?,
-                        None => union = Some(sketch),
-                    }
-                }
-                match &union {
-                    Some(sketch) => batch.insert(&key.encode()[..], sketch.encode()),
-                    None => batch.remove(&key.encode()[..]),
-                }
-                built.insert(*key, union);
-            }
-            let series: FxHashSet<Series> = chunk.iter().map(|k| (k.ns, k.family, k.dim)).collect();
-            for &(ns, family, dim) in &series {
-                batch.remove(&keys::stale_days_key(ns, family, dim)[..]);
-            }
-            self.data.apply_batch(batch)?;
-            self.cache.invalidate(chunk);
-            let mut stale = self.stale.write();
-            for key in chunk {
-                stale.blocks.remove(key);
-            }
-            for one in &series {
-                stale.days.remove(one);
-            }
-            start = end;
-        }
-        Ok(())
-    }
-
-    /// Applies the final part of a checkpoint atomically. Does not flush.
-    pub fn apply_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
-        self.data.apply_batch(checkpoint.batch)?;
-        Ok(())
     }
 
     /// The value of a namespace-free record key (see `replication`), if stored.
@@ -1084,70 +560,6 @@ impl Store {
     }
 }
 
-/// Makes the stored rollup blocks those of [`ROLLUP_LEVELS`] when sled
-/// records another level set, or none while holding sketches (data written
-/// before the set was recorded had levels 1 to 9): deletes every block of
-/// level >= 1 and marks every day of every series stale, so queries read
-/// days until the next rollup pass rebuilds the blocks; then records the
-/// set. Stale-day records go first, deletions next and the set last, so a
-/// crash part way leaves the set unrecorded and the next open starts over.
-fn adopt_rollup_levels(db: &sled::Db, data: &sled::Tree, flat: &FxHashSet<Series>) -> Result<()> {
-    /// Keys written or deleted per sled batch.
-    const CHUNK: usize = 8_192;
-    if data.get(keys::META_ROLLUP_LEVELS)?.as_deref() == Some(ROLLUP_LEVELS) {
-        return Ok(());
-    }
-    let corrupt = |what: &str| Error::Corrupt(format!("rollup upgrade: {what}"));
-    let mut days: FxHashMap<Series, DayBits> = FxHashMap::default();
-    let mut blocks: Vec<sled::IVec> = Vec::new();
-    for item in data.scan_prefix([keys::KIND_SKETCH]) {
-        let (k, _) = item?;
-        let key = SketchKey::decode(&k).ok_or_else(|| corrupt("sketch key"))?;
-        if key.block.level == 0 {
-            if flat.contains(&(key.ns, key.family, key.dim)) {
-                continue;
-            }
-            days.entry((key.ns, key.family, key.dim))
-                .or_default()
-                .insert(key.block.start);
-        } else {
-            blocks.push(k);
-        }
-    }
-    let series: Vec<(Series, DayBits)> = days.into_iter().collect();
-    for chunk in series.chunks(CHUNK) {
-        let mut batch = sled::Batch::default();
-        for ((ns, family, dim), days) in chunk {
-            let k = keys::stale_days_key(*ns, *family, *dim);
-            let mut stale = match data.get(k)? {
-                Some(v) => DayBits::decode(&v).ok_or_else(|| corrupt("stale days"))?,
-                None => DayBits::default(),
-            };
-            stale.union(days);
-            batch.insert(&k[..], stale.encode());
-        }
-        data.apply_batch(batch)?;
-    }
-    for chunk in blocks.chunks(CHUNK) {
-        let mut batch = sled::Batch::default();
-        for k in chunk {
-            batch.remove(k);
-        }
-        data.apply_batch(batch)?;
-    }
-    data.insert(keys::META_ROLLUP_LEVELS, ROLLUP_LEVELS)?;
-    db.flush()?;
-    if !series.is_empty() || !blocks.is_empty() {
-        tracing::info!(
-            blocks_deleted = blocks.len(),
-            series = series.len(),
-            levels = ?ROLLUP_LEVELS,
-            "rollup levels changed: blocks will be rebuilt from the days"
-        );
-    }
-    Ok(())
-}
-
 /// Refuses a store whose sketch keys have another layout than
 /// [`keys::KEY_LAYOUT`], and records the layout in a new store.
 fn check_key_layout(data: &sled::Tree) -> Result<()> {
@@ -1194,6 +606,10 @@ fn decode_extent(k: &[u8], v: &[u8]) -> Result<(NamespaceId, (Day, Day))> {
 mod tests {
     use super::*;
     use crate::sketch::HashSeed;
+    use crate::time::Block;
+    use keys::dim_key;
+    use memtable::Memtable;
+    use rustc_hash::FxHashMap;
 
     /// A memtable with random deltas on random days of a few series.
     fn random_memtable(rng: &mut u64, days: u32, rows: usize) -> Memtable {
