@@ -284,3 +284,59 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{checkpoint, reopen, rolled_memtable};
+    use super::*;
+    use crate::sketch::Sketch;
+
+    /// Every day key of `mems`, with the union of their sketches.
+    fn union_by_key(mems: &[&Memtable]) -> FxHashMap<SketchKey, Sketch> {
+        let mut want: FxHashMap<SketchKey, Sketch> = FxHashMap::default();
+        for mem in mems {
+            for (key, sketch) in &mem.sketches {
+                match want.get_mut(key) {
+                    Some(u) => u.merge(sketch).unwrap(),
+                    None => {
+                        want.insert(*key, sketch.clone());
+                    }
+                }
+            }
+        }
+        want
+    }
+
+    /// A checkpoint merges its deltas into the stored days, in the same
+    /// process and after a restart, and writes a new day as is. (The window
+    /// tests compare reads with the stored days, so they would not see a
+    /// day overwritten by its delta.)
+    #[test]
+    fn checkpoints_merge_into_stored_days_before_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = 0x0da7_5000u64;
+        let mems: Vec<Memtable> = [20_000, 5_000, 5_000, 5_000]
+            .iter()
+            .map(|&rows| rolled_memtable(&mut rng, 300, rows))
+            .collect();
+        let check = |store: &Store, upto: usize| {
+            let refs: Vec<&Memtable> = mems[..upto].iter().collect();
+            for (key, want) in union_by_key(&refs) {
+                let stored = store.block_sketch(&key).unwrap().expect("day stored");
+                assert_eq!(stored.encode(), want.encode(), "{key:?}");
+            }
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            checkpoint(&store, &mems[0], 1);
+            checkpoint(&store, &mems[1], 2);
+            check(&store, 2);
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        checkpoint(&store, &mems[2], 3);
+        check(&store, 3);
+        checkpoint(&store, &mems[3], 4);
+        check(&store, 4);
+    }
+}

@@ -332,3 +332,378 @@ pub(super) fn adopt_rollup_levels(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{
+        add_big_day, checkpoint, random_memtable, reopen, rolled_memtable,
+    };
+    use super::*;
+    use crate::sketch::HashSeed;
+    use crate::store::keys::dim_key;
+    use crate::store::memtable::Memtable;
+
+    /// The dimension record of series `dim`.
+    fn dim_record(store: &Store, dim: u64) -> Vec<u8> {
+        let k = dim_key(1, Family::IpsCountry, dim);
+        store
+            .data
+            .get(k)
+            .unwrap()
+            .expect("dimension record")
+            .to_vec()
+    }
+
+    /// Stored rollup blocks of series `dim`.
+    fn blocks_of(store: &Store, dim: u64) -> usize {
+        store
+            .data
+            .scan_prefix([keys::KIND_SKETCH])
+            .map(|item| SketchKey::decode(&item.unwrap().0).unwrap())
+            .filter(|key| key.ns == 1 && key.family == Family::IpsCountry && key.dim == dim)
+            .filter(|key| key.block.level > 0)
+            .count()
+    }
+
+    #[test]
+    fn flat_series_have_no_blocks_until_a_day_needs_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = 0x0f1a_7000u64;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // ~20 hashes a day: every series is flat.
+            checkpoint(&store, &random_memtable(&mut rng, 700, 40_000), 1);
+            assert_eq!(store.stale_rollups(), 0);
+            assert_eq!(store.rebuild_rollups().unwrap(), 0);
+            assert!(stored_levels(&store).is_empty(), "a flat series got blocks");
+            assert_eq!(
+                store.data.scan_prefix([keys::KIND_STALE_ROLLUP]).count(),
+                0,
+                "a flat series got a stale record"
+            );
+            for dim in 0..3 {
+                assert_eq!(dim_record(&store, dim), DIM_FLAT);
+            }
+            assert_windows_equal_unions_of_days(&store);
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_windows_equal_unions_of_days(&store);
+        // Late data, small for dims 0 and 2, a large day for dim 1: only
+        // dim 1 turns rolled, with every stored day stale.
+        let mut mem = random_memtable(&mut rng, 700, 5_000);
+        add_big_day(&mut mem, &[1], Day(20_350));
+        checkpoint(&store, &mem, 2);
+        let dim1_blocks = dim1_blocks();
+        assert_eq!(store.stale_rollups(), dim1_blocks);
+        assert_eq!(
+            (dim_record(&store, 0), dim_record(&store, 1)),
+            (DIM_FLAT.to_vec(), DIM_ROLLED.to_vec())
+        );
+        assert_windows_equal_unions_of_days(&store);
+        store.flush().unwrap();
+        drop(store);
+        // The turn is durable: after a restart the blocks are still stale
+        // and read through, then rebuilt for dim 1 only.
+        let store = reopen(dir.path());
+        assert_eq!(store.stale_rollups(), dim1_blocks);
+        assert_windows_equal_unions_of_days(&store);
+        assert_eq!(store.rebuild_rollups().unwrap(), dim1_blocks);
+        assert_eq!((blocks_of(&store, 0), blocks_of(&store, 2)), (0, 0));
+        assert_eq!(blocks_of(&store, 1), dim1_blocks);
+        assert_blocks_of_dim_equal_unions_of_days(&store, 1);
+        assert_windows_equal_unions_of_days(&store);
+        // A new rolled day of dim 1 makes its blocks stale as before.
+        let mut mem = random_memtable(&mut rng, 700, 1_000);
+        add_big_day(&mut mem, &[1], Day(20_351));
+        checkpoint(&store, &mem, 3);
+        assert!(store.stale_rollups() > 0);
+        assert_windows_equal_unions_of_days(&store);
+        store.rebuild_rollups().unwrap();
+        assert_eq!((blocks_of(&store, 0), blocks_of(&store, 2)), (0, 0));
+        assert_windows_equal_unions_of_days(&store);
+    }
+
+    #[test]
+    fn a_series_turning_rolled_marks_every_stored_day_stale_with_or_without_a_restart() {
+        // In one checkpoint: a series' 700 days span several sled batches
+        // of `write_day_chunks`, flat in the first ones; the large day in
+        // a later one turns it rolled, and the days the earlier batches
+        // wrote must go stale too.
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = 0x7011_ed01u64;
+            let store = Store::open(dir.path()).unwrap();
+            let mut mem = random_memtable(&mut rng, 700, 40_000);
+            add_big_day(&mut mem, &[1], Day(20_650));
+            checkpoint(&store, &mem, 1);
+            assert_dim1_turned_rolled(&store, "one checkpoint");
+        }
+        for restart in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = 0x7011_ed00u64;
+            let mut store = Store::open(dir.path()).unwrap();
+            // ~20 hashes a day: every series is flat.
+            checkpoint(&store, &random_memtable(&mut rng, 700, 40_000), 1);
+            if restart {
+                store.flush().unwrap();
+                drop(store);
+                store = reopen(dir.path());
+            }
+            // Only a large day of dim 1: every stored day of dim 1 must
+            // go stale, in the same process and after a restart.
+            let mut mem = Memtable::default();
+            add_big_day(&mut mem, &[1], Day(20_350));
+            checkpoint(&store, &mem, 2);
+            assert_dim1_turned_rolled(&store, &format!("restart: {restart}"));
+        }
+    }
+
+    /// The blocks of the stored levels above the days of series 1.
+    fn dim1_blocks() -> usize {
+        blocks_over_the_days(&ROLLUP_LEVELS[1..])
+            .iter()
+            .filter(|(key, _)| key.dim == 1)
+            .count()
+    }
+
+    /// Series 1 has just turned rolled: every block above its days is
+    /// stale, windows read through them exactly, and the pass rebuilds
+    /// them all.
+    fn assert_dim1_turned_rolled(store: &Store, case: &str) {
+        assert_eq!(store.stale_rollups(), dim1_blocks(), "{case}");
+        assert_windows_equal_unions_of_days(store);
+        assert_eq!(store.rebuild_rollups().unwrap(), dim1_blocks(), "{case}");
+        assert_blocks_of_dim_equal_unions_of_days(store, 1);
+        assert_windows_equal_unions_of_days(store);
+    }
+
+    /// Every stored block of series `dim` equals the union of its days.
+    fn assert_blocks_of_dim_equal_unions_of_days(store: &Store, dim: u64) {
+        for (key, window) in blocks_over_the_days(&ROLLUP_LEVELS[1..]) {
+            if key.dim == dim {
+                let stored = store.block_sketch(&key).unwrap().expect("block stored");
+                let by_day = union_of_days(store, dim, window);
+                assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+            }
+        }
+    }
+
+    /// The union of the stored day sketches of one series over `window`.
+    fn union_of_days(store: &Store, dim: u64, window: DayWindow) -> Sketch {
+        let mut by_day = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+        for day in window.days() {
+            if let Some(s) = store
+                .block_sketch(&SketchKey::day(1, Family::IpsCountry, dim, day))
+                .unwrap()
+            {
+                by_day.merge(&s).unwrap();
+            }
+        }
+        by_day
+    }
+
+    /// Random windows read through the rollups equal the union of their days.
+    fn assert_windows_equal_unions_of_days(store: &Store) {
+        for i in 0..300u32 {
+            let from = 19_990 + (i * 7919) % 720;
+            let len = (i * 104_729) % 400;
+            let window = DayWindow::new(Day(from), Day(from + len)).unwrap();
+            for dim in 0..3 {
+                let mut rolled = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+                store
+                    .merge_window(&mut rolled, 1, Family::IpsCountry, dim, window)
+                    .unwrap();
+                let by_day = union_of_days(store, dim, window);
+                assert_eq!(rolled.encode(), by_day.encode(), "{window:?} dim {dim}");
+            }
+        }
+    }
+
+    #[test]
+    fn rollups_give_byte_identical_unions_including_late_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut rng = 0x1234_5678u64;
+        // Three checkpoints; the later ones bring late data for early days.
+        for (lsn, rows) in [(1, 40_000), (2, 10_000), (3, 5_000)] {
+            let mem = rolled_memtable(&mut rng, 700, rows);
+            checkpoint(&store, &mem, lsn);
+            assert!(store.rebuild_rollups().unwrap() > 0);
+        }
+        assert_eq!(store.checkpoint_lsn().unwrap(), 3);
+        assert_eq!(store.stale_rollups(), 0);
+        assert_windows_equal_unions_of_days(&store);
+    }
+
+    #[test]
+    fn stale_rollups_are_read_through_until_rebuilt_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = 0x9abc_def0u64;
+        let stale = {
+            let store = Store::open(dir.path()).unwrap();
+            checkpoint(&store, &rolled_memtable(&mut rng, 700, 40_000), 1);
+            store.rebuild_rollups().unwrap();
+            // Fill the cache with the blocks about to go stale.
+            assert_windows_equal_unions_of_days(&store);
+            // Late data for every day, between a checkpoint and the pass.
+            checkpoint(&store, &rolled_memtable(&mut rng, 700, 10_000), 2);
+            let stale = store.stale_rollups();
+            assert!(stale > 0);
+            assert_windows_equal_unions_of_days(&store);
+            store.flush().unwrap();
+            stale
+        };
+        // The markers are durable: a restart (or crash) still skips them.
+        let store = reopen(dir.path());
+        assert_eq!(store.stale_rollups(), stale);
+        assert_windows_equal_unions_of_days(&store);
+        assert_eq!(store.rebuild_rollups().unwrap(), stale);
+        assert_eq!(store.stale_rollups(), 0);
+        assert_eq!(
+            store.data.scan_prefix([keys::KIND_STALE_ROLLUP]).count(),
+            0,
+            "markers left in sled"
+        );
+        assert_blocks_equal_unions_of_days(&store);
+        assert_windows_equal_unions_of_days(&store);
+    }
+
+    /// Every block of `levels` over the days of [`random_memtable`] (in the
+    /// three series), with the window it covers.
+    fn blocks_over_the_days(levels: &[u8]) -> Vec<(SketchKey, DayWindow)> {
+        let mut out = Vec::new();
+        for &level in levels {
+            let mut block = Block::containing(Day(20_000), level);
+            while block.start.0 < 20_700 {
+                let window =
+                    DayWindow::new(block.start, Day(block.start.0 + block.days())).unwrap();
+                for dim in 0..3 {
+                    let key = SketchKey {
+                        ns: 1,
+                        family: Family::IpsCountry,
+                        dim,
+                        block,
+                    };
+                    out.push((key, window));
+                }
+                block.start = Day(block.start.0 + block.days());
+            }
+        }
+        out
+    }
+
+    /// Every block of the stored levels is stored and equals the union of
+    /// its days, byte for byte.
+    fn assert_blocks_equal_unions_of_days(store: &Store) {
+        for (key, window) in blocks_over_the_days(&ROLLUP_LEVELS[1..]) {
+            let stored = store.block_sketch(&key).unwrap().expect("block stored");
+            let by_day = union_of_days(store, key.dim, window);
+            assert_eq!(stored.encode(), by_day.encode(), "{key:?}");
+        }
+    }
+
+    /// Levels of the rollup blocks in sled (level 0 excluded), with counts.
+    fn stored_levels(store: &Store) -> std::collections::BTreeMap<u8, usize> {
+        let mut levels = std::collections::BTreeMap::new();
+        for item in store.data.scan_prefix([keys::KIND_SKETCH]) {
+            let key = SketchKey::decode(&item.unwrap().0).unwrap();
+            if key.block.level > 0 {
+                *levels.entry(key.block.level).or_default() += 1;
+            }
+        }
+        levels
+    }
+
+    /// Replaces the rollup blocks in sled by those of `levels`, each the
+    /// union of its days, as code with that level set would have left them,
+    /// and records `recorded` as the level set (`None`: no record, as
+    /// before the set was recorded).
+    fn lay_out_rollups(store: &Store, levels: &[u8], recorded: Option<&[u8]>) {
+        let mut batch = sled::Batch::default();
+        for item in store.data.scan_prefix([keys::KIND_SKETCH]) {
+            let (k, _) = item.unwrap();
+            if SketchKey::decode(&k).unwrap().block.level > 0 {
+                batch.remove(k);
+            }
+        }
+        for (key, window) in blocks_over_the_days(levels) {
+            let by_day = union_of_days(store, key.dim, window);
+            batch.insert(&key.encode()[..], by_day.encode());
+        }
+        match recorded {
+            Some(set) => batch.insert(keys::META_ROLLUP_LEVELS, set),
+            None => batch.remove(keys::META_ROLLUP_LEVELS),
+        }
+        store.data.apply_batch(batch).unwrap();
+        store.flush().unwrap();
+    }
+
+    #[test]
+    fn blocks_of_another_level_set_are_dropped_at_open_and_rebuilt() {
+        let old_layouts: [(&[u8], Option<&[u8]>); 2] = [
+            // What the code before sparse levels wrote: levels 1 to 9, no record.
+            (&[1, 2, 3, 4, 5, 6, 7, 8, 9], None),
+            // A recorded set without the levels stored now.
+            (&[3, 5, 8], Some(&[0, 3, 5, 8])),
+        ];
+        for (levels, recorded) in old_layouts {
+            let dir = tempfile::tempdir().unwrap();
+            let mut rng = 0x5eed_1e7e_u64;
+            {
+                // No decoded-sketch cache: blocks are rewritten behind it.
+                let store = Store::open_with_cache(dir.path(), 0, 1 << 20).unwrap();
+                assert_eq!(
+                    store.data.get(keys::META_ROLLUP_LEVELS).unwrap().as_deref(),
+                    Some(ROLLUP_LEVELS),
+                    "a new store records its level set"
+                );
+                checkpoint(&store, &rolled_memtable(&mut rng, 700, 40_000), 1);
+                store.rebuild_rollups().unwrap();
+                lay_out_rollups(&store, levels, recorded);
+                assert_eq!(
+                    stored_levels(&store).keys().copied().collect::<Vec<_>>(),
+                    levels
+                );
+                if recorded.is_some() {
+                    // Without the upgrade, a cover would read blocks of the
+                    // new levels that this layout never stored.
+                    let block = Block::containing(Day(20_100), MAX_LEVEL - 2);
+                    let window =
+                        DayWindow::new(block.start, Day(block.start.0 + block.days())).unwrap();
+                    let mut rolled = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+                    store
+                        .merge_window(&mut rolled, 1, Family::IpsCountry, 0, window)
+                        .unwrap();
+                    assert_ne!(rolled.encode(), union_of_days(&store, 0, window).encode());
+                }
+                // Late data, stale in the old layout too.
+                checkpoint(&store, &rolled_memtable(&mut rng, 700, 2_000), 2);
+                store.flush().unwrap();
+            }
+            let store = reopen(dir.path());
+            assert!(stored_levels(&store).is_empty(), "{levels:?} left blocks");
+            assert_eq!(
+                store.data.get(keys::META_ROLLUP_LEVELS).unwrap().as_deref(),
+                Some(ROLLUP_LEVELS)
+            );
+            // Every block of every series with data is stale until rebuilt.
+            let every_block = blocks_over_the_days(&ROLLUP_LEVELS[1..]).len();
+            assert_eq!(store.stale_rollups(), every_block, "{levels:?}");
+            assert_windows_equal_unions_of_days(&store);
+            assert_eq!(store.rebuild_rollups().unwrap(), every_block);
+            assert_blocks_equal_unions_of_days(&store);
+            assert_eq!(
+                stored_levels(&store).keys().copied().collect::<Vec<_>>(),
+                &ROLLUP_LEVELS[1..]
+            );
+            assert_windows_equal_unions_of_days(&store);
+            drop(store);
+            // Opened again with the same set, nothing is dropped or stale.
+            let store = reopen(dir.path());
+            assert_eq!(store.stale_rollups(), 0);
+            assert_blocks_equal_unions_of_days(&store);
+            assert_windows_equal_unions_of_days(&store);
+        }
+    }
+}
