@@ -89,6 +89,19 @@ pub(super) fn needs_rollups(day: &Sketch) -> bool {
     day.exact_len().is_none_or(|n| n > FLAT_MAX_HASHES)
 }
 
+impl SketchKey {
+    /// The blocks a stored rollup block is the union of: those of the next
+    /// lower stored level (see [`ROLLUP_LEVELS`]) that tile it, in
+    /// order. A day (or a block of a level that is not stored) has none.
+    pub fn children(&self) -> impl Iterator<Item = SketchKey> + '_ {
+        let lower = lower_rollup_level(self.block.level);
+        lower
+            .into_iter()
+            .flat_map(move |level| self.block.parts(level))
+            .map(move |block| SketchKey { block, ..*self })
+    }
+}
+
 /// Rollup blocks that are out of date, as the days below them that changed,
 /// and the series that have no blocks at all.
 #[derive(Default)]
@@ -342,6 +355,42 @@ mod tests {
     use crate::sketch::HashSeed;
     use crate::store::keys::dim_key;
     use crate::store::memtable::Memtable;
+
+    #[test]
+    fn children_are_the_blocks_of_the_stored_level_below() {
+        let a = SketchKey::day(
+            7,
+            Family::IpsCountry,
+            keys::country_dim(*b"DE"),
+            Day(20_000),
+        );
+        let block = SketchKey {
+            block: Block::containing(Day(20_001), 3),
+            ..a
+        };
+        // Blocks of stored levels are the union of the four blocks of the
+        // level below; other levels have no children.
+        assert_eq!(block.children().count(), 0);
+        let block = SketchKey {
+            block: Block::containing(Day(20_001), 4),
+            ..a
+        };
+        let parts: Vec<(u8, Day)> = block
+            .children()
+            .map(|k| (k.block.level, k.block.start))
+            .collect();
+        assert_eq!(
+            parts,
+            [
+                (2, Day(20_000)),
+                (2, Day(20_004)),
+                (2, Day(20_008)),
+                (2, Day(20_012))
+            ]
+        );
+        assert!(block.children().all(|k| (k.ns, k.dim) == (a.ns, a.dim)));
+        assert_eq!(a.children().count(), 0);
+    }
 
     /// The dimension record of series `dim`.
     fn dim_record(store: &Store, dim: u64) -> Vec<u8> {
