@@ -12,7 +12,10 @@
 //!   answered exactly from it; a country's orgs are read without touching
 //!   other countries'. Invariants: every (org, country, day) inserted is in
 //!   that country's table and in the union; only counted orgs (never
-//!   `unattributed`) are inserted, exactly as into the org sketch families.
+//!   `unattributed`) are inserted, exactly as into the org sketch families;
+//! - `regions`: the [`RegionMark`] of each region merged into this server
+//!   (replication provenance). Defined here, not in `memtable` (which
+//!   re-exports it), so that `memtable` imports `index` and not the reverse.
 //!
 //! The [`Index`] is the full state: loaded from sled at start, updated when
 //! a batch is applied. Memtables carry the new entries since the last
@@ -444,7 +447,7 @@ pub struct Index {
     pub dims: HashMap<(NamespaceId, Family), FxHashSet<u64>>,
     pub presence: HashMap<NamespaceId, OrgPresence>,
     /// Regions merged into this server (replication provenance).
-    pub regions: std::collections::BTreeMap<String, crate::store::memtable::RegionMark>,
+    pub regions: std::collections::BTreeMap<String, RegionMark>,
 }
 
 impl Index {
@@ -462,6 +465,38 @@ impl Index {
         self.table_versions.remove(&ns);
         self.dims.retain(|(n, _), _| *n != ns);
         self.presence.remove(&ns);
+    }
+}
+
+/// Provenance of one region merged into this server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegionMark {
+    /// The highest revision of the region merged.
+    pub revision: u64,
+    /// When it was merged (unix seconds).
+    pub merged_at: i64,
+    /// Records merged from the region in all.
+    pub records: u64,
+}
+
+impl RegionMark {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut v = [0u8; 24];
+        v[..8].copy_from_slice(&self.revision.to_le_bytes());
+        v[8..16].copy_from_slice(&self.merged_at.to_le_bytes());
+        v[16..].copy_from_slice(&self.records.to_le_bytes());
+        v
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<RegionMark> {
+        if bytes.len() != 24 {
+            return None;
+        }
+        Some(RegionMark {
+            revision: u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            merged_at: i64::from_le_bytes(bytes[8..16].try_into().ok()?),
+            records: u64::from_le_bytes(bytes[16..].try_into().ok()?),
+        })
     }
 }
 

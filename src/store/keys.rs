@@ -219,17 +219,6 @@ impl SketchKey {
     pub fn encoded_level(bytes: &[u8]) -> Option<u8> {
         (bytes.len() == Self::LEN && bytes[0] == KIND_SKETCH).then(|| bytes[6])
     }
-
-    /// The blocks a stored rollup block is the union of: those of the next
-    /// lower stored level (see [`super::ROLLUP_LEVELS`]) that tile it, in
-    /// order. A day (or a block of a level that is not stored) has none.
-    pub fn children(&self) -> impl Iterator<Item = SketchKey> + '_ {
-        let lower = super::lower_rollup_level(self.block.level);
-        lower
-            .into_iter()
-            .flat_map(move |level| self.block.parts(level))
-            .map(move |block| SketchKey { block, ..*self })
-    }
 }
 
 /// The key of `kind` that names one series: kind, ns u32, family u8, dim u64.
@@ -480,28 +469,6 @@ mod tests {
             decode_stale_days_key(&dim_key(7, Family::IpsCountry, a.dim)),
             None
         );
-        // Blocks of stored levels are the union of the four blocks of the
-        // level below; other levels have no children.
-        assert_eq!(block.children().count(), 0);
-        let block = SketchKey {
-            block: Block::containing(Day(20_001), 4),
-            ..a
-        };
-        let parts: Vec<(u8, Day)> = block
-            .children()
-            .map(|k| (k.block.level, k.block.start))
-            .collect();
-        assert_eq!(
-            parts,
-            [
-                (2, Day(20_000)),
-                (2, Day(20_004)),
-                (2, Day(20_008)),
-                (2, Day(20_012))
-            ]
-        );
-        assert!(block.children().all(|k| (k.ns, k.dim) == (a.ns, a.dim)));
-        assert_eq!(a.children().count(), 0);
     }
 
     #[test]

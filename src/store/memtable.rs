@@ -15,6 +15,10 @@ use crate::store::index::{DayBits, Index, OrgCountry};
 use crate::store::keys::{BatchId, CounterKey, NamespaceId, SketchKey};
 use crate::time::Day;
 
+/// Kept in the [`Index`] (which holds every region's mark); memtables
+/// carry the marks new since the checkpoint.
+pub use crate::store::index::RegionMark;
+
 #[derive(Default)]
 pub struct Memtable {
     pub sketches: FxHashMap<SketchKey, Sketch>,
@@ -78,38 +82,6 @@ impl OriginRecord {
         Some(OriginRecord {
             hash: u64::from_le_bytes(bytes[..8].try_into().ok()?),
             counter: u64::from_le_bytes(bytes[8..].try_into().ok()?),
-        })
-    }
-}
-
-/// Provenance of one region merged into this server.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RegionMark {
-    /// The highest revision of the region merged.
-    pub revision: u64,
-    /// When it was merged (unix seconds).
-    pub merged_at: i64,
-    /// Records merged from the region in all.
-    pub records: u64,
-}
-
-impl RegionMark {
-    pub fn encode(&self) -> [u8; 24] {
-        let mut v = [0u8; 24];
-        v[..8].copy_from_slice(&self.revision.to_le_bytes());
-        v[8..16].copy_from_slice(&self.merged_at.to_le_bytes());
-        v[16..].copy_from_slice(&self.records.to_le_bytes());
-        v
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<RegionMark> {
-        if bytes.len() != 24 {
-            return None;
-        }
-        Some(RegionMark {
-            revision: u64::from_le_bytes(bytes[..8].try_into().ok()?),
-            merged_at: i64::from_le_bytes(bytes[8..16].try_into().ok()?),
-            records: u64::from_le_bytes(bytes[16..].try_into().ok()?),
         })
     }
 }

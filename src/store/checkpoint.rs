@@ -1,0 +1,342 @@
+//! Checkpoints: moving a frozen memtable into sled.
+//!
+//! A checkpoint runs in two parts. [`Store::write_checkpoint_sketches`]
+//! merges the day deltas into the stored days and marks the rollup blocks
+//! above them stale (see `rollup`), in chunks, split by series over the
+//! checkpoint threads. Union is idempotent, so a crash after it replays the
+//! log into days that already hold part of it, with the same result.
+//! [`Store::prepare_checkpoint`] then builds, and [`Store::apply_checkpoint`]
+//! applies, the final [`Checkpoint`] batch: counters (not idempotent),
+//! presence, names, batch ids, extents and the log position.
+//!
+//! Invariant: a checkpoint writes the counter sums and the new log position
+//! in one atomic sled batch, so after any crash sled holds exactly the
+//! effects of the records up to its log position, and the log holds the
+//! rest.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::index::DayBits;
+use super::keys::{
+    self, dim_key, extent_key, org_name_key, presence_key, NamespaceId, SketchKey,
+    META_CHECKPOINT_LSN,
+};
+use super::memtable::Memtable;
+use super::rollup::{needs_rollups, DIM_FLAT, DIM_ROLLED};
+use super::series::{by_series, Series};
+use super::{decode_extent, decode_u64, Store};
+use crate::error::{Error, Result};
+use crate::time::Day;
+
+/// The final, atomic part of a checkpoint: counters, presence, names,
+/// batch ids, extents and the log position.
+pub struct Checkpoint {
+    batch: sled::Batch,
+}
+
+impl Store {
+    /// Builds the sled batch that moves a frozen memtable into sled, with
+    /// the log position `lsn` it covers. Only checkpoints change the stored
+    /// values it reads, and one runs at a time, so the batch stays valid
+    /// until [`Store::apply_checkpoint`].
+    pub fn prepare_checkpoint(&self, mem: &Memtable, lsn: u64) -> Result<Checkpoint> {
+        let mut batch = sled::Batch::default();
+        for ((ns, oc), days) in &mem.presence {
+            let k = presence_key(*ns, oc.org, oc.country);
+            let mut bits = match self.data.get(k)? {
+                Some(v) => {
+                    DayBits::decode(&v).ok_or_else(|| Error::Corrupt("presence days".into()))?
+                }
+                None => DayBits::default(),
+            };
+            let before = bits.clone();
+            bits.union(days);
+            // Within a day most (org, country) pairs are seen again: their
+            // stored days do not change, and a write would only cost sled.
+            if bits != before {
+                batch.insert(&k[..], bits.encode());
+            }
+        }
+        for (key, add) in &mem.counters {
+            let k = key.encode();
+            let stored = match self.data.get(k)? {
+                Some(v) => decode_u64(&v)?,
+                None => 0,
+            };
+            batch.insert(&k[..], &(stored + add).to_le_bytes()[..]);
+        }
+        for (ns, version) in &mem.table_versions {
+            batch.insert(keys::tables_key(*ns, version), &[][..]);
+        }
+        for ((ns, dim), name) in &mem.names {
+            batch.insert(&org_name_key(*ns, *dim)[..], name.as_bytes());
+        }
+        for (id, applied_at) in &mem.applied {
+            batch.insert(id.key.encode(), id.value(*applied_at));
+        }
+        for (ns, (first, end)) in &mem.extents {
+            let k = extent_key(*ns);
+            let (mut f, mut e) = (*first, *end);
+            if let Some(v) = self.data.get(k)? {
+                let (_, (sf, se)) = decode_extent(&k, &v)?;
+                f = f.min(sf);
+                e = e.max(se);
+            }
+            let mut value = [0u8; 8];
+            value[..4].copy_from_slice(&f.0.to_le_bytes());
+            value[4..].copy_from_slice(&e.0.to_le_bytes());
+            batch.insert(&k[..], &value[..]);
+        }
+        for ((ns, region, record), origin) in &mem.origins {
+            let mut k = keys::origin_prefix(*ns, region);
+            k.extend_from_slice(record);
+            batch.insert(k, &origin.encode()[..]);
+        }
+        for (region, mark) in &mem.regions {
+            batch.insert(keys::region_key(region), &mark.encode()[..]);
+        }
+        if self.changelog.load(Ordering::SeqCst) {
+            let rev = lsn.to_le_bytes();
+            let mut note = |ns: NamespaceId, key: &[u8]| {
+                batch.insert(keys::change_key(ns, &keys::record_of(key)), &rev[..]);
+            };
+            for key in mem.sketches.keys() {
+                note(key.ns, &key.encode());
+            }
+            for key in mem.counters.keys() {
+                note(key.ns, &key.encode());
+            }
+            for (ns, oc) in mem.presence.keys() {
+                note(*ns, &presence_key(*ns, oc.org, oc.country));
+            }
+            for (ns, dim) in mem.names.keys() {
+                note(*ns, &org_name_key(*ns, *dim));
+            }
+            for (ns, version) in &mem.table_versions {
+                note(*ns, &keys::tables_key(*ns, version));
+            }
+        }
+        batch.insert(META_CHECKPOINT_LSN, &lsn.to_le_bytes()[..]);
+        if mem.log_position > 0 {
+            batch.insert(
+                keys::META_CLUSTER_POSITION,
+                &mem.log_position.to_le_bytes()[..],
+            );
+        }
+        Ok(Checkpoint { batch })
+    }
+
+    /// Merges a frozen memtable's day deltas into the stored days and marks
+    /// every rollup block above them stale, in the same sled batch, in
+    /// chunks so that memory stays bounded. This runs before
+    /// [`Store::prepare_checkpoint`]'s batch: union is idempotent, so if the
+    /// process dies in between, the log replays into sketches that already
+    /// hold part of it, with the same result. (Counters, which are not
+    /// idempotent, go in the final batch.) The blocks are rebuilt later by
+    /// [`Store::rebuild_rollups`].
+    ///
+    /// The work is split over [`CHECKPOINT_THREADS`] threads by series (a
+    /// series' days and stale record are only ever handled by one of them),
+    /// so that the read-merge-write of day sketches uses the cores the
+    /// commit thread leaves idle.
+    pub fn write_checkpoint_sketches(&self, mem: &Memtable) -> Result<()> {
+        by_series(mem.sketches.keys(), |keys| {
+            self.write_day_chunks(mem, &keys)
+        })
+    }
+
+    /// [`Store::write_checkpoint_sketches`] for `keys` (sorted, whole series).
+    fn write_day_chunks(&self, mem: &Memtable, keys: &[&SketchKey]) -> Result<()> {
+        /// Day sketches merged per sled batch (a batch holds their encoded
+        /// values, up to 12 KiB each, and sled's copies of the nodes it
+        /// rewrites). With 256 here and 128 blocks per rollup batch instead
+        /// of 1,024 and 512, scale 1 peaked at 421-446 MiB RSS instead of
+        /// 439-467, with no more CPU (docs/PERFORMANCE.md).
+        const CHUNK: usize = 256;
+        let series_of = |key: &SketchKey| (key.ns, key.family, key.dim);
+        for chunk in keys.chunks(CHUNK) {
+            let mut batch = sled::Batch::default();
+            // The merged days first: they decide which series need blocks.
+            let mut big: FxHashSet<Series> = FxHashSet::default();
+            for key in chunk {
+                let delta = &mem.sketches[*key];
+                let merged;
+                let sketch = match self.block_sketch_uncached(key)? {
+                    Some(stored) => {
+                        // Not shared unless it came from the cache.
+                        let mut stored = Arc::unwrap_or_clone(stored);
+                        stored.merge(delta)?;
+                        merged = stored;
+                        &merged
+                    }
+                    // A new day is the delta itself.
+                    None => delta,
+                };
+                if needs_rollups(sketch) {
+                    big.insert(series_of(key));
+                }
+                batch.insert(&key.encode()[..], sketch.encode());
+            }
+            // New series (and their dimension records), and flat series
+            // that turn rolled.
+            let mut new_dims = Vec::new();
+            let (mut new_flat, mut to_roll) = (FxHashSet::default(), Vec::new());
+            {
+                let dims = self.dims.read();
+                let state = self.stale.read();
+                for (i, key) in chunk.iter().enumerate() {
+                    // Once per series (the keys are sorted).
+                    let series = series_of(key);
+                    if i > 0 && series_of(chunk[i - 1]) == series {
+                        continue;
+                    }
+                    let record = if !dims.contains(&series) {
+                        new_dims.push(series);
+                        if big.contains(&series) {
+                            DIM_ROLLED
+                        } else {
+                            new_flat.insert(series);
+                            DIM_FLAT
+                        }
+                    } else if state.flat.contains(&series) && big.contains(&series) {
+                        to_roll.push(series);
+                        DIM_ROLLED
+                    } else {
+                        continue;
+                    };
+                    batch.insert(&dim_key(key.ns, key.family, key.dim)[..], record);
+                }
+            }
+            // The days whose blocks go stale: those of rolled series in the
+            // chunk, and every stored day of a series turning rolled.
+            let mut marked: FxHashMap<Series, DayBits> = FxHashMap::default();
+            let mut newly_stale = FxHashSet::default();
+            {
+                let state = self.stale.read();
+                let mut mark = |series: Series, day: Day| {
+                    let known = marked.get(&series).or_else(|| state.days.get(&series));
+                    if known.is_some_and(|days| days.contains(day)) {
+                        return;
+                    }
+                    marked
+                        .entry(series)
+                        .or_insert_with(|| state.days.get(&series).cloned().unwrap_or_default())
+                        .insert(day);
+                    state.blocks_above(series, day, &mut newly_stale);
+                };
+                for key in chunk {
+                    let series = series_of(key);
+                    let flat = new_flat.contains(&series)
+                        || (state.flat.contains(&series) && !to_roll.contains(&series));
+                    if !flat {
+                        mark(series, key.block.start);
+                    }
+                }
+                for &(ns, family, dim) in &to_roll {
+                    // Its stored days lie within the namespace's stored
+                    // extent, or within this memtable's: earlier chunks of
+                    // this checkpoint may have written some (the chunk's
+                    // own days were marked above).
+                    let (first, end) = match (self.extent(ns)?, mem.extents.get(&ns)) {
+                        (Some((f, e)), Some(&(mf, me))) => (f.min(mf), e.max(me)),
+                        (Some(stored), None) => stored,
+                        (None, Some(&written)) => written,
+                        (None, None) => continue,
+                    };
+                    for day in (first.0..end.0).map(Day) {
+                        let key = SketchKey::day(ns, family, dim, day);
+                        if self.data.contains_key(key.encode())? {
+                            mark((ns, family, dim), day);
+                        }
+                    }
+                }
+            }
+            for (&(ns, family, dim), days) in &marked {
+                batch.insert(&keys::stale_days_key(ns, family, dim)[..], days.encode());
+            }
+            // Readers must stop using these blocks (and reading a series
+            // turning rolled as flat) before the days under them change in
+            // sled.
+            {
+                let mut state = self.stale.write();
+                state.blocks.extend(newly_stale);
+                state.days.extend(marked);
+                for series in &to_roll {
+                    state.flat.remove(series);
+                }
+                state.flat.extend(new_flat);
+            }
+            self.data.apply_batch(batch)?;
+            self.cache.invalidate(chunk.iter().copied());
+            if !new_dims.is_empty() {
+                self.dims.write().extend(new_dims);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the final part of a checkpoint atomically. Does not flush.
+    pub fn apply_checkpoint(&self, checkpoint: Checkpoint) -> Result<()> {
+        self.data.apply_batch(checkpoint.batch)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{checkpoint, reopen, rolled_memtable};
+    use super::*;
+    use crate::sketch::Sketch;
+
+    /// Every day key of `mems`, with the union of their sketches.
+    fn union_by_key(mems: &[&Memtable]) -> FxHashMap<SketchKey, Sketch> {
+        let mut want: FxHashMap<SketchKey, Sketch> = FxHashMap::default();
+        for mem in mems {
+            for (key, sketch) in &mem.sketches {
+                match want.get_mut(key) {
+                    Some(u) => u.merge(sketch).unwrap(),
+                    None => {
+                        want.insert(*key, sketch.clone());
+                    }
+                }
+            }
+        }
+        want
+    }
+
+    /// A checkpoint merges its deltas into the stored days, in the same
+    /// process and after a restart, and writes a new day as is. (The window
+    /// tests compare reads with the stored days, so they would not see a
+    /// day overwritten by its delta.)
+    #[test]
+    fn checkpoints_merge_into_stored_days_before_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = 0x0da7_5000u64;
+        let mems: Vec<Memtable> = [20_000, 5_000, 5_000, 5_000]
+            .iter()
+            .map(|&rows| rolled_memtable(&mut rng, 300, rows))
+            .collect();
+        let check = |store: &Store, upto: usize| {
+            let refs: Vec<&Memtable> = mems[..upto].iter().collect();
+            for (key, want) in union_by_key(&refs) {
+                let stored = store.block_sketch(&key).unwrap().expect("day stored");
+                assert_eq!(stored.encode(), want.encode(), "{key:?}");
+            }
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            checkpoint(&store, &mems[0], 1);
+            checkpoint(&store, &mems[1], 2);
+            check(&store, 2);
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        checkpoint(&store, &mems[2], 3);
+        check(&store, 3);
+        checkpoint(&store, &mems[3], 4);
+        check(&store, 4);
+    }
+}
