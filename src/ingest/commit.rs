@@ -244,13 +244,19 @@ impl GroupCommit {
         position: u64,
     ) -> Result<oneshot::Receiver<Result<Applied>>> {
         let (reply, rx) = oneshot::channel();
-        let mut msg = Msg::Batch(Box::new(Job {
+        self.send_waiting(Msg::Batch(Box::new(Job {
             ns,
             batch,
             payload,
             position: Some(position),
             reply,
-        }));
+        })))
+        .await?;
+        Ok(rx)
+    }
+
+    /// Queues `msg`, waiting while the queue is full instead of refusing.
+    async fn send_waiting(&self, mut msg: Msg) -> Result<()> {
         loop {
             let sent = {
                 let guard = self.tx.lock();
@@ -260,7 +266,7 @@ impl GroupCommit {
                 tx.try_send(msg)
             };
             match sent {
-                Ok(()) => return Ok(rx),
+                Ok(()) => return Ok(()),
                 Err(TrySendError::Full(back)) => {
                     msg = back;
                     tokio::time::sleep(Duration::from_millis(1)).await;
@@ -287,27 +293,8 @@ impl GroupCommit {
     /// of its id and removes its records from sled. Returns how many.
     pub async fn drop_namespace(&self, ns: Arc<Namespace>) -> Result<u64> {
         let (reply, rx) = oneshot::channel();
-        let mut msg = Msg::Drop(ns, reply);
         // Wait for room rather than refuse: the catalog already forgot it.
-        loop {
-            let sent = {
-                let guard = self.tx.lock();
-                let tx = guard
-                    .as_ref()
-                    .ok_or_else(|| Error::Unavailable("the server is shutting down".into()))?;
-                tx.try_send(msg)
-            };
-            match sent {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) => {
-                    msg = back;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    return Err(Error::Unavailable("the commit thread stopped".into()))
-                }
-            }
-        }
+        self.send_waiting(Msg::Drop(ns, reply)).await?;
         rx.await
             .map_err(|_| Error::Unavailable("the commit thread stopped".into()))?
     }
@@ -587,15 +574,15 @@ impl Writer {
         }
         let mut batches = batches;
         if !self.dropped.is_empty() {
-            batches.retain_mut(|job| {
-                if !self.dropped.contains(&job.ns.id) {
-                    return true;
-                }
-                let (dead, _) = oneshot::channel();
-                let reply = std::mem::replace(&mut job.reply, dead);
-                let _ = reply.send(Err(Error::NamespaceNotFound(job.ns.name.clone())));
-                false
-            });
+            let gone;
+            (gone, batches) = batches
+                .into_iter()
+                .partition(|job| self.dropped.contains(&job.ns.id));
+            for job in gone {
+                let _ = job
+                    .reply
+                    .send(Err(Error::NamespaceNotFound(job.ns.name.clone())));
+            }
         }
         // A cluster node applies entries of the cluster's log whatever its
         // disk: refusing them would leave a gap; a write that then fails
@@ -606,8 +593,8 @@ impl Writer {
                 let mem = self.mem.read();
                 mem.active.sketch_bytes + mem.frozen.as_ref().map_or(0, |f| f.sketch_bytes)
             };
-            if let Err(e) = self.space.check(incoming as u64, held as u64) {
-                self.refuse_for_space(batches, e);
+            if let Some(detail) = self.space.shortfall(incoming as u64, held as u64) {
+                self.refuse_for_space(batches.into_iter().map(|job| job.reply), &detail);
                 return;
             }
         }
@@ -671,15 +658,8 @@ impl Writer {
                 for id in &logged_ids {
                     self.applied.remove(id);
                 }
-                self.metrics
-                    .disk_full_batches
-                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                for p in pending {
-                    let _ = p.reply.send(Err(self.space.full(&e)));
-                }
-                if let Some(times) = self.full_log.due() {
-                    tracing::warn!(error = %e, times, "the data directory is full; batches are refused until space is freed");
-                }
+                let detail = format!("a write failed: {e}");
+                self.refuse_for_space(pending.into_iter().map(|p| p.reply), &detail);
                 return;
             }
             let why = format!("the write-ahead log failed: {e}");
@@ -735,24 +715,23 @@ impl Writer {
         }
     }
 
-    /// Answers every job of `batches` with `full`, logging at most once a
-    /// second.
-    fn refuse_for_space(&mut self, batches: Vec<Job>, full: Error) {
+    /// Refuses batches for want of space (`detail` says why), logging at
+    /// most once a second.
+    fn refuse_for_space(
+        &mut self,
+        replies: impl Iterator<Item = oneshot::Sender<Result<Applied>>>,
+        detail: &str,
+    ) {
+        let mut refused = 0;
+        for reply in replies {
+            let _ = reply.send(Err(self.space.full(detail)));
+            refused += 1;
+        }
         self.metrics
             .disk_full_batches
-            .fetch_add(batches.len() as u64, Ordering::Relaxed);
-        let detail = full.to_string();
-        for job in batches {
-            let _ = job.reply.send(Err(match &full {
-                Error::DiskFull { dir, detail } => Error::DiskFull {
-                    dir: dir.clone(),
-                    detail: detail.clone(),
-                },
-                _ => Error::Unavailable(detail.clone()),
-            }));
-        }
+            .fetch_add(refused, Ordering::Relaxed);
         if let Some(times) = self.full_log.due() {
-            tracing::warn!(refused_groups = times, "{detail}");
+            tracing::warn!(refused_groups = times, "{}", self.space.full(detail));
         }
     }
 

@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 
 /// How much free space sled needs per byte of memtable sketches to
 /// checkpoint them (values, sled's log headers, pages rewritten whole).
@@ -32,37 +32,31 @@ impl DiskSpace {
         }
     }
 
-    /// Refuses `incoming` bytes for the log when the free space would fall
-    /// below the reserve plus room to checkpoint `memtable_bytes`. A file
-    /// system that cannot be asked is not refused.
-    pub fn check(&self, incoming: u64, memtable_bytes: u64) -> Result<()> {
-        let Ok(free) = free_bytes(&self.dir) else {
-            return Ok(());
-        };
+    /// Why `incoming` bytes for the log must be refused, if the free space
+    /// would fall below the reserve plus room to checkpoint
+    /// `memtable_bytes`. A file system that cannot be asked is not refused.
+    pub fn shortfall(&self, incoming: u64, memtable_bytes: u64) -> Option<String> {
+        let free = free_bytes(&self.dir).ok()?;
         let needed = self
             .min_free
             .saturating_add(incoming)
             .saturating_add(memtable_bytes.saturating_mul(CHECKPOINT_FACTOR));
-        if free >= needed {
-            return Ok(());
-        }
-        Err(Error::DiskFull {
-            dir: self.dir.clone(),
-            detail: format!(
+        (free < needed).then(|| {
+            format!(
                 "{} free; the server keeps {} free (min_free_disk_bytes) plus {} to checkpoint \
                  what it holds in memory",
                 mib(free),
                 mib(self.min_free),
                 mib(needed - self.min_free - incoming)
-            ),
+            )
         })
     }
 
-    /// The error for a write that failed for want of space.
-    pub fn full(&self, e: &dyn std::fmt::Display) -> Error {
+    /// The error that refuses a batch for want of space, and why.
+    pub fn full(&self, detail: &str) -> Error {
         Error::DiskFull {
             dir: self.dir.clone(),
-            detail: format!("a write failed: {e}"),
+            detail: detail.to_owned(),
         }
     }
 }
@@ -89,10 +83,12 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 }
 
 /// Whether an I/O error means the file system (or a quota) is full.
+/// (`ENOSPC` and `EDQUOT` are these kinds.)
 pub fn is_full(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::StorageFull
-        || e.kind() == std::io::ErrorKind::QuotaExceeded
-        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// Whether an error of this crate means a full file system.
@@ -114,10 +110,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let free = free_bytes(dir.path()).unwrap();
         assert!(free > 0);
-        DiskSpace::new(dir.path(), 0).check(0, 0).unwrap();
-        let err = DiskSpace::new(dir.path(), free.saturating_add(1 << 30))
-            .check(0, 0)
-            .unwrap_err();
+        assert_eq!(DiskSpace::new(dir.path(), 0).shortfall(0, 0), None);
+        let space = DiskSpace::new(dir.path(), free.saturating_add(1 << 30));
+        let err = space.full(&space.shortfall(0, 0).unwrap());
         let text = err.to_string();
         assert!(text.contains("is full"), "{text}");
         assert!(text.contains("min_free_disk_bytes"), "{text}");
