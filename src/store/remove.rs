@@ -54,20 +54,8 @@ impl Store {
         for &kind in PER_NAMESPACE {
             let mut prefix = vec![kind];
             prefix.extend_from_slice(&ns.to_be_bytes());
-            loop {
-                let mut batch = sled::Batch::default();
-                let mut n = 0;
-                for item in self.data.scan_prefix(&prefix).take(CHUNK) {
-                    let (k, _) = item?;
-                    batch.remove(k);
-                    n += 1;
-                }
-                if n == 0 {
-                    break;
-                }
-                self.data.apply_batch(batch)?;
-                removed += n as u64;
-            }
+            let end = after_prefix(&prefix);
+            removed += self.remove_range(prefix..end)?;
         }
         let gone = |s: &Series| s.0 == ns;
         self.dims.write().retain(|s| !gone(s));
@@ -140,25 +128,7 @@ impl Store {
                 let end = Day(cutoff.0 - span + 1);
                 let from = sketch_prefix(ns, family, level, None);
                 let to = sketch_prefix(ns, family, level, Some(end));
-                let mut removed = Vec::new();
-                loop {
-                    let mut batch = sled::Batch::default();
-                    let mut n = 0;
-                    for item in self.data.range(from.clone()..to.clone()).take(CHUNK) {
-                        let (k, _) = item?;
-                        if let Some(key) = SketchKey::decode(&k) {
-                            removed.push(key);
-                        }
-                        batch.remove(k);
-                        n += 1;
-                    }
-                    if n == 0 {
-                        break;
-                    }
-                    self.data.apply_batch(batch)?;
-                    touched += n as u64;
-                }
-                self.cache.invalidate(&removed);
+                touched += self.remove_range(from..to)?;
             }
         }
         // Counters: per dimension, the days before the cut-off.
@@ -210,6 +180,30 @@ impl Store {
         Ok(touched)
     }
 
+    /// Deletes every key in `range`, [`CHUNK`] per sled batch (each batch
+    /// scans the range again: the keys deleted before are gone), and drops
+    /// the cached sketches among them. Returns how many.
+    fn remove_range(&self, range: std::ops::Range<Vec<u8>>) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut sketches = Vec::new();
+            let mut n = 0u64;
+            for item in self.data.range(range.clone()).take(CHUNK) {
+                let (k, _) = item?;
+                sketches.extend(SketchKey::decode(&k));
+                batch.remove(k);
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(total);
+            }
+            self.data.apply_batch(batch)?;
+            self.cache.invalidate(&sketches);
+            total += n;
+        }
+    }
+
     /// Namespace ids that hold records in sled, for finding the leftovers
     /// of a deletion cut short.
     pub fn namespace_ids_with_records(&self) -> Result<FxHashSet<NamespaceId>> {
@@ -235,6 +229,20 @@ impl Store {
         }
         Ok(ids)
     }
+}
+
+/// The first key after every key that starts with `prefix`: its last byte
+/// below 0xff incremented, the 0xff bytes after it dropped (a kind byte is
+/// never 0xff, so there is one).
+fn after_prefix(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            break;
+        }
+    }
+    end
 }
 
 /// The sketch keys of one (namespace, family, level), from `start` on
