@@ -84,6 +84,20 @@ impl ConnectArgs {
     }
 }
 
+/// `--server`, how to authenticate, and `--json`: the flags of a command
+/// that asks a server about no one namespace.
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
+    #[arg(long, default_value = DEFAULT_SERVER)]
+    pub server: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Parser)]
 #[command(
     name = "sketchd",
@@ -111,7 +125,7 @@ enum Command {
     /// Replay a peers world file against a server and measure ingest and queries.
     Loadgen(loadgen::LoadgenArgs),
     /// Replication and cluster state: pushes, regions merged, the cluster log position and staleness.
-    Status(status::StatusArgs),
+    Status(ServerArgs),
     /// Make a regional node checkpoint and push everything to its upstream now.
     Sync(status::SyncArgs),
     /// Write an online backup of a server into a new data directory.

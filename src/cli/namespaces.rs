@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use sketchd::config::MAX_AGE_ANY;
 use sketchd::pb;
 
-use super::{ConnectArgs, DEFAULT_SERVER};
+use super::ServerArgs;
 
 #[derive(clap::Subcommand)]
 pub enum NamespacesCommand {
@@ -23,21 +23,9 @@ pub enum NamespacesCommand {
 }
 
 #[derive(clap::Args)]
-pub struct Server {
-    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
-    #[arg(long, default_value = DEFAULT_SERVER)]
-    server: String,
-    #[command(flatten)]
-    connect: ConnectArgs,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
-    server: Server,
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -45,7 +33,7 @@ pub struct NameArgs {
     /// The namespace.
     name: String,
     #[command(flatten)]
-    server: Server,
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -66,7 +54,7 @@ pub struct CreateArgs {
     #[arg(long)]
     retention_days: Option<u32>,
     #[command(flatten)]
-    server: Server,
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -77,7 +65,7 @@ pub struct DeleteArgs {
     #[arg(long, short)]
     yes: bool,
     #[command(flatten)]
-    server: Server,
+    server: ServerArgs,
 }
 
 pub async fn run(command: NamespacesCommand) -> anyhow::Result<()> {

@@ -6,18 +6,6 @@ use time::OffsetDateTime;
 use super::{ConnectArgs, DEFAULT_SERVER};
 
 #[derive(clap::Args)]
-pub struct StatusArgs {
-    /// Server URL (http://HOST:PORT, https://… with --ca-cert), or HOST:PORT.
-    #[arg(long, default_value = DEFAULT_SERVER)]
-    server: String,
-    #[command(flatten)]
-    connect: ConnectArgs,
-    /// Print one JSON document.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(clap::Args)]
 pub struct SyncArgs {
     /// URL of the regional server to sync.
     #[arg(long, default_value = DEFAULT_SERVER)]
@@ -39,7 +27,7 @@ fn when(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
-pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+pub async fn status(args: super::ServerArgs) -> anyhow::Result<()> {
     let client = args.connect.connect(&args.server).await?;
     let s = client.replication_status().await?;
     if args.json {
