@@ -25,10 +25,12 @@ pub(super) enum Call {
     },
     Group {
         metric: Metric,
+        by: GroupBy,
         window: DayWindow,
     },
-    /// Drop % per country: 100·(1 − |B|/|A|).
+    /// Drop % per country or per org: 100·(1 − |B|/|A|).
     Drop {
+        by: GroupBy,
         a: DayWindow,
         b: DayWindow,
     },
@@ -43,14 +45,14 @@ pub(super) enum Call {
 #[derive(Clone, Debug)]
 pub(super) enum Answer {
     Value(f64),
-    PerCountry(BTreeMap<String, f64>),
+    PerGroup(BTreeMap<String, f64>),
 }
 
 impl Answer {
     pub(super) fn to_json(&self) -> Value {
         match self {
             Answer::Value(v) => json!(v),
-            Answer::PerCountry(m) => json!(m),
+            Answer::PerGroup(m) => json!(m),
         }
     }
 }
@@ -104,6 +106,7 @@ pub(super) fn parse_query(q: &Value) -> anyhow::Result<Option<Query>> {
         },
         "ip_all_countries" => Call::Group {
             metric: Metric::Ips,
+            by: GroupBy::Country,
             window: whole()?,
         },
         "ip_global_window" => Call::Count {
@@ -112,11 +115,13 @@ pub(super) fn parse_query(q: &Value) -> anyhow::Result<Option<Query>> {
             window: whole()?,
         },
         "drop_pct_by_country" => Call::Drop {
+            by: GroupBy::Country,
             a: window(&q["a"][0], &q["a"][1])?,
             b: window(&q["b"][0], &q["b"][1])?,
         },
         "org_country_window" => Call::Group {
             metric: Metric::Orgs,
+            by: GroupBy::Country,
             window: whole()?,
         },
         "org_global_window" => Call::Count {
@@ -133,6 +138,16 @@ pub(super) fn parse_query(q: &Value) -> anyhow::Result<Option<Query>> {
                     .to_string(),
             ),
             window: whole()?,
+        },
+        "ip_all_orgs_window" => Call::Group {
+            metric: Metric::Ips,
+            by: GroupBy::Org,
+            window: whole()?,
+        },
+        "ip_orgs_compare" => Call::Drop {
+            by: GroupBy::Org,
+            a: window(&q["a"][0], &q["a"][1])?,
+            b: window(&q["b"][0], &q["b"][1])?,
         },
         "org_retention" => Call::Retention {
             country: country(q)?,
@@ -168,21 +183,21 @@ pub(super) async fn answer(client: &Client, ns: &str, call: &Call) -> anyhow::Re
                 .estimate
                 .value,
         ),
-        Call::Group { metric, window } => {
+        Call::Group { metric, by, window } => {
             let rows = client
-                .group(ns, *metric, GroupBy::Country, &Scope::Global, *window, 0)
+                .group(ns, *metric, *by, &Scope::Global, *window, 0)
                 .await?;
-            Answer::PerCountry(
+            Answer::PerGroup(
                 rows.into_iter()
                     .map(|r| (r.group, r.estimate.value))
                     .collect(),
             )
         }
-        Call::Drop { a, b } => {
+        Call::Drop { by, a, b } => {
             let rows = client
-                .compare(ns, Metric::Ips, GroupBy::Country, &Scope::Global, *a, *b, 0)
+                .compare(ns, Metric::Ips, *by, &Scope::Global, *a, *b, 0)
                 .await?;
-            Answer::PerCountry(
+            Answer::PerGroup(
                 rows.into_iter()
                     .filter(|r| r.a.value > 0.0)
                     .map(|r| (r.group, 100.0 * (1.0 - r.b.value / r.a.value)))
@@ -241,10 +256,13 @@ pub(super) async fn run_queries(
     let mut pairs: BTreeMap<String, (Vec<ScoredPair>, bool)> = BTreeMap::new();
     let mut whole_pairs = Vec::new();
     for (q, (_, a)) in queries.iter().zip(&answers) {
-        let abs = matches!(q.kind.as_str(), "drop_pct_by_country" | "org_retention");
+        let abs = matches!(
+            q.kind.as_str(),
+            "drop_pct_by_country" | "ip_orgs_compare" | "org_retention"
+        );
         let list = &mut pairs.entry(q.kind.clone()).or_insert((Vec::new(), abs)).0;
         match (&q.truth, a) {
-            (Value::Object(t), Answer::PerCountry(est)) => {
+            (Value::Object(t), Answer::PerGroup(est)) => {
                 for (cc, tv) in t {
                     let e = est.get(cc).copied().or(if abs { None } else { Some(0.0) });
                     list.push((e, tv.as_f64().unwrap_or(0.0)));
@@ -256,7 +274,7 @@ pub(super) async fn run_queries(
                     whole_pairs.push((Some(*v), t.as_f64().unwrap_or(0.0)));
                 }
             }
-            (t, Answer::PerCountry(_)) => bail!("query {}: truth {t} is not per country", q.id),
+            (t, Answer::PerGroup(_)) => bail!("query {}: truth {t} is not per group", q.id),
         }
     }
     let errors = pairs

@@ -13,7 +13,7 @@ use super::LoadgenArgs;
 
 /// Query kinds in the peers' order; `ip_global_whole` is the `ipglob:whole`
 /// query of `ip_global_window`, timed on its own.
-pub(super) const KIND_ORDER: [&str; 9] = [
+pub(super) const KIND_ORDER: [&str; 11] = [
     "ip_country_window",
     "ip_all_countries",
     "ip_global_window",
@@ -22,6 +22,8 @@ pub(super) const KIND_ORDER: [&str; 9] = [
     "org_country_window",
     "org_global_window",
     "ip_org_window",
+    "ip_all_orgs_window",
+    "ip_orgs_compare",
     "org_retention",
 ];
 
