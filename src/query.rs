@@ -244,6 +244,67 @@ pub fn series_sketch(
     Ok(acc)
 }
 
+/// [`series_sketch`] of every series in `dims` of one family: the
+/// memtables are walked once and sled is read by
+/// [`crate::store::Store::merge_windows`] (a scan per day for flat series).
+pub fn series_sketches(
+    engine: &Engine,
+    ns: &Namespace,
+    family: Family,
+    dims: &[u64],
+    window: DayWindow,
+) -> Result<Vec<Sketch>> {
+    let mut accs = dims
+        .iter()
+        .map(|_| Sketch::new(ns.policy.precision, ns.seed))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    if window.is_empty() || dims.is_empty() {
+        return Ok(accs);
+    }
+    {
+        let at: rustc_hash::FxHashMap<u64, usize> =
+            dims.iter().enumerate().map(|(i, &d)| (d, i)).collect();
+        let mem = engine.mem.read();
+        for table in mem.tables() {
+            for (key, delta) in &table.sketches {
+                if key.ns != ns.id
+                    || key.family != family
+                    || key.block.level != 0
+                    || !window.contains(key.block.start)
+                {
+                    continue;
+                }
+                if let Some(&i) = at.get(&key.dim) {
+                    accs[i].merge(delta)?;
+                }
+            }
+        }
+    }
+    // Two halves of the series on two threads (each scans the days for
+    // its own flat series): a query over every org has this machine's
+    // cores to itself only while it runs.
+    let store = &engine.store;
+    if dims.len() < 2 * PARALLEL_MIN_SERIES {
+        store.merge_windows(&mut accs, ns.id, family, dims, window)?;
+        return Ok(accs);
+    }
+    let half = dims.len() / 2;
+    let (accs_a, accs_b) = accs.split_at_mut(half);
+    let (dims_a, dims_b) = dims.split_at(half);
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| store.merge_windows(accs_b, ns.id, family, dims_b, window));
+        let mine = store.merge_windows(accs_a, ns.id, family, dims_a, window);
+        let other = other
+            .join()
+            .map_err(|_| Error::Unavailable("a query worker panicked".into()))?;
+        mine.and(other)
+    })?;
+    Ok(accs)
+}
+
+/// Fewest series per thread for which [`series_sketches`] uses two.
+const PARALLEL_MIN_SERIES: usize = 256;
+
 /// Exact number of rows ingested over `window`, globally or for a country.
 pub fn observations(
     engine: &Engine,
@@ -482,9 +543,10 @@ pub fn group(
         return Ok(rows);
     }
     let (family, dims) = group_dims(engine, &ns, metric, by, within, covered)?;
+    let ids: Vec<u64> = dims.iter().map(|(d, _)| *d).collect();
+    let sketches = series_sketches(engine, &ns, family, &ids, covered)?;
     let mut rows = Vec::with_capacity(dims.len());
-    for (dim, name) in dims {
-        let sketch = series_sketch(engine, &ns, family, dim, covered)?;
+    for ((_, name), sketch) in dims.into_iter().zip(sketches) {
         if sketch.is_empty() {
             continue;
         }
@@ -577,10 +639,11 @@ pub fn compare(
         dims.sort();
         dims.dedup();
     }
+    let ids: Vec<u64> = dims.iter().map(|(d, _)| *d).collect();
+    let in_a = series_sketches(engine, &ns, family, &ids, a)?;
+    let in_b = series_sketches(engine, &ns, family, &ids, b)?;
     let mut rows = Vec::with_capacity(dims.len());
-    for (dim, name) in dims {
-        let sa = series_sketch(engine, &ns, family, dim, a)?;
-        let sb = series_sketch(engine, &ns, family, dim, b)?;
+    for (((_, name), sa), sb) in dims.into_iter().zip(in_a).zip(in_b) {
         if sa.is_empty() && sb.is_empty() {
             continue;
         }

@@ -67,6 +67,21 @@ use memtable::RegionMark;
 use rollup::{adopt_rollup_levels, StaleRollups};
 use series::Series;
 
+/// Fewest flat series for which [`Store::merge_windows`] scans whole days
+/// rather than reading each series' days.
+const SCAN_MIN_SERIES: usize = 64;
+
+/// The error of merging a stored sketch: a sketch of another hash, seed or
+/// precision is the caller's mismatch, anything else a corrupt record.
+fn stored_sketch_error(key: &SketchKey, e: SketchError) -> Error {
+    match e {
+        SketchError::IncompatibleHash
+        | SketchError::IncompatibleSeed
+        | SketchError::IncompatiblePrecision => Error::Sketch(e),
+        e => Error::Corrupt(format!("sketch {key:?}: {e}")),
+    }
+}
+
 /// Default bound of the decoded-sketch cache.
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -385,18 +400,68 @@ impl Store {
                 let Some(bytes) = self.data.get(key.encode())? else {
                     continue;
                 };
-                acc.merge_encoded(&bytes).map_err(|e| match e {
-                    SketchError::IncompatibleHash
-                    | SketchError::IncompatibleSeed
-                    | SketchError::IncompatiblePrecision => Error::Sketch(e),
-                    e => Error::Corrupt(format!("sketch {key:?}: {e}")),
-                })?;
+                acc.merge_encoded(&bytes)
+                    .map_err(|e| stored_sketch_error(&key, e))?;
             }
             return Ok(());
         };
         for key in blocks {
             if let Some(stored) = self.block_sketch(&key)? {
                 acc.merge(&stored)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Store::merge_window`] for many series of one family at once:
+    /// `accs[i]` takes series `dims[i]`. Rolled series read their blocks as
+    /// there; the days of flat series are read with one range scan per day
+    /// over the family's day keys (keys are day-major, see `keys`) instead
+    /// of one point read per series and day, so a query over every org
+    /// reads each stored day key once.
+    pub fn merge_windows(
+        &self,
+        accs: &mut [Sketch],
+        ns: NamespaceId,
+        family: Family,
+        dims: &[u64],
+        window: DayWindow,
+    ) -> Result<()> {
+        assert_eq!(accs.len(), dims.len(), "one accumulator per series");
+        let mut flat: rustc_hash::FxHashMap<u64, usize> = Default::default();
+        for (i, &dim) in dims.iter().enumerate() {
+            match self.window_blocks(ns, family, dim, window) {
+                Some(blocks) => {
+                    for key in blocks {
+                        if let Some(stored) = self.block_sketch(&key)? {
+                            accs[i].merge(&stored)?;
+                        }
+                    }
+                }
+                None => {
+                    flat.insert(dim, i);
+                }
+            }
+        }
+        if flat.len() < SCAN_MIN_SERIES {
+            for (&dim, &i) in &flat {
+                self.merge_window(&mut accs[i], ns, family, dim, window)?;
+            }
+            return Ok(());
+        }
+        for day in window.days() {
+            let first = SketchKey::day(ns, family, 0, day).encode();
+            let prefix = &first[..SketchKey::LEN - 8];
+            for item in self.data.scan_prefix(prefix) {
+                let (key, bytes) = item?;
+                let Some(key) = SketchKey::decode(&key) else {
+                    continue;
+                };
+                if let Some(&i) = flat.get(&key.dim) {
+                    accs[i]
+                        .merge_encoded(&bytes)
+                        .map_err(|e| stored_sketch_error(&key, e))?;
+                }
             }
         }
         Ok(())
