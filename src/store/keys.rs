@@ -66,6 +66,10 @@ pub const META_ROLLUP_LEVELS: &[u8] = b"mrollup_levels";
 /// with ([`KEY_LAYOUT`]).
 pub const META_KEY_LAYOUT: &[u8] = b"mkey_layout";
 
+/// The metadata key holding the envelope format version of every stored
+/// sketch value (one byte; see `store::format`).
+pub const META_SKETCH_FORMAT: &[u8] = b"msketch_format";
+
 /// The sketch key layout this build writes and reads: 2, day-major (1, in
 /// stores without [`META_KEY_LAYOUT`], was series-major).
 pub const KEY_LAYOUT: &[u8] = &[2];

@@ -20,6 +20,8 @@
 //! - `replicated`: what replication reads and writes here: records by
 //!   namespace, the change log, the upstream's acknowledgement, origin
 //!   records;
+//! - `format`: the envelope format of stored sketches, and the rewrite,
+//!   once, of a store written in an older one;
 //! - `series`: checkpoint work split by series over
 //!   [`CHECKPOINT_THREADS`], a series handled by one thread only.
 //!
@@ -29,6 +31,7 @@ pub mod cache;
 mod checkpoint;
 #[cfg(test)]
 mod fixtures;
+mod format;
 pub mod index;
 pub mod keys;
 pub mod memtable;
@@ -41,6 +44,7 @@ pub mod space;
 pub mod wal;
 
 pub use checkpoint::Checkpoint;
+pub use format::FormatUpgrade;
 pub use rollup::{
     lower_rollup_level, DIM_FLAT, DIM_ROLLED, FLAT_MAX_HASHES, MAX_LEVEL, ROLLUP_LEVELS,
 };
@@ -119,6 +123,9 @@ pub struct Store {
     /// Every series with a dimension record (`i` key) in sled, so that a
     /// checkpoint writes one only for a new series (they are never deleted).
     dims: Arc<RwLock<FxHashSet<Series>>>,
+    /// What opening did to bring the stored sketches to this build's
+    /// envelope format (`format`).
+    upgraded: Option<FormatUpgrade>,
 }
 
 impl Store {
@@ -159,6 +166,7 @@ impl Store {
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
         check_key_layout(&data)?;
+        let upgraded = format::upgrade_sketch_format(&db, &data)?;
         let (mut dims, mut flat) = (FxHashSet::default(), FxHashSet::default());
         for item in data.scan_prefix([KIND_DIM]) {
             let (k, v) = item?;
@@ -184,7 +192,14 @@ impl Store {
             changelog: Arc::new(AtomicBool::new(false)),
             stale: Arc::new(RwLock::new(stale)),
             dims: Arc::new(RwLock::new(dims)),
+            upgraded,
         })
+    }
+
+    /// What opening the store did to bring its sketches to this build's
+    /// envelope format (`None`: they were in it).
+    pub fn format_upgrade(&self) -> Option<FormatUpgrade> {
+        self.upgraded
     }
 
     /// Makes checkpoints record every changed day record for replication.
