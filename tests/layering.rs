@@ -30,8 +30,6 @@ const BOTTOM_DEBT: &[(&str, &str)] = &[
     ("config", "sketch"),
     // Debt: `config` holds `attribution::TableFiles` (the table paths).
     ("config", "attribution"),
-    // Debt: `config` takes the cache size defaults from `store/mod.rs`.
-    ("config", "store"),
     // Debt: `From<SketchError>` and `From<AttributionError>` for `Error`.
     ("error", "sketch"),
     ("error", "attribution"),
