@@ -14,7 +14,6 @@ use serde::Deserialize;
 use crate::access::{
     ClientOptions, ClientTls, Grant, Namespaces, Role, Secret, TlsConfig, TokenTable,
 };
-use crate::attribution::TableFiles;
 use crate::error::{Error, Result};
 use crate::names::validate_region;
 use crate::sketch::{HashSeed, MAX_PRECISION, MIN_PRECISION};
@@ -122,6 +121,26 @@ pub struct RawConfig {
     pub default_seed: Option<RawSeed>,
     /// Per-namespace settings: `[namespaces.NAME]`.
     pub namespaces: Option<BTreeMap<String, RawNamespace>>,
+}
+
+/// `[tables]`: the attribution table files to load. `Default` = nothing.
+/// Plain paths: `attribution` loads them (`Attributor::load`) and picks
+/// them from a directory (`TableFiles::from_dir`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TableFiles {
+    /// IPv4 → ASN/org ranges (`start,end,asn,name`).
+    pub asn_v4: Option<PathBuf>,
+    /// IPv6 → ASN/org ranges.
+    pub asn_v6: Option<PathBuf>,
+    /// IPv4 → country ranges (`start,end,CC`).
+    pub country_v4: Option<PathBuf>,
+    /// IPv6 → country ranges.
+    pub country_v6: Option<PathBuf>,
+    /// Operator orgs file (`org,name,country,sectors`, header required).
+    pub orgs: Option<PathBuf>,
+    /// Operator custom networks (`cidr,org[,country]`, header optional).
+    pub networks: Option<PathBuf>,
 }
 
 /// `[replication]`: push this server's state to an upstream.

@@ -28,8 +28,6 @@ const BOTTOM_DEBT: &[(&str, &str)] = &[
     // Debt: `config` reads the default precision and range and the hash
     // seed type from `sketch` (pure, no I/O).
     ("config", "sketch"),
-    // Debt: `config` holds `attribution::TableFiles` (the table paths).
-    ("config", "attribution"),
     // Debt: `From<SketchError>` and `From<AttributionError>` for `Error`.
     ("error", "sketch"),
     ("error", "attribution"),
