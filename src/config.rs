@@ -16,7 +16,7 @@ use crate::access::{
 };
 use crate::error::{Error, Result};
 use crate::names::validate_region;
-use crate::sketch::{HashSeed, MAX_PRECISION, MIN_PRECISION};
+use crate::sketch_params::{HashSeed, DEFAULT_PRECISION, MAX_PRECISION, MIN_PRECISION};
 
 /// Default free space kept on the data directory's file system.
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 32 * 1024 * 1024;
@@ -55,7 +55,7 @@ pub struct NamespacePolicy {
 impl Default for NamespacePolicy {
     fn default() -> Self {
         NamespacePolicy {
-            precision: crate::sketch::DEFAULT_PRECISION,
+            precision: DEFAULT_PRECISION,
             max_age_days: MAX_AGE_ANY,
             max_future_skew_seconds: 3600,
             retention_days: 0,

@@ -23,8 +23,9 @@
 //! attribution            prefix tables and the org registry
 //! sketch, time           HLL sketches and envelopes; days and windows
 //! config, error          validated configuration; the one error type
-//! access, names          the plain data config holds: roles, grants,
-//!                        tokens, TLS material, client options; name checks
+//! access, names,         the plain data config holds: roles, grants,
+//! sketch_params          tokens, TLS material, client options, sketch
+//!                        precisions and hash seeds; name checks
 //!
 //! client                 typed gRPC client, the collector (batching,
 //!                        exactly-once sequences, retries), input readers
@@ -41,7 +42,8 @@
 //! between these modules, nothing above imported by the bottom layer, no
 //! source file over 1,000 lines outside tests. Its allow-lists name the
 //! imports and files that do not follow yet. `auth` and `client` re-export
-//! the `access` types, `catalog` and `replication` the `names` checks.
+//! the `access` types, `catalog` and `replication` the `names` checks,
+//! `sketch` the `sketch_params`.
 
 pub mod access;
 pub mod attribution;
@@ -61,6 +63,7 @@ pub mod report;
 pub mod server;
 pub mod service;
 pub mod sketch;
+pub mod sketch_params;
 pub mod store;
 pub mod time;
 pub mod web;

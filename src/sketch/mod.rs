@@ -92,9 +92,11 @@
 //! # Files
 //!
 //! This file holds the constants, the error, [`Sketch`] and its insert and
-//! merge; `hash` the element hashing and the seed; `exact` the exact state's
-//! set; `dense` the register rule; `estimate` estimates and their bounds;
-//! `envelope` encoding and decoding. Tests sit beside each.
+//! merge; `hash` the element hashing; `exact` the exact state's set; `dense`
+//! the register rule; `estimate` estimates and their bounds; `envelope`
+//! encoding and decoding. Tests sit beside each. The precisions and the
+//! seed are plain data in `crate::sketch_params`, below `config`, and are
+//! re-exported here.
 
 mod dense;
 mod envelope;
@@ -117,14 +119,10 @@ pub use envelope::{
 };
 pub use estimate::{inverse_normal_cdf, z_for_confidence, Estimate};
 pub use exact::{PassThroughBuildHasher, PassThroughHasher};
-pub use hash::{canonical_ip, hash_ip, hash_ipv4, hash_ipv6, hash_org, HashSeed, ORG_PREFIX};
+pub use hash::{canonical_ip, hash_ip, hash_ipv4, hash_ipv6, hash_org, ORG_PREFIX};
+// The precisions and the seed are plain data below `config`.
+pub use crate::sketch_params::{HashSeed, DEFAULT_PRECISION, MAX_PRECISION, MIN_PRECISION};
 
-/// Default precision: 16384 registers, 0.81 % standard error, 16 KiB dense.
-pub const DEFAULT_PRECISION: u8 = 14;
-/// Smallest supported precision.
-pub const MIN_PRECISION: u8 = 4;
-/// Largest supported precision.
-pub const MAX_PRECISION: u8 = 18;
 /// Hash id of `xxh3_64_with_seed` over the canonical element bytes.
 pub const HASH_ID_XXH3_64: u8 = 1;
 /// Default confidence of [`Sketch::estimate`].
