@@ -22,7 +22,8 @@
 //!                        JetStream), snapshots, node positions
 //! attribution            prefix tables and the org registry
 //! sketch, time           HLL sketches and envelopes; days and windows
-//! config, error          validated configuration; the one error type
+//! config, error          validated configuration; the one error type and
+//!                        the sketch and attribution errors it wraps
 //! access, names,         the plain data config holds: roles, grants,
 //! sketch_params          tokens, TLS material, client options, sketch
 //!                        precisions and hash seeds; name checks

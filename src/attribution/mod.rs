@@ -42,7 +42,6 @@
 //! the value. See `prefix.rs` for the invariants and `benches/attribution.rs` for the measured
 //! alternatives.
 
-mod error;
 mod load;
 mod prefix;
 mod registry;
@@ -59,7 +58,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
-pub use error::AttributionError;
+pub use crate::error::AttributionError;
 pub use load::{
     check_columns, for_each_record, is_gzip, load_cidr_csv, load_range_csv, parse_asn, parse_cidr,
     parse_country, CsvRow, LoadedFile,

@@ -91,12 +91,13 @@
 //!
 //! # Files
 //!
-//! This file holds the constants, the error, [`Sketch`] and its insert and
-//! merge; `hash` the element hashing; `exact` the exact state's set; `dense`
-//! the register rule; `estimate` estimates and their bounds; `envelope`
+//! This file holds the constants, [`Sketch`] and its insert and merge;
+//! `hash` the element hashing; `exact` the exact state's set; `dense` the
+//! register rule; `estimate` estimates and their bounds; `envelope`
 //! encoding and decoding. Tests sit beside each. The precisions and the
-//! seed are plain data in `crate::sketch_params`, below `config`, and are
-//! re-exported here.
+//! seed are plain data in `crate::sketch_params`, below `config`, and
+//! [`SketchError`] is in `crate::error`, beside the error type that wraps
+//! it; both are re-exported here.
 
 mod dense;
 mod envelope;
@@ -120,7 +121,9 @@ pub use envelope::{
 pub use estimate::{inverse_normal_cdf, z_for_confidence, Estimate};
 pub use exact::{PassThroughBuildHasher, PassThroughHasher};
 pub use hash::{canonical_ip, hash_ip, hash_ipv4, hash_ipv6, hash_org, ORG_PREFIX};
-// The precisions and the seed are plain data below `config`.
+// The precisions and the seed are plain data below `config`; the error
+// sits beside the error type that wraps it.
+pub use crate::error::SketchError;
 pub use crate::sketch_params::{HashSeed, DEFAULT_PRECISION, MAX_PRECISION, MIN_PRECISION};
 
 /// Hash id of `xxh3_64_with_seed` over the canonical element bytes.
@@ -140,49 +143,6 @@ pub const fn exact_limit(precision: u8) -> usize {
         precision
     };
     1usize << (p - 4)
-}
-
-// ---------------------------------------------------------------------------
-// Errors
-// ---------------------------------------------------------------------------
-
-/// Errors of sketch construction, merge and decoding.
-#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
-pub enum SketchError {
-    #[error("sketch envelope is truncated")]
-    Truncated,
-    #[error("not a sketch envelope (bad magic bytes)")]
-    BadMagic,
-    #[error("unsupported sketch format version {0} (this build reads version 1)")]
-    UnsupportedVersion(u8),
-    #[error("unknown sketch hash id {0} (known: 1 = xxh3-64)")]
-    UnknownHashId(u8),
-    #[error("sketch precision {0} is outside 4..=18")]
-    BadPrecision(u8),
-    #[error("unknown sketch payload layout {0} (known: 1 = exact, 2 = dense)")]
-    UnknownLayout(u8),
-    #[error("sketch payload length {actual} does not fit layout {layout} (expected {expected})")]
-    LengthMismatch {
-        layout: u8,
-        expected: usize,
-        actual: usize,
-    },
-    #[error("sketch checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    Checksum { stored: u32, computed: u32 },
-    #[error("sketch register {index} has value {value}, above the maximum for its precision")]
-    BadRegister { index: usize, value: u8 },
-    #[error("exact sketch hashes are not strictly increasing")]
-    UnsortedExact,
-    #[error("exact sketch holds more hashes than its precision allows")]
-    TooManyExact,
-    #[error("trailing bytes after the sketch envelope")]
-    TrailingBytes,
-    #[error("cannot merge sketches with different hash functions")]
-    IncompatibleHash,
-    #[error("cannot merge sketches built with different hash seeds")]
-    IncompatibleSeed,
-    #[error("cannot merge sketches with different precisions")]
-    IncompatiblePrecision,
 }
 
 // ---------------------------------------------------------------------------
