@@ -22,6 +22,9 @@
 //!                        JetStream), snapshots, node positions
 //! attribution            prefix tables and the org registry
 //! sketch, time           HLL sketches and envelopes; days and windows
+//! metrics                counters and histograms the engine and ingest
+//!                        record; the /metrics endpoint, which reads the
+//!                        engine through the `Scrape` trait
 //! config, error          validated configuration; the one error type and
 //!                        the sketch and attribution errors it wraps
 //! access, names,         the plain data config holds: roles, grants,
