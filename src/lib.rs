@@ -13,10 +13,13 @@
 //! ```text
 //! server, service        gRPC adapter, limits, status codes
 //! auth                   TLS, bearer tokens, roles per namespace
-//! replication            pushes to an upstream; merges from regions
+//! push                   a region's pusher: its changed records to an
+//!                        upstream, anti-entropy
 //! engine                 shared state of a running server; a cluster
 //!                        node follows the cluster's shared log
 //! ingest, query          batch validation / group commit; counts
+//! replication            the records regions push: checks, log payload,
+//!                        merge into the memtable, digests
 //! catalog, store         namespaces; sled, write-ahead log, memtable
 //! cluster                the shared log a cluster's nodes apply (NATS
 //!                        JetStream), snapshots, node positions
@@ -61,6 +64,7 @@ pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod names;
+pub mod push;
 pub mod query;
 pub mod replication;
 pub mod report;
