@@ -15,9 +15,10 @@
 //! auth                   TLS, bearer tokens, roles per namespace
 //! push                   a region's pusher: its changed records to an
 //!                        upstream, anti-entropy
+//! query                  counts over a running server's engine
 //! engine                 shared state of a running server; a cluster
 //!                        node follows the cluster's shared log
-//! ingest, query          batch validation / group commit; counts
+//! ingest                 batch validation / group commit
 //! replication            the records regions push: checks, log payload,
 //!                        merge into the memtable, digests
 //! catalog, store         namespaces; sled, write-ahead log, memtable
