@@ -1,4 +1,7 @@
-//! The one error type of the library.
+//! The errors of the library: the one error type, [`Error`], and the
+//! plain error types of sketch bytes ([`SketchError`]) and attribution
+//! tables ([`AttributionError`]) it wraps (`sketch` and `attribution`
+//! re-export them).
 //!
 //! Domain code returns [`Error`]; the gRPC layer maps each variant to a
 //! status code in one exhaustive match (`service::status`). Messages name the
@@ -9,8 +12,6 @@
 
 use std::fmt;
 use std::path::PathBuf;
-
-use crate::sketch::SketchError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -115,10 +116,81 @@ pub enum Error {
     },
 
     #[error("attribution tables: {0}")]
-    Attribution(#[from] crate::attribution::AttributionError),
+    Attribution(#[from] AttributionError),
 
     #[error("configuration: {0}")]
     Config(String),
+}
+
+/// Errors of sketch construction, merge and decoding.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum SketchError {
+    #[error("sketch envelope is truncated")]
+    Truncated,
+    #[error("not a sketch envelope (bad magic bytes)")]
+    BadMagic,
+    #[error("unsupported sketch format version {0} (this build reads versions 1 and 2)")]
+    UnsupportedVersion(u8),
+    #[error("unknown sketch hash id {0} (known: 1 = xxh3-64)")]
+    UnknownHashId(u8),
+    #[error("sketch precision {0} is outside 4..=18")]
+    BadPrecision(u8),
+    #[error(
+        "unknown sketch payload layout {0} (known: 1 = exact, 2 = dense, 3 = dense compressed \
+         from format version 2 on)"
+    )]
+    UnknownLayout(u8),
+    #[error("compressed sketch registers do not decompress: {0}")]
+    BadCompression(String),
+    #[error("sketch payload length {actual} does not fit layout {layout} (expected {expected})")]
+    LengthMismatch {
+        layout: u8,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("sketch checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("sketch register {index} has value {value}, above the maximum for its precision")]
+    BadRegister { index: usize, value: u8 },
+    #[error("exact sketch hashes are not strictly increasing")]
+    UnsortedExact,
+    #[error("exact sketch holds more hashes than its precision allows")]
+    TooManyExact,
+    #[error("trailing bytes after the sketch envelope")]
+    TrailingBytes,
+    #[error("cannot merge sketches with different hash functions")]
+    IncompatibleHash,
+    #[error("cannot merge sketches built with different hash seeds")]
+    IncompatibleSeed,
+    #[error("cannot merge sketches with different precisions")]
+    IncompatiblePrecision,
+}
+
+/// Why loading attribution tables failed. Every error names the file it
+/// came from; [`AttributionError::Malformed`] also carries the 1-based line
+/// where the offending CSV record starts and a human-readable reason.
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    /// The file could not be read (missing, unreadable, or a corrupt gzip stream).
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record is malformed: bad address, `end < start`, address family mismatch, bad ASN,
+    /// missing or extra column, bad country code, bad CIDR, bad header, duplicate org, ...
+    #[error("{}:{line}: {reason}", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line where the record starts.
+        line: u64,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// Longest prefix of a caller's value that a message quotes, in characters.

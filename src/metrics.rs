@@ -2,6 +2,11 @@
 //! gauges read at scrape time, served as text by a minimal HTTP endpoint.
 //!
 //! Everything is atomics: recording never blocks ingest or queries.
+//!
+//! The endpoint reads what it serves through [`Scrape`], which the engine
+//! implements: its [`Metrics`] and a [`Gauges`] snapshot of the moment. So
+//! the engine and the commit thread record here, and this module imports
+//! nothing of theirs.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +15,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-use crate::engine::Engine;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -71,6 +74,28 @@ pub const QUERY_RPCS: [&str; 7] = [
     "series",
 ];
 
+/// Sizes read at scrape time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    pub memtable_sketches: usize,
+    pub memtable_bytes: usize,
+    pub memtable_rows: u64,
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+    pub stale_rollup_blocks: usize,
+    pub disk_bytes: u64,
+    pub disk_free_bytes: u64,
+}
+
+/// What the endpoint serves: the metrics recorded and the gauges of the
+/// moment (the engine of a running server).
+pub trait Scrape: Send + Sync + 'static {
+    fn metrics(&self) -> &Metrics;
+
+    /// Read at each scrape; may take brief locks.
+    fn gauges(&self) -> Gauges;
+}
+
 /// Every metric the server records.
 #[derive(Default)]
 pub struct Metrics {
@@ -98,8 +123,8 @@ impl Metrics {
             .map(|i| &self.queries[i])
     }
 
-    /// The Prometheus text exposition, with gauges read from `engine`.
-    pub fn render(&self, engine: &Engine) -> String {
+    /// The Prometheus text exposition, with the gauges `g`.
+    pub fn render(&self, g: Gauges) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
             let _ = writeln!(
@@ -184,7 +209,6 @@ impl Metrics {
         for (rpc, h) in QUERY_RPCS.iter().zip(&self.queries) {
             h.render(&mut out, name, &format!("rpc=\"{rpc}\""));
         }
-        let g = engine.gauges();
         let gauges = [
             (
                 "sketchd_memtable_sketches",
@@ -234,14 +258,14 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the engine is gone. Holds
-/// only a weak reference, so shutdown is not delayed by it.
-pub async fn serve(listener: TcpListener, engine: Weak<Engine>) {
+/// Serves `GET /metrics` on `listener` until `source` (the engine) is
+/// gone. Holds only a weak reference, so shutdown is not delayed by it.
+pub async fn serve<S: Scrape>(listener: TcpListener, source: Weak<S>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
         };
-        let Some(engine) = engine.upgrade() else {
+        let Some(scraped) = source.upgrade() else {
             return;
         };
         tokio::spawn(async move {
@@ -258,9 +282,10 @@ pub async fn serve(listener: TcpListener, engine: Weak<Engine>) {
                 .and_then(|h| h.split_whitespace().nth(1))
                 .unwrap_or("");
             let (status, body) = if path == "/metrics" || path == "/" {
-                let body = tokio::task::spawn_blocking(move || engine.metrics().render(&engine))
-                    .await
-                    .unwrap_or_default();
+                let body =
+                    tokio::task::spawn_blocking(move || scraped.metrics().render(scraped.gauges()))
+                        .await
+                        .unwrap_or_default();
                 ("200 OK", body)
             } else {
                 ("404 Not Found", "not found; try /metrics\n".to_owned())

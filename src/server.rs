@@ -24,7 +24,7 @@ use crate::config::ServerConfig;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::pb;
-use crate::replication::push::Pusher;
+use crate::push::Pusher;
 use crate::service::{AdminService, IngestService, QueryService, ReplicationService};
 use crate::wire::DecodeErrorsAreInvalid;
 

@@ -25,8 +25,8 @@ use flate2::read::MultiGzDecoder;
 use ipnet::IpNet;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::error::AttributionError;
 use super::prefix::Addr;
+use crate::error::AttributionError;
 
 /// What a loader read from one file.
 #[derive(Debug, Clone, PartialEq, Eq)]

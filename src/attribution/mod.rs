@@ -42,7 +42,6 @@
 //! the value. See `prefix.rs` for the invariants and `benches/attribution.rs` for the measured
 //! alternatives.
 
-mod error;
 mod load;
 mod prefix;
 mod registry;
@@ -53,13 +52,13 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ipnet::IpNet;
 use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
-pub use error::AttributionError;
+pub use crate::error::AttributionError;
 pub use load::{
     check_columns, for_each_record, is_gzip, load_cidr_csv, load_range_csv, parse_asn, parse_cidr,
     parse_country, CsvRow, LoadedFile,
@@ -87,24 +86,9 @@ pub const COUNTRY_COLUMNS: [&str; 3] = ["start", "end", "country"];
 /// Column names of the custom networks file (`country` optional).
 pub const NETWORK_COLUMNS: [&str; 3] = ["cidr", "org", "country"];
 
-/// Which files to load. `Default` = nothing. Also the `[tables]` section
-/// of the server's configuration file.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TableFiles {
-    /// IPv4 → ASN/org ranges (`start,end,asn,name`).
-    pub asn_v4: Option<PathBuf>,
-    /// IPv6 → ASN/org ranges.
-    pub asn_v6: Option<PathBuf>,
-    /// IPv4 → country ranges (`start,end,CC`).
-    pub country_v4: Option<PathBuf>,
-    /// IPv6 → country ranges.
-    pub country_v6: Option<PathBuf>,
-    /// Operator orgs file (`org,name,country,sectors`, header required).
-    pub orgs: Option<PathBuf>,
-    /// Operator custom networks (`cidr,org[,country]`, header optional).
-    pub networks: Option<PathBuf>,
-}
+// Which files to load: plain data of the configuration (the `[tables]`
+// section), picked here from a directory.
+pub use crate::config::TableFiles;
 
 impl TableFiles {
     /// Pick the files present in `dir`, trying for each role, in order: the full name gzipped,

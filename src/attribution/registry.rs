@@ -21,8 +21,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::error::AttributionError;
 use super::load::{check_columns, for_each_record, parse_country, LoadedFile};
+use crate::error::AttributionError;
 
 /// Index of an organisation in an [`Attributor`](super::Attributor)'s registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

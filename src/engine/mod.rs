@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::ingest::commit::{Applied, CheckpointPolicy, GroupCommit, Shared, Work};
 use crate::ingest::dedupe::AppliedBatches;
 use crate::ingest::{self, codec, BatchLimits, ObservationBatch};
-use crate::metrics::Metrics;
+use crate::metrics::{Gauges, Metrics, Scrape};
 use crate::replication::{self, MergeBatch};
 use crate::store::memtable::MemState;
 use crate::store::snapshot::SnapshotSummary;
@@ -58,19 +58,6 @@ pub struct Engine {
     opened_at_position: u64,
     /// Set once, when this server runs as a cluster node.
     cluster: OnceLock<Arc<cluster::Node>>,
-}
-
-/// Sizes read at scrape time.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Gauges {
-    pub memtable_sketches: usize,
-    pub memtable_bytes: usize,
-    pub memtable_rows: u64,
-    pub cache_entries: usize,
-    pub cache_bytes: usize,
-    pub stale_rollup_blocks: usize,
-    pub disk_bytes: u64,
-    pub disk_free_bytes: u64,
 }
 
 impl Engine {
@@ -468,6 +455,17 @@ impl Engine {
             tracing::error!(error = %e, "flushing sled at shutdown failed");
         }
         stopped.and(flushed)
+    }
+}
+
+/// The metrics endpoint reads the engine through this.
+impl Scrape for Engine {
+    fn metrics(&self) -> &Metrics {
+        Engine::metrics(self)
+    }
+
+    fn gauges(&self) -> Gauges {
+        Engine::gauges(self)
     }
 }
 

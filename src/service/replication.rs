@@ -14,7 +14,7 @@ use crate::config::NamespacePolicy;
 use crate::engine::Engine;
 use crate::error::{quoted, Error};
 use crate::pb;
-use crate::replication::push::Pusher;
+use crate::push::Pusher;
 use crate::replication::{self, MergeBatch};
 
 #[derive(Clone)]

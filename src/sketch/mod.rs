@@ -100,10 +100,13 @@
 //!
 //! # Files
 //!
-//! This file holds the constants, the error, [`Sketch`] and its insert and
-//! merge; `hash` the element hashing and the seed; `exact` the exact state's
-//! set; `dense` the register rule; `estimate` estimates and their bounds;
-//! `envelope` encoding and decoding. Tests sit beside each.
+//! This file holds the constants, [`Sketch`] and its insert and merge;
+//! `hash` the element hashing; `exact` the exact state's set; `dense` the
+//! register rule; `estimate` estimates and their bounds; `envelope`
+//! encoding and decoding. Tests sit beside each. The precisions and the
+//! seed are plain data in `crate::sketch_params`, below `config`, and
+//! [`SketchError`] is in `crate::error`, beside the error type that wraps
+//! it; both are re-exported here.
 
 mod dense;
 mod envelope;
@@ -126,14 +129,12 @@ pub use envelope::{
 };
 pub use estimate::{inverse_normal_cdf, z_for_confidence, Estimate};
 pub use exact::{PassThroughBuildHasher, PassThroughHasher};
-pub use hash::{canonical_ip, hash_ip, hash_ipv4, hash_ipv6, hash_org, HashSeed, ORG_PREFIX};
+pub use hash::{canonical_ip, hash_ip, hash_ipv4, hash_ipv6, hash_org, ORG_PREFIX};
+// The precisions and the seed are plain data below `config`; the error
+// sits beside the error type that wraps it.
+pub use crate::error::SketchError;
+pub use crate::sketch_params::{HashSeed, DEFAULT_PRECISION, MAX_PRECISION, MIN_PRECISION};
 
-/// Default precision: 16384 registers, 0.81 % standard error, 16 KiB dense.
-pub const DEFAULT_PRECISION: u8 = 14;
-/// Smallest supported precision.
-pub const MIN_PRECISION: u8 = 4;
-/// Largest supported precision.
-pub const MAX_PRECISION: u8 = 18;
 /// Hash id of `xxh3_64_with_seed` over the canonical element bytes.
 pub const HASH_ID_XXH3_64: u8 = 1;
 /// Default confidence of [`Sketch::estimate`].
@@ -151,54 +152,6 @@ pub const fn exact_limit(precision: u8) -> usize {
         precision
     };
     1usize << (p - 4)
-}
-
-// ---------------------------------------------------------------------------
-// Errors
-// ---------------------------------------------------------------------------
-
-/// Errors of sketch construction, merge and decoding.
-#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
-pub enum SketchError {
-    #[error("sketch envelope is truncated")]
-    Truncated,
-    #[error("not a sketch envelope (bad magic bytes)")]
-    BadMagic,
-    #[error("unsupported sketch format version {0} (this build reads version 1)")]
-    UnsupportedVersion(u8),
-    #[error("unknown sketch hash id {0} (known: 1 = xxh3-64)")]
-    UnknownHashId(u8),
-    #[error("sketch precision {0} is outside 4..=18")]
-    BadPrecision(u8),
-    #[error(
-        "unknown sketch payload layout {0} (known: 1 = exact, 2 = dense, 3 = dense compressed \
-         from format version 2 on)"
-    )]
-    UnknownLayout(u8),
-    #[error("compressed sketch registers do not decompress: {0}")]
-    BadCompression(String),
-    #[error("sketch payload length {actual} does not fit layout {layout} (expected {expected})")]
-    LengthMismatch {
-        layout: u8,
-        expected: usize,
-        actual: usize,
-    },
-    #[error("sketch checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
-    Checksum { stored: u32, computed: u32 },
-    #[error("sketch register {index} has value {value}, above the maximum for its precision")]
-    BadRegister { index: usize, value: u8 },
-    #[error("exact sketch hashes are not strictly increasing")]
-    UnsortedExact,
-    #[error("exact sketch holds more hashes than its precision allows")]
-    TooManyExact,
-    #[error("trailing bytes after the sketch envelope")]
-    TrailingBytes,
-    #[error("cannot merge sketches with different hash functions")]
-    IncompatibleHash,
-    #[error("cannot merge sketches built with different hash seeds")]
-    IncompatibleSeed,
-    #[error("cannot merge sketches with different precisions")]
-    IncompatiblePrecision,
 }
 
 // ---------------------------------------------------------------------------

@@ -86,13 +86,8 @@ fn stored_sketch_error(key: &SketchKey, e: SketchError) -> Error {
     }
 }
 
-/// Default bound of the decoded-sketch cache.
-pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Default size of sled's page cache. At scale 1, 32 MiB peaked at 460-470
-/// MiB RSS and 16 MiB at 439-467, at the same ingest rate; 8 MiB saved
-/// nothing more (docs/PERFORMANCE.md).
-pub const DEFAULT_SLED_CACHE_BYTES: usize = 16 * 1024 * 1024;
+// The cache size defaults live with the configuration they are defaults of.
+pub use crate::config::{DEFAULT_CACHE_BYTES, DEFAULT_SLED_CACHE_BYTES};
 
 /// First byte of the `namespaces` tree's keys that record a deleted
 /// namespace: `0x00 | id u32`, value its last name. Names never start

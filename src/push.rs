@@ -1,5 +1,7 @@
-//! The regional side: pushes changed records to the upstream and repairs
-//! differences by anti-entropy.
+//! The regional side of replication: pushes changed records to the
+//! upstream and repairs differences by anti-entropy. Above the engine (it
+//! reads a running server's store and catalog); the records it sends and
+//! their digests are `crate::replication`'s.
 //!
 //! A push covers the revision `R` the store holds when it starts (its
 //! checkpointed log position). It streams the current value of every record
@@ -18,7 +20,6 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{bucket_of, digests, record_hash};
 use crate::catalog::fingerprint_hex;
 use crate::client::{AuthChannel, Client};
 use crate::config::ReplicationConfig;
@@ -26,6 +27,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::pb::replication_client::ReplicationClient;
+use crate::replication::{bucket_of, digests, record_hash};
 
 /// Bytes of record values per chunk, about.
 pub const CHUNK_BYTES: usize = 2 * 1024 * 1024;

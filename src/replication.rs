@@ -1,4 +1,11 @@
-//! Replication: regional servers push their state to an upstream.
+//! Replication's records: what a regional server pushes to an upstream,
+//! and how the upstream checks and merges them.
+//!
+//! This module holds the records' plain parts (validation, the merge log
+//! payload, the idempotent merge into the memtable, digests), below
+//! `ingest` and `engine`, whose commit thread and cluster reader apply
+//! merges. The regional pusher, which takes an `Engine`, is
+//! [`crate::push`], above the engine.
 //!
 //! Everything a server stores per day forms a join-semilattice, so merging
 //! is commutative, associative and idempotent:
@@ -20,12 +27,12 @@
 //! `store::keys`). Values are the stored bytes: sketch envelope, counter
 //! (u64 LE), presence day bitmap, name, or empty (table version).
 //!
-//! **Regional side** ([`push`]): with a changelog enabled, every checkpoint
-//! notes the records it changed under `r` keys with its revision (the log
-//! position it covers). A push reads the current value of every noted
-//! record and streams them in chunks; once the upstream acknowledged the
-//! last chunk, the notes are removed unless a later checkpoint renewed them.
-//! A push lost to a crash on either side is simply sent again.
+//! **Regional side** ([`crate::push`]): with a changelog enabled, every
+//! checkpoint notes the records it changed under `r` keys with its revision
+//! (the log position it covers). A push reads the current value of every
+//! noted record and streams them in chunks; once the upstream acknowledged
+//! the last chunk, the notes are removed unless a later checkpoint renewed
+//! them. A push lost to a crash on either side is simply sent again.
 //!
 //! **Upstream side**: a chunk is validated whole (nothing is applied if any
 //! record is bad), logged in the write-ahead log as a merge record, synced,
@@ -39,8 +46,6 @@
 //! for that region. Records of differing buckets are noted as changed and
 //! pushed again. This repairs anything a lost push or an upstream restored
 //! from an older backup missed.
-
-pub mod push;
 
 use std::collections::hash_map::Entry;
 
