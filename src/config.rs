@@ -34,7 +34,7 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Default size of sled's page cache. At scale 1, 32 MiB peaked at 460-470
 /// MiB RSS and 16 MiB at 439-467, at the same ingest rate; 8 MiB saved
-/// nothing more (docs/PERFORMANCE.md).
+/// nothing more (docs/performance-history.md).
 pub const DEFAULT_SLED_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The sketch and validation policy of a namespace, fixed at creation.

@@ -9,7 +9,7 @@ use clap::Parser;
 
 /// mimalloc rather than glibc's malloc: the commit thread allocates what
 /// the checkpoint thread frees, and glibc spent a third of the server's CPU
-/// in `_int_malloc` on that pattern at scale 1 (docs/PERFORMANCE.md); it
+/// in `_int_malloc` on that pattern at scale 1 (docs/performance-history.md); it
 /// also returns freed memory to the system.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// How long (ms) mimalloc keeps freed memory before returning it to the
 /// system. Its default (1 s) kept 80-100 MiB more resident at the peaks
 /// of a scale-0.1 ingest; 100 ms cost no measurable CPU there, while 0-10
-/// ms cost 10-20 % more (docs/PERFORMANCE.md). `MIMALLOC_PURGE_DELAY`
+/// ms cost 10-20 % more (docs/performance-history.md). `MIMALLOC_PURGE_DELAY`
 /// overrides it.
 const PURGE_DELAY_MS: std::ffi::c_long = 100;
 
@@ -41,7 +41,7 @@ fn tune_allocator() {
 /// them (`madvise(MADV_HUGEPAGE)` on its arenas), and a 2 MiB page stays
 /// resident while any of its 4 KiB pages holds a live object: at scale 1
 /// the server's peak RSS was 554-584 MiB with them and 460-470 MiB
-/// without, at the same ingest rate (docs/PERFORMANCE.md).
+/// without, at the same ingest rate (docs/performance-history.md).
 /// `MIMALLOC_ALLOW_THP=1` keeps them. Only faults after this call are
 /// affected, and little has been touched yet.
 #[cfg(target_os = "linux")]

@@ -244,23 +244,27 @@ pub fn series_sketch(
     Ok(acc)
 }
 
-/// [`series_sketch`] of every series in `dims` of one family: the
-/// memtables are walked once and sled is read by
-/// [`crate::store::Store::merge_windows`] (a scan per day for flat series).
-pub fn series_sketches(
+/// The estimate of [`series_sketch`] for every series in `dims` of one
+/// family (`None`: nothing in the window): the memtables are walked once
+/// and sled is read by [`crate::store::Store::merge_windows`] (a scan per
+/// day for flat series), on two threads for many series. Each series is
+/// estimated as soon as it is complete and its sketch freed.
+pub fn series_estimates(
     engine: &Engine,
     ns: &Namespace,
     family: Family,
     dims: &[u64],
     window: DayWindow,
-) -> Result<Vec<Sketch>> {
+    confidence: f64,
+) -> Result<Vec<Option<Estimate>>> {
+    let mut estimates = vec![None; dims.len()];
+    if window.is_empty() || dims.is_empty() {
+        return Ok(estimates);
+    }
     let mut accs = dims
         .iter()
         .map(|_| Sketch::new(ns.policy.precision, ns.seed))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    if window.is_empty() || dims.is_empty() {
-        return Ok(accs);
-    }
     {
         let at: rustc_hash::FxHashMap<u64, usize> =
             dims.iter().enumerate().map(|(i, &d)| (d, i)).collect();
@@ -280,29 +284,40 @@ pub fn series_sketches(
             }
         }
     }
+    let empty = Sketch::new(ns.policy.precision, ns.seed)?;
+    let read = |accs: &mut [Sketch], dims: &[u64], out: &mut [Option<Estimate>]| {
+        engine
+            .store
+            .merge_windows(accs, ns.id, family, dims, window, &mut |i, sketch| {
+                if !sketch.is_empty() {
+                    out[i] = Some(sketch.estimate_at(confidence));
+                }
+                *sketch = empty.clone();
+            })
+    };
     // Two halves of the series on two threads (each scans the days for
     // its own flat series): a query over every org has this machine's
     // cores to itself only while it runs.
-    let store = &engine.store;
     if dims.len() < 2 * PARALLEL_MIN_SERIES {
-        store.merge_windows(&mut accs, ns.id, family, dims, window)?;
-        return Ok(accs);
+        read(&mut accs, dims, &mut estimates)?;
+        return Ok(estimates);
     }
     let half = dims.len() / 2;
     let (accs_a, accs_b) = accs.split_at_mut(half);
     let (dims_a, dims_b) = dims.split_at(half);
+    let (out_a, out_b) = estimates.split_at_mut(half);
     std::thread::scope(|scope| {
-        let other = scope.spawn(|| store.merge_windows(accs_b, ns.id, family, dims_b, window));
-        let mine = store.merge_windows(accs_a, ns.id, family, dims_a, window);
+        let other = scope.spawn(|| read(accs_b, dims_b, out_b));
+        let mine = read(accs_a, dims_a, out_a);
         let other = other
             .join()
             .map_err(|_| Error::Unavailable("a query worker panicked".into()))?;
         mine.and(other)
     })?;
-    Ok(accs)
+    Ok(estimates)
 }
 
-/// Fewest series per thread for which [`series_sketches`] uses two.
+/// Fewest series per thread for which [`series_estimates`] uses two.
 const PARALLEL_MIN_SERIES: usize = 256;
 
 /// Exact number of rows ingested over `window`, globally or for a country.
@@ -544,15 +559,15 @@ pub fn group(
     }
     let (family, dims) = group_dims(engine, &ns, metric, by, within, covered)?;
     let ids: Vec<u64> = dims.iter().map(|(d, _)| *d).collect();
-    let sketches = series_sketches(engine, &ns, family, &ids, covered)?;
+    let estimates = series_estimates(engine, &ns, family, &ids, covered, confidence)?;
     let mut rows = Vec::with_capacity(dims.len());
-    for ((_, name), sketch) in dims.into_iter().zip(sketches) {
-        if sketch.is_empty() {
+    for ((_, name), estimate) in dims.into_iter().zip(estimates) {
+        let Some(estimate) = estimate else {
             continue;
-        }
+        };
         rows.push(GroupRow {
             group: name,
-            estimate: sketch.estimate_at(confidence),
+            estimate,
             org: None,
         });
     }
@@ -640,14 +655,15 @@ pub fn compare(
         dims.dedup();
     }
     let ids: Vec<u64> = dims.iter().map(|(d, _)| *d).collect();
-    let in_a = series_sketches(engine, &ns, family, &ids, a)?;
-    let in_b = series_sketches(engine, &ns, family, &ids, b)?;
+    let in_a = series_estimates(engine, &ns, family, &ids, a, confidence)?;
+    let in_b = series_estimates(engine, &ns, family, &ids, b, confidence)?;
     let mut rows = Vec::with_capacity(dims.len());
-    for (((_, name), sa), sb) in dims.into_iter().zip(in_a).zip(in_b) {
-        if sa.is_empty() && sb.is_empty() {
+    for (((_, name), ea), eb) in dims.into_iter().zip(in_a).zip(in_b) {
+        if ea.is_none() && eb.is_none() {
             continue;
         }
-        let (ea, eb) = (sa.estimate_at(confidence), sb.estimate_at(confidence));
+        let nothing = Estimate::exact_at(0, confidence);
+        let (ea, eb) = (ea.unwrap_or(nothing), eb.unwrap_or(nothing));
         rows.push(CompareRow {
             group: name,
             a: ea,

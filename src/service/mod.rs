@@ -204,7 +204,7 @@ fn namespace_info(engine: &Engine, ns: &Namespace) -> Result<pb::NamespaceInfo, 
 /// under `block_in_place`, which hands this worker's other tasks to another
 /// thread: a query that is answered from memory in microseconds then costs
 /// no thread switch (measured at scale 0.1 against `spawn_blocking`: 60-160
-/// us less per query, a third of a one-key query; docs/PERFORMANCE.md).
+/// us less per query, a third of a one-key query; docs/performance-history.md).
 /// Elsewhere (a current-thread runtime, e.g. some tests) it goes to the
 /// blocking pool.
 async fn blocking<T, F>(engine: &Arc<Engine>, rpc: &'static str, f: F) -> Result<T, Status>

@@ -154,7 +154,7 @@ impl Store {
         /// values, up to 12 KiB each, and sled's copies of the nodes it
         /// rewrites). With 256 here and 128 blocks per rollup batch instead
         /// of 1,024 and 512, scale 1 peaked at 421-446 MiB RSS instead of
-        /// 439-467, with no more CPU (docs/PERFORMANCE.md).
+        /// 439-467, with no more CPU (docs/performance-history.md).
         const CHUNK: usize = 256;
         let series_of = |key: &SketchKey| (key.ns, key.family, key.dim);
         for chunk in keys.chunks(CHUNK) {

@@ -424,11 +424,14 @@ impl Store {
     }
 
     /// [`Store::merge_window`] for many series of one family at once:
-    /// `accs[i]` takes series `dims[i]`. Rolled series read their blocks as
-    /// there; the days of flat series are read with one range scan per day
-    /// over the family's day keys (keys are day-major, see `keys`) instead
-    /// of one point read per series and day, so a query over every org
-    /// reads each stored day key once.
+    /// `accs[i]` takes series `dims[i]`, and `done(i, &mut accs[i])` is
+    /// called once it holds all of it (the caller may take the sketch's
+    /// answer and free it: a query over every org then never holds every
+    /// org's registers at once). Rolled series read their blocks as there;
+    /// the days of flat series are read with one range scan per day over
+    /// the family's day keys (keys are day-major, see `keys`) instead of
+    /// one point read per series and day, so a query over every org reads
+    /// each stored day key once.
     pub fn merge_windows(
         &self,
         accs: &mut [Sketch],
@@ -436,6 +439,7 @@ impl Store {
         family: Family,
         dims: &[u64],
         window: DayWindow,
+        done: &mut dyn FnMut(usize, &mut Sketch),
     ) -> Result<()> {
         assert_eq!(accs.len(), dims.len(), "one accumulator per series");
         let mut flat: rustc_hash::FxHashMap<u64, usize> = Default::default();
@@ -447,6 +451,7 @@ impl Store {
                             accs[i].merge(&stored)?;
                         }
                     }
+                    done(i, &mut accs[i]);
                 }
                 None => {
                     flat.insert(dim, i);
@@ -456,6 +461,7 @@ impl Store {
         if flat.len() < SCAN_MIN_SERIES {
             for (&dim, &i) in &flat {
                 self.merge_window(&mut accs[i], ns, family, dim, window)?;
+                done(i, &mut accs[i]);
             }
             return Ok(());
         }
@@ -473,6 +479,9 @@ impl Store {
                         .map_err(|e| stored_sketch_error(&key, e))?;
                 }
             }
+        }
+        for &i in flat.values() {
+            done(i, &mut accs[i]);
         }
         Ok(())
     }
