@@ -113,7 +113,11 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
         "second start",
     );
     server.stop().await;
-    assert_eq!(common::dump(&dir), after, "the second start rewrote records");
+    assert_eq!(
+        common::dump(&dir),
+        after,
+        "the second start rewrote records"
+    );
 }
 
 /// Records `answers.txt` from a server started by the old build on a copy
