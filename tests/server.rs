@@ -1021,7 +1021,7 @@ fn thp_enabled(pid: &str) -> Option<String> {
 /// The server process turns transparent huge pages off for itself: mimalloc
 /// asks for them, and a 2 MiB page stays resident while any of its 4 KiB
 /// holds a live object (peak RSS 554-584 MiB with them at scale 1, 460-470
-/// without; docs/PERFORMANCE.md). `MIMALLOC_ALLOW_THP` leaves the choice to
+/// without; docs/performance-history.md). `MIMALLOC_ALLOW_THP` leaves the choice to
 /// mimalloc.
 #[cfg(target_os = "linux")]
 #[test]
