@@ -19,28 +19,24 @@ use crate::sketch::{Sketch, FORMAT_VERSION};
 /// Values re-encoded per sled batch.
 const CHUNK: usize = 4_096;
 
-/// What an upgrade did.
+/// What an upgrade did (it is logged).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FormatUpgrade {
+struct FormatUpgrade {
     /// Sketch values read.
-    pub sketches: u64,
+    sketches: u64,
     /// Of them, values rewritten.
-    pub rewritten: u64,
+    rewritten: u64,
     /// Bytes of the rewritten values before and after.
-    pub bytes_before: u64,
-    pub bytes_after: u64,
+    bytes_before: u64,
+    bytes_after: u64,
 }
 
 /// Brings every stored sketch value to [`FORMAT_VERSION`] unless
-/// [`keys::META_SKETCH_FORMAT`] says it is there; `None` when nothing had
-/// to be done.
-pub(super) fn upgrade_sketch_format(
-    db: &sled::Db,
-    data: &sled::Tree,
-) -> Result<Option<FormatUpgrade>> {
+/// [`keys::META_SKETCH_FORMAT`] says it is there, and logs what it did.
+pub(super) fn upgrade_sketch_format(db: &sled::Db, data: &sled::Tree) -> Result<()> {
     let current = [FORMAT_VERSION];
     match data.get(keys::META_SKETCH_FORMAT)? {
-        Some(v) if v[..] == current => return Ok(None),
+        Some(v) if v[..] == current => return Ok(()),
         Some(v) => {
             return Err(Error::Incompatible(format!(
                 "the data directory's sketches are in envelope format {:?}; this build writes \
@@ -90,5 +86,5 @@ pub(super) fn upgrade_sketch_format(
             "stored sketches rewritten in envelope format {FORMAT_VERSION}"
         );
     }
-    Ok(Some(done))
+    Ok(())
 }

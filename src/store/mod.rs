@@ -44,7 +44,6 @@ pub mod space;
 pub mod wal;
 
 pub use checkpoint::Checkpoint;
-pub use format::FormatUpgrade;
 pub use rollup::{
     lower_rollup_level, DIM_FLAT, DIM_ROLLED, FLAT_MAX_HASHES, MAX_LEVEL, ROLLUP_LEVELS,
 };
@@ -118,9 +117,6 @@ pub struct Store {
     /// Every series with a dimension record (`i` key) in sled, so that a
     /// checkpoint writes one only for a new series (they are never deleted).
     dims: Arc<RwLock<FxHashSet<Series>>>,
-    /// What opening did to bring the stored sketches to this build's
-    /// envelope format (`format`).
-    upgraded: Option<FormatUpgrade>,
 }
 
 impl Store {
@@ -161,7 +157,7 @@ impl Store {
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
         check_key_layout(&data)?;
-        let upgraded = format::upgrade_sketch_format(&db, &data)?;
+        format::upgrade_sketch_format(&db, &data)?;
         let (mut dims, mut flat) = (FxHashSet::default(), FxHashSet::default());
         for item in data.scan_prefix([KIND_DIM]) {
             let (k, v) = item?;
@@ -187,14 +183,7 @@ impl Store {
             changelog: Arc::new(AtomicBool::new(false)),
             stale: Arc::new(RwLock::new(stale)),
             dims: Arc::new(RwLock::new(dims)),
-            upgraded,
         })
-    }
-
-    /// What opening the store did to bring its sketches to this build's
-    /// envelope format (`None`: they were in it).
-    pub fn format_upgrade(&self) -> Option<FormatUpgrade> {
-        self.upgraded
     }
 
     /// Makes checkpoints record every changed day record for replication.
