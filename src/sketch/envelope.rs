@@ -41,6 +41,28 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
+/// Layout 2: registers packed 6 bits each, 4 registers per 3 bytes.
+fn pack_registers(regs: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(regs.len() * 3 / 4);
+    for r in regs.chunks_exact(4) {
+        let v =
+            u32::from(r[0]) | u32::from(r[1]) << 6 | u32::from(r[2]) << 12 | u32::from(r[3]) << 18;
+        payload.extend_from_slice(&v.to_le_bytes()[..3]);
+    }
+    payload
+}
+
+/// The inverse of [`pack_registers`] (`payload` has the packed length).
+fn unpack_registers(payload: &[u8], regs: &mut [u8]) {
+    for (out, packed) in regs.chunks_exact_mut(4).zip(payload.chunks_exact(3)) {
+        let v = u32::from(packed[0]) | u32::from(packed[1]) << 8 | u32::from(packed[2]) << 16;
+        out[0] = (v & 0x3f) as u8;
+        out[1] = ((v >> 6) & 0x3f) as u8;
+        out[2] = ((v >> 12) & 0x3f) as u8;
+        out[3] = ((v >> 18) & 0x3f) as u8;
+    }
+}
+
 /// The registers as a zstd frame, or `None` when compression fails or
 /// saves nothing over packing them into `packed_len` bytes.
 fn compress_registers(regs: &[u8], packed_len: usize) -> Option<Vec<u8>> {
@@ -109,15 +131,7 @@ impl Sketch {
         let Repr::Dense(regs) = &self.repr else {
             return self.encode();
         };
-        let mut payload = Vec::with_capacity(dense_payload_len(self.precision));
-        for r in regs.chunks_exact(4) {
-            let v = u32::from(r[0])
-                | u32::from(r[1]) << 6
-                | u32::from(r[2]) << 12
-                | u32::from(r[3]) << 18;
-            payload.extend_from_slice(&v.to_le_bytes()[..3]);
-        }
-        self.envelope(LAYOUT_DENSE, &payload)
+        self.envelope(LAYOUT_DENSE, &pack_registers(regs))
     }
 
     /// Header, payload and checksum.
@@ -158,17 +172,9 @@ impl Sketch {
         } else {
             let max = max_register(precision);
             let mut regs = vec![0u8; 1usize << precision].into_boxed_slice();
-            if layout == LAYOUT_DENSE_ZSTD {
-                decompress_registers(payload, &mut regs)?;
-            }
-            let packed_payload = if layout == LAYOUT_DENSE { payload } else { &[] };
-            for (out, packed) in regs.chunks_exact_mut(4).zip(packed_payload.chunks_exact(3)) {
-                let v =
-                    u32::from(packed[0]) | u32::from(packed[1]) << 8 | u32::from(packed[2]) << 16;
-                out[0] = (v & 0x3f) as u8;
-                out[1] = ((v >> 6) & 0x3f) as u8;
-                out[2] = ((v >> 12) & 0x3f) as u8;
-                out[3] = ((v >> 18) & 0x3f) as u8;
+            match layout {
+                LAYOUT_DENSE_ZSTD => decompress_registers(payload, &mut regs)?,
+                _ => unpack_registers(payload, &mut regs),
             }
             // Branch-free scan first (vectorises), locate the culprit only
             // on failure.

@@ -20,7 +20,7 @@ use crate::sketch::{Sketch, FORMAT_VERSION};
 const CHUNK: usize = 4_096;
 
 /// What an upgrade did (it is logged).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Default)]
 struct FormatUpgrade {
     /// Sketch values read.
     sketches: u64,

@@ -404,6 +404,11 @@ impl Store {
             }
             return Ok(());
         };
+        self.merge_blocks(acc, blocks)
+    }
+
+    /// Merges the stored sketches of `blocks` into `acc` (through the cache).
+    fn merge_blocks(&self, acc: &mut Sketch, blocks: Vec<SketchKey>) -> Result<()> {
         for key in blocks {
             if let Some(stored) = self.block_sketch(&key)? {
                 acc.merge(&stored)?;
@@ -435,11 +440,7 @@ impl Store {
         for (i, &dim) in dims.iter().enumerate() {
             match self.window_blocks(ns, family, dim, window) {
                 Some(blocks) => {
-                    for key in blocks {
-                        if let Some(stored) = self.block_sketch(&key)? {
-                            accs[i].merge(&stored)?;
-                        }
-                    }
+                    self.merge_blocks(&mut accs[i], blocks)?;
                     done(i, &mut accs[i]);
                 }
                 None => {

@@ -98,6 +98,13 @@ pub(super) fn parse_query(q: &Value) -> anyhow::Result<Option<Query>> {
     let id = q["id"].as_str().unwrap_or("?").to_owned();
     let kind = q["kind"].as_str().unwrap_or("?").to_owned();
     let whole = || window(&q["start"], &q["end"]);
+    let change = |by| -> anyhow::Result<Call> {
+        Ok(Call::Drop {
+            by,
+            a: window(&q["a"][0], &q["a"][1])?,
+            b: window(&q["b"][0], &q["b"][1])?,
+        })
+    };
     let call = match kind.as_str() {
         "ip_country_window" => Call::Count {
             metric: Metric::Ips,
@@ -114,11 +121,7 @@ pub(super) fn parse_query(q: &Value) -> anyhow::Result<Option<Query>> {
             scope: Scope::Global,
             window: whole()?,
         },
-        "drop_pct_by_country" => Call::Drop {
-            by: GroupBy::Country,
-            a: window(&q["a"][0], &q["a"][1])?,
-            b: window(&q["b"][0], &q["b"][1])?,
-        },
+        "drop_pct_by_country" => change(GroupBy::Country)?,
         "org_country_window" => Call::Group {
             metric: Metric::Orgs,
             by: GroupBy::Country,
@@ -144,11 +147,7 @@ pub(super) fn parse_query(q: &Value) -> anyhow::Result<Option<Query>> {
             by: GroupBy::Org,
             window: whole()?,
         },
-        "ip_orgs_compare" => Call::Drop {
-            by: GroupBy::Org,
-            a: window(&q["a"][0], &q["a"][1])?,
-            b: window(&q["b"][0], &q["b"][1])?,
-        },
+        "ip_orgs_compare" => change(GroupBy::Org)?,
         "org_retention" => Call::Retention {
             country: country(q)?,
             a: window(&q["start"], &q["cutoff"])?,
