@@ -1,6 +1,7 @@
 //! A data directory written by the sketchd before sketch envelope format 2
-//! (`tests/data/format1/`, made as its README says) opens with this build,
-//! has its sketches rewritten in format 2 once, and answers every query
+//! and day groups (`tests/data/format1/`, made as its README says) opens
+//! with this build, has its sketches rewritten in format 2 and the days of
+//! its flat series moved into day groups once, and answers every query
 //! exactly as that sketchd did (`tests/data/format1/answers.txt`, recorded
 //! from it over gRPC).
 
@@ -50,9 +51,42 @@ fn assert_answers(got: &[String], case: &str) {
     assert_eq!(got.len(), want.len(), "{case}: number of answers");
 }
 
-/// The sketch records of a dump.
-fn sketches(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<&Vec<u8>, &Vec<u8>> {
-    dump.iter().filter(|(k, _)| k[0] == b's').collect()
+/// The sketch records of a dump: rollup blocks and days under `s` keys,
+/// and the days in day groups (`f` keys: version 1, then dim u64 BE,
+/// length u32 LE and the sketch, per day) as the `s` keys they had.
+/// Panics if a day is in both.
+fn sketches(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut out: BTreeMap<Vec<u8>, Vec<u8>> = dump
+        .iter()
+        .filter(|(k, _)| k[0] == b's')
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (k, v) in dump.iter().filter(|(k, _)| k[0] == b'f') {
+        assert_eq!(k.len(), 12, "group key {k:?}");
+        assert_eq!(v[0], 1, "group version");
+        let mut at = 1;
+        while at < v.len() {
+            let dim = &v[at..at + 8];
+            let len = u32::from_le_bytes(v[at + 8..at + 12].try_into().unwrap()) as usize;
+            let mut key = vec![b's'];
+            key.extend_from_slice(&k[1..6]); // ns, family
+            key.push(0); // level
+            key.extend_from_slice(&k[6..10]); // day
+            key.extend_from_slice(dim);
+            let day = v[at + 12..at + 12 + len].to_vec();
+            assert!(
+                out.insert(key.clone(), day).is_none(),
+                "{key:?} stored twice"
+            );
+            at += 12 + len;
+        }
+    }
+    out
+}
+
+/// How many day groups a dump holds.
+fn groups(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
+    dump.keys().filter(|k| k[0] == b'f').count()
 }
 
 #[tokio::test]
@@ -70,22 +104,35 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
     assert_answers(&first, "after the upgrade");
     server.stop().await;
 
-    // Every record is where it was; every sketch holds the same state, now
-    // in format 2, and the dense ones are compressed and smaller.
+    // Every other record is as it was; every
+    // sketch holds the same state, now in format 2, and the dense ones are
+    // compressed and smaller; the days of flat series are in day groups.
     let after = common::dump(&dir);
-    assert_eq!(
-        before.keys().collect::<Vec<_>>(),
-        after.keys().collect::<Vec<_>>()
-    );
-    for (k, v) in &before {
-        if k[0] != b's' {
-            assert_eq!(v, &after[k], "record {k:?}");
-        }
-    }
+    let others = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> BTreeMap<Vec<u8>, Vec<u8>> {
+        dump.iter()
+            .filter(|(k, _)| !matches!(k[0], b's' | b'f'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert_eq!(others(&before), others(&after));
+    assert_eq!(groups(&before), 0);
     let new = sketches(&after);
+    assert_eq!(
+        old.keys().collect::<Vec<_>>(),
+        new.keys().collect::<Vec<_>>()
+    );
+    let grouped = after.keys().filter(|k| k[0] == b'f').count();
+    let keyed_days = after
+        .keys()
+        .filter(|k| k[0] == b's' && k.len() == 19 && k[6] == 0)
+        .count();
+    assert!(
+        grouped >= 100 && keyed_days * 2 < old.len(),
+        "{grouped} groups, {keyed_days} days under their own keys"
+    );
     let (mut dense, mut bytes_old, mut bytes_new) = (0, 0, 0);
     for (k, old_bytes) in &old {
-        let new_bytes = new[k];
+        let new_bytes = &new[k];
         assert_eq!(new_bytes[4], FORMAT_VERSION, "{k:?}");
         let (was, is) = (
             Sketch::decode(old_bytes).unwrap(),

@@ -14,15 +14,16 @@
 //! effects of the records up to its log position, and the log holds the
 //! rest.
 
+use std::collections::hash_map::Entry;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::groups::GroupEdit;
 use super::index::DayBits;
 use super::keys::{
-    self, dim_key, extent_key, org_name_key, presence_key, NamespaceId, SketchKey,
-    META_CHECKPOINT_LSN,
+    self, day_group, dim_key, extent_key, org_name_key, presence_key, GroupKey, NamespaceId,
+    SketchKey, META_CHECKPOINT_LSN,
 };
 use super::memtable::Memtable;
 use super::rollup::{needs_rollups, DIM_FLAT, DIM_ROLLED};
@@ -143,12 +144,16 @@ impl Store {
     /// so that the read-merge-write of day sketches uses the cores the
     /// commit thread leaves idle.
     pub fn write_checkpoint_sketches(&self, mem: &Memtable) -> Result<()> {
-        by_series(mem.sketches.keys(), |keys| {
+        by_series(mem.sketches.keys(), |mut keys| {
+            // Day by day and group by group, so that a chunk changes each
+            // day group it touches once.
+            keys.sort_unstable_by_key(|k| (k.ns, k.family, k.block.start, day_group(k.dim), k.dim));
             self.write_day_chunks(mem, &keys)
         })
     }
 
-    /// [`Store::write_checkpoint_sketches`] for `keys` (sorted, whole series).
+    /// [`Store::write_checkpoint_sketches`] for `keys` (whole day groups,
+    /// sorted by day and group).
     fn write_day_chunks(&self, mem: &Memtable, keys: &[&SketchKey]) -> Result<()> {
         /// Day sketches merged per sled batch (a batch holds their encoded
         /// values, up to 12 KiB each, and sled's copies of the nodes it
@@ -159,41 +164,82 @@ impl Store {
         let series_of = |key: &SketchKey| (key.ns, key.family, key.dim);
         for chunk in keys.chunks(CHUNK) {
             let mut batch = sled::Batch::default();
+            // Which series are flat as the chunk starts (a new one is, until
+            // a day says otherwise): their days are in day groups.
+            let mut flat_before: FxHashMap<Series, bool> = FxHashMap::default();
+            let mut new_series: FxHashSet<Series> = FxHashSet::default();
+            {
+                let dims = self.dims.read();
+                let state = self.stale.read();
+                for key in chunk {
+                    let series = series_of(key);
+                    flat_before.entry(series).or_insert_with(|| {
+                        let new = !dims.contains(&series);
+                        if new {
+                            new_series.insert(series);
+                        }
+                        new || state.flat.contains(&series)
+                    });
+                }
+            }
             // The merged days first: they decide which series need blocks.
+            let mut groups: FxHashMap<GroupKey, GroupEdit> = FxHashMap::default();
             let mut big: FxHashSet<Series> = FxHashSet::default();
+            let mut merged = Vec::with_capacity(chunk.len());
             for key in chunk {
                 let delta = &mem.sketches[*key];
-                let merged;
-                let sketch = match self.block_sketch_uncached(key)? {
-                    Some(stored) => {
-                        // Not shared unless it came from the cache.
-                        let mut stored = Arc::unwrap_or_clone(stored);
+                let gk = GroupKey::of(key);
+                // A flat series' day is in its group; a rolled one's under
+                // its own key, or in its group if written while flat.
+                let flat = flat_before[&series_of(key)];
+                let keyed = if flat {
+                    None
+                } else {
+                    self.data.get(key.encode())?
+                };
+                let stored = match keyed {
+                    Some(bytes) => Some(bytes),
+                    // Groups are loaded for editing when they hold a day
+                    // this chunk changes (a rolled series' day leaves it).
+                    None if !flat && !groups.contains_key(&gk) => {
+                        let found = self.day_in_group(key)?;
+                        if found.is_some() {
+                            groups.insert(gk, self.load_group(&gk)?);
+                        }
+                        found
+                    }
+                    None => {
+                        let edit = match groups.entry(gk) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(e) => e.insert(self.load_group(&gk)?),
+                        };
+                        edit.days.get(&key.dim).map(|b| sled::IVec::from(&b[..]))
+                    }
+                };
+                let sketch = match stored {
+                    Some(bytes) => {
+                        let mut stored = crate::sketch::Sketch::decode(&bytes)
+                            .map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}")))?;
                         stored.merge(delta)?;
-                        merged = stored;
-                        &merged
+                        std::borrow::Cow::Owned(stored)
                     }
                     // A new day is the delta itself.
-                    None => delta,
+                    None => std::borrow::Cow::Borrowed(delta),
                 };
-                if needs_rollups(sketch) {
+                if needs_rollups(&sketch) {
                     big.insert(series_of(key));
                 }
-                batch.insert(&key.encode()[..], sketch.encode());
+                merged.push((*key, sketch));
             }
             // New series (and their dimension records), and flat series
             // that turn rolled.
             let mut new_dims = Vec::new();
             let (mut new_flat, mut to_roll) = (FxHashSet::default(), Vec::new());
             {
-                let dims = self.dims.read();
                 let state = self.stale.read();
-                for (i, key) in chunk.iter().enumerate() {
-                    // Once per series (the keys are sorted).
-                    let series = series_of(key);
-                    if i > 0 && series_of(chunk[i - 1]) == series {
-                        continue;
-                    }
-                    let record = if !dims.contains(&series) {
+                for &series in flat_before.keys() {
+                    let (ns, family, dim) = series;
+                    let record = if new_series.contains(&series) {
                         new_dims.push(series);
                         if big.contains(&series) {
                             DIM_ROLLED
@@ -207,9 +253,33 @@ impl Store {
                     } else {
                         continue;
                     };
-                    batch.insert(&dim_key(key.ns, key.family, key.dim)[..], record);
+                    batch.insert(&dim_key(ns, family, dim)[..], record);
                 }
             }
+            // The days: a series flat as the chunk started keeps them in
+            // its groups (readers may still read it as flat, so nothing of
+            // it moves now), unless new and rolled at once; a rolled
+            // series' day goes under its own key and leaves its group.
+            for (key, sketch) in &merged {
+                let series = series_of(key);
+                let in_group = flat_before[&series]
+                    && !(new_series.contains(&series) && big.contains(&series));
+                let gk = GroupKey::of(key);
+                if in_group {
+                    let edit = groups.entry(gk).or_default();
+                    edit.days.insert(key.dim, sketch.encode());
+                    edit.dirty = true;
+                } else {
+                    if let Some(edit) = groups.get_mut(&gk) {
+                        edit.dirty |= edit.days.remove(&key.dim).is_some();
+                    }
+                    batch.insert(&key.encode()[..], sketch.encode());
+                }
+            }
+            for (gk, edit) in &groups {
+                edit.write(gk, &mut batch);
+            }
+            drop(merged);
             // The days whose blocks go stale: those of rolled series in the
             // chunk, and every stored day of a series turning rolled.
             let mut marked: FxHashMap<Series, DayBits> = FxHashMap::default();
@@ -239,7 +309,7 @@ impl Store {
                     // Its stored days lie within the namespace's stored
                     // extent, or within this memtable's: earlier chunks of
                     // this checkpoint may have written some (the chunk's
-                    // own days were marked above).
+                    // own days were marked above). They are all in groups.
                     let (first, end) = match (self.extent(ns)?, mem.extents.get(&ns)) {
                         (Some((f, e)), Some(&(mf, me))) => (f.min(mf), e.max(me)),
                         (Some(stored), None) => stored,
@@ -248,7 +318,7 @@ impl Store {
                     };
                     for day in (first.0..end.0).map(Day) {
                         let key = SketchKey::day(ns, family, dim, day);
-                        if self.data.contains_key(key.encode())? {
+                        if self.day_in_group(&key)?.is_some() {
                             mark((ns, family, dim), day);
                         }
                     }

@@ -12,7 +12,8 @@
 //!
 //! | kind | layout | value |
 //! |---|---|---|
-//! | `s` | ns u32, family u8, level u8, first day u32, dim u64 | sketch envelope of a dyadic block of `2^level` days (levels of `store::ROLLUP_LEVELS`) |
+//! | `s` | ns u32, family u8, level u8, first day u32, dim u64 | sketch envelope of a dyadic block of `2^level` days (levels of `store::ROLLUP_LEVELS`); of days, only those of rolled series |
+//! | `f` | ns u32, family u8, day u32, group u16 | the day sketches of the flat series whose dims fall in the group ([`day_group`]; value: `store::groups`) |
 //! | `c` | ns u32, dim u64 (country, 0 = all), day u32 | observations, u64 LE |
 //! | `o` | ns u32, dim u64 | name of an org, sector or `CC/sector` dimension (UTF-8) |
 //! | `v` | ns u32, version | empty: batches were attributed with these tables |
@@ -34,6 +35,7 @@ use crate::time::{Block, Day};
 pub type NamespaceId = u32;
 
 pub const KIND_SKETCH: u8 = b's';
+pub const KIND_DAY_GROUP: u8 = b'f';
 pub const KIND_COUNTER: u8 = b'c';
 pub const KIND_ORG_NAME: u8 = b'o';
 pub const KIND_DEDUPE: u8 = b'd';
@@ -70,9 +72,19 @@ pub const META_KEY_LAYOUT: &[u8] = b"mkey_layout";
 /// sketch value (one byte; see `store::format`).
 pub const META_SKETCH_FORMAT: &[u8] = b"msketch_format";
 
-/// The sketch key layout this build writes and reads: 2, day-major (1, in
-/// stores without [`META_KEY_LAYOUT`], was series-major).
-pub const KEY_LAYOUT: &[u8] = &[2];
+/// The sketch key layout this build writes and reads: 3, day-major, the
+/// days of flat series in day groups (`f` keys). Layout 2 (every day under
+/// its own `s` key) is upgraded at open (`store::groups`); layout 1 (in
+/// stores without [`META_KEY_LAYOUT`]) was series-major.
+pub const KEY_LAYOUT: &[u8] = &[3];
+
+/// The layout upgraded at open to [`KEY_LAYOUT`].
+pub const KEY_LAYOUT_UNGROUPED: &[u8] = &[2];
+
+/// Bits of a day group number: the flat series of one (namespace, family,
+/// day) are spread over `2^GROUP_BITS` sled values. At scale 1 (~9.5 k
+/// flat org days a day) a group holds ~9 days, ~2.3 KB.
+pub const GROUP_BITS: u32 = 10;
 
 /// Seed of the dimension hashes (org and sector ids to key dimensions).
 /// Part of the on-disk format: never change it.
@@ -222,6 +234,73 @@ impl SketchKey {
     /// The level byte of an encoded sketch key.
     pub fn encoded_level(bytes: &[u8]) -> Option<u8> {
         (bytes.len() == Self::LEN && bytes[0] == KIND_SKETCH).then(|| bytes[6])
+    }
+}
+
+/// The day group of a dimension (see [`GroupKey`]): the high bits of a
+/// multiplicative mix, so that small dims (countries) spread too. Part of
+/// the on-disk format: never change it.
+pub fn day_group(dim: u64) -> u16 {
+    (dim.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - GROUP_BITS)) as u16
+}
+
+/// The key of one day group: the day sketches of the flat series of one
+/// (namespace, family, day) whose dims have [`day_group`] `group`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub ns: NamespaceId,
+    pub family: Family,
+    pub day: Day,
+    pub group: u16,
+}
+
+impl GroupKey {
+    pub const LEN: usize = 12;
+
+    /// The group holding the day of `key` (a day key) when its series is flat.
+    pub fn of(key: &SketchKey) -> GroupKey {
+        GroupKey {
+            ns: key.ns,
+            family: key.family,
+            day: key.block.start,
+            group: day_group(key.dim),
+        }
+    }
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut key = [0u8; Self::LEN];
+        key[..10].copy_from_slice(&Self::day_prefix(self.ns, self.family, self.day));
+        key[10..].copy_from_slice(&self.group.to_be_bytes());
+        key
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<GroupKey> {
+        if bytes.len() != Self::LEN || bytes[0] != KIND_DAY_GROUP {
+            return None;
+        }
+        Some(GroupKey {
+            ns: u32::from_be_bytes(bytes[1..5].try_into().ok()?),
+            family: Family::from_u8(bytes[5])?,
+            day: Day(u32::from_be_bytes(bytes[6..10].try_into().ok()?)),
+            group: u16::from_be_bytes(bytes[10..12].try_into().ok()?),
+        })
+    }
+
+    /// The prefix of every group of one (namespace, family, day).
+    pub fn day_prefix(ns: NamespaceId, family: Family, day: Day) -> [u8; 10] {
+        let mut key = [0u8; 10];
+        key[..6].copy_from_slice(&Self::family_prefix(ns, family));
+        key[6..].copy_from_slice(&day.0.to_be_bytes());
+        key
+    }
+
+    /// The prefix of every group of one (namespace, family).
+    pub fn family_prefix(ns: NamespaceId, family: Family) -> [u8; 6] {
+        let mut key = [0u8; 6];
+        key[0] = KIND_DAY_GROUP;
+        key[1..5].copy_from_slice(&ns.to_be_bytes());
+        key[5] = family as u8;
+        key
     }
 }
 

@@ -20,6 +20,8 @@
 //! - `replicated`: what replication reads and writes here: records by
 //!   namespace, the change log, the upstream's acknowledgement, origin
 //!   records;
+//! - `groups`: the days of flat series, many to a sled value (day
+//!   groups); a day is stored in one place only;
 //! - `format`: the envelope format of stored sketches, and the rewrite,
 //!   once, of a store written in an older one;
 //! - `series`: checkpoint work split by series over
@@ -32,6 +34,7 @@ mod checkpoint;
 #[cfg(test)]
 mod fixtures;
 mod format;
+mod groups;
 pub mod index;
 pub mod keys;
 pub mod memtable;
@@ -156,7 +159,7 @@ impl Store {
         };
         let data = db.open_tree("data")?;
         let namespaces = db.open_tree("namespaces")?;
-        check_key_layout(&data)?;
+        let ungrouped = check_key_layout(&data)?;
         format::upgrade_sketch_format(&db, &data)?;
         let (mut dims, mut flat) = (FxHashSet::default(), FxHashSet::default());
         for item in data.scan_prefix([KIND_DIM]) {
@@ -171,6 +174,9 @@ impl Store {
                 _ => return Err(corrupt()),
             }
             dims.insert(series);
+        }
+        if ungrouped {
+            groups::group_flat_days(&db, &data, &flat)?;
         }
         adopt_rollup_levels(&db, &data, &flat)?;
         let stale = StaleRollups::load(&data, flat)?;
@@ -357,7 +363,12 @@ impl Store {
         if cached.is_some() {
             return Ok(cached);
         }
-        match self.data.get(key.encode())? {
+        let stored = if key.block.level == 0 {
+            self.day_bytes(key)?
+        } else {
+            self.data.get(key.encode())?
+        };
+        match stored {
             Some(bytes) => {
                 let sketch = Arc::new(
                     Sketch::decode(&bytes)
@@ -391,12 +402,12 @@ impl Store {
         window: DayWindow,
     ) -> Result<()> {
         let Some(blocks) = self.window_blocks(ns, family, dim, window) else {
-            // Keys are day-major (see `keys`): a day of one series is one
-            // point read. Callers clip the window to the days with data
-            // (`query` does, once per query rather than once per series).
+            // A flat series' day is in its day group (see `groups`): one
+            // point read a day. Callers clip the window to the days with
+            // data (`query` does, once per query rather than once per series).
             for day in window.days() {
                 let key = SketchKey::day(ns, family, dim, day);
-                let Some(bytes) = self.data.get(key.encode())? else {
+                let Some(bytes) = self.day_in_group(&key)? else {
                     continue;
                 };
                 acc.merge_encoded(&bytes)
@@ -423,9 +434,9 @@ impl Store {
     /// answer and free it: a query over every org then never holds every
     /// org's registers at once). Rolled series read their blocks as there;
     /// the days of flat series are read with one range scan per day over
-    /// the family's day keys (keys are day-major, see `keys`) instead of
-    /// one point read per series and day, so a query over every org reads
-    /// each stored day key once.
+    /// the family's day groups (see `groups`) instead of one point read
+    /// per series and day, so a query over every org reads each stored
+    /// group once.
     pub fn merge_windows(
         &self,
         accs: &mut [Sketch],
@@ -456,17 +467,17 @@ impl Store {
             return Ok(());
         }
         for day in window.days() {
-            let first = SketchKey::day(ns, family, 0, day).encode();
-            let prefix = &first[..SketchKey::LEN - 8];
+            let prefix = keys::GroupKey::day_prefix(ns, family, day);
             for item in self.data.scan_prefix(prefix) {
-                let (key, bytes) = item?;
-                let Some(key) = SketchKey::decode(&key) else {
-                    continue;
-                };
-                if let Some(&i) = flat.get(&key.dim) {
-                    accs[i]
-                        .merge_encoded(&bytes)
-                        .map_err(|e| stored_sketch_error(&key, e))?;
+                let (_, value) = item?;
+                for entry in groups::entries(&value) {
+                    let (dim, bytes) = entry?;
+                    if let Some(&i) = flat.get(&dim) {
+                        accs[i].merge_encoded(bytes).map_err(|e| {
+                            let key = SketchKey::day(ns, family, dim, day);
+                            stored_sketch_error(&key, e)
+                        })?;
+                    }
                 }
             }
         }
@@ -508,13 +519,18 @@ impl Store {
 }
 
 /// Refuses a store whose sketch keys have another layout than
-/// [`keys::KEY_LAYOUT`], and records the layout in a new store.
-fn check_key_layout(data: &sled::Tree) -> Result<()> {
+/// [`keys::KEY_LAYOUT`] or [`keys::KEY_LAYOUT_UNGROUPED`], and records the
+/// layout in a new store. Returns whether the store's flat days are still
+/// to be moved into day groups (layout 2; see `groups`).
+fn check_key_layout(data: &sled::Tree) -> Result<bool> {
     match data.get(keys::META_KEY_LAYOUT)? {
-        Some(v) if &v[..] == keys::KEY_LAYOUT => Ok(()),
+        Some(v) if &v[..] == keys::KEY_LAYOUT => Ok(false),
+        Some(v) if &v[..] == keys::KEY_LAYOUT_UNGROUPED => Ok(true),
         Some(v) => Err(Error::Incompatible(format!(
-            "the data directory's sketch keys have layout {:?}; this build reads layout {:?}",
+            "the data directory's sketch keys have layout {:?}; this build reads layouts {:?} \
+             and {:?}",
             &v[..],
+            keys::KEY_LAYOUT_UNGROUPED,
             keys::KEY_LAYOUT
         ))),
         None if data.scan_prefix([keys::KIND_SKETCH]).next().is_some() => {
@@ -527,7 +543,7 @@ fn check_key_layout(data: &sled::Tree) -> Result<()> {
         }
         None => {
             data.insert(keys::META_KEY_LAYOUT, keys::KEY_LAYOUT)?;
-            Ok(())
+            Ok(false)
         }
     }
 }

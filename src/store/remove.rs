@@ -7,8 +7,8 @@
 //! way leaves records of an id no name maps to; the engine removes them
 //! again at the next start.
 //!
-//! Removing the days before a cut-off deletes the day sketches and every
-//! rollup block wholly before it (sketch keys are day-major: one range per
+//! Removing the days before a cut-off deletes the day sketches (keyed and
+//! in day groups) and every rollup block wholly before it (sketch keys are day-major: one range per
 //! family and level), marks the day before the cut-off stale in each
 //! series that has a block straddling it (the next rollup pass rebuilds
 //! those blocks from what is left, see the module doc of `store`), drops
@@ -30,6 +30,7 @@ use crate::time::{Block, Day};
 /// The kinds of `data` keys that start with a namespace id.
 const PER_NAMESPACE: &[u8] = &[
     keys::KIND_SKETCH,
+    keys::KIND_DAY_GROUP,
     keys::KIND_COUNTER,
     keys::KIND_ORG_NAME,
     keys::KIND_DEDUPE,
@@ -131,6 +132,12 @@ impl Store {
                 touched += self.remove_range(from..to)?;
             }
         }
+        // Day groups before the cut-off (keys are day-major per family).
+        for family in (1..=9).filter_map(Family::from_u8) {
+            let from = keys::GroupKey::family_prefix(ns, family).to_vec();
+            let to = keys::GroupKey::day_prefix(ns, family, cutoff).to_vec();
+            touched += self.remove_range(from..to)?;
+        }
         // Counters: per dimension, the days before the cut-off.
         let mut prefix = vec![keys::KIND_COUNTER];
         prefix.extend_from_slice(&ns.to_be_bytes());
@@ -190,8 +197,15 @@ impl Store {
             let mut sketches = Vec::new();
             let mut n = 0u64;
             for item in self.data.range(range.clone()).take(CHUNK) {
-                let (k, _) = item?;
+                let (k, v) = item?;
                 sketches.extend(SketchKey::decode(&k));
+                // The days of a group may be cached under their day keys.
+                if let Some(gk) = keys::GroupKey::decode(&k) {
+                    for entry in super::groups::entries(&v) {
+                        let (dim, _) = entry?;
+                        sketches.push(SketchKey::day(gk.ns, gk.family, dim, gk.day));
+                    }
+                }
                 batch.remove(k);
                 n += 1;
             }

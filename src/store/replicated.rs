@@ -17,19 +17,27 @@ use crate::error::{Error, Result};
 impl Store {
     /// The value of a namespace-free record key (see `replication`), if stored.
     pub fn record_value(&self, ns: NamespaceId, record: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .data
-            .get(keys::key_of_record(ns, record))?
-            .map(|v| v.to_vec()))
+        let key = keys::key_of_record(ns, record);
+        let value = match SketchKey::decode(&key) {
+            // A day may be in its day group (see `groups`).
+            Some(day) if day.block.level == 0 => self.day_bytes(&day)?,
+            _ => self.data.get(key)?,
+        };
+        Ok(value.map(|v| v.to_vec()))
     }
 
-    /// Every replicable record of one namespace: day sketches, counters,
-    /// presence, names and table versions, as (record key, value).
+    /// Every replicable record of one namespace: day sketches (those in
+    /// day groups first), counters, presence, names and table versions,
+    /// as (record key, value).
     pub fn records(
         &self,
         ns: NamespaceId,
     ) -> impl Iterator<Item = Result<(Vec<u8>, sled::IVec)>> + '_ {
-        [
+        let grouped = self.grouped_days(ns).map(|day| {
+            let (key, value) = day?;
+            Ok((keys::record_of(&key.encode()), value))
+        });
+        let keyed = [
             keys::KIND_SKETCH,
             keys::KIND_COUNTER,
             KIND_PRESENCE,
@@ -47,7 +55,8 @@ impl Store {
             Ok((k, _)) if SketchKey::encoded_level(&k).is_some_and(|level| level > 0) => None,
             Ok((k, v)) => Some(Ok((keys::record_of(&k), v))),
             Err(e) => Some(Err(e.into())),
-        })
+        });
+        grouped.chain(keyed)
     }
 
     /// The change log: (namespace, record key, revision) of every record

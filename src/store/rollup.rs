@@ -312,6 +312,18 @@ pub(super) fn adopt_rollup_levels(
             blocks.push(k);
         }
     }
+    // Days of rolled series written while they were flat (see `groups`).
+    for item in data.scan_prefix([keys::KIND_DAY_GROUP]) {
+        let (k, value) = item?;
+        let group = keys::GroupKey::decode(&k).ok_or_else(|| corrupt("day group key"))?;
+        for entry in super::groups::entries(&value) {
+            let (dim, _) = entry?;
+            let series = (group.ns, group.family, dim);
+            if !flat.contains(&series) {
+                days.entry(series).or_default().insert(group.day);
+            }
+        }
+    }
     let series: Vec<(Series, DayBits)> = days.into_iter().collect();
     for chunk in series.chunks(CHUNK) {
         let mut batch = sled::Batch::default();

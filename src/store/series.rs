@@ -4,10 +4,12 @@
 //! rollup blocks, its dimension record (`i` key) and its stale-day record
 //! (`u` key). The checkpoint's day writes and the rollup pass run on
 //! [`CHECKPOINT_THREADS`] scoped threads. Invariant: a series belongs to
-//! exactly one of them ([`by_series`]), so its records and its entries in
-//! the in-memory stale set are never written by two threads at once.
+//! exactly one of them ([`by_series`]), and so do all the series of one
+//! day group (see `groups`), so a series' records, a group's values and
+//! their entries in the in-memory stale set are never written by two
+//! threads at once.
 
-use super::keys::{Family, NamespaceId, SketchKey};
+use super::keys::{day_group, Family, NamespaceId, SketchKey};
 use crate::error::{Error, Result};
 
 /// Threads that write a checkpoint's day sketches and rebuild rollups.
@@ -16,11 +18,12 @@ pub const CHECKPOINT_THREADS: usize = 2;
 /// One series: (namespace, family, dimension).
 pub(super) type Series = (NamespaceId, Family, u64);
 
-/// Which of the [`CHECKPOINT_THREADS`] handles a series.
-fn series_part(series: &Series) -> usize {
+/// Which of the [`CHECKPOINT_THREADS`] handles a series: decided by its
+/// day group, so that one thread handles every series of a group.
+fn series_part(&(ns, family, dim): &Series) -> usize {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
-    series.hash(&mut h);
+    (ns, family, day_group(dim)).hash(&mut h);
     // The high bits of a multiplicative mix: Fx's low bits are weak.
     ((h.finish().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % CHECKPOINT_THREADS as u64) as usize
 }

@@ -310,7 +310,7 @@ pub fn dump(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let data = db.open_tree("data").unwrap();
     data.iter()
         .map(|r| r.unwrap())
-        .filter(|(k, _)| b"scpoive".contains(&k[0]))
+        .filter(|(k, _)| b"scfpoive".contains(&k[0]))
         .map(|(k, v)| (k.to_vec(), v.to_vec()))
         .collect()
 }
