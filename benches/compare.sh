@@ -29,6 +29,7 @@
 #   SKETCHD_MAX_RSS_MB=16384   the sketchd server is killed if its RSS passes this
 #   PERF=1                 also record `perf record -g` of the server during the sketchd run
 #   SKETCHD_CONFIG=<file>  a TOML configuration for the sketchd server (e.g. memory settings)
+#   KEEP_DATA=<dir>        keep the sketchd data directory there (to study its bytes)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -137,6 +138,9 @@ project_cleanup() {
   if [ -n "${GUARD_PID:-}" ]; then
     kill "$GUARD_PID" 2>/dev/null || true
     wait "$GUARD_PID" 2>/dev/null || true
+  fi
+  if [ -n "${KEEP_DATA:-}" ] && [ -d "${TMP:-}/data" ]; then
+    rm -rf "$KEEP_DATA" && mv "$TMP/data" "$KEEP_DATA"
   fi
   if [ -n "${TMP:-}" ]; then rm -rf "$TMP"; fi
 }
