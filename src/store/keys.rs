@@ -12,7 +12,7 @@
 //!
 //! | kind | layout | value |
 //! |---|---|---|
-//! | `s` | ns u32, family u8, level u8, first day u32, dim u64 | sketch envelope of a dyadic block of `2^level` days (levels of `store::ROLLUP_LEVELS`); of days, only those of rolled series |
+//! | `s` | ns u32, family u8, level u8, first day u32, dim u64 | sketch envelope of a dyadic block of `2^level` days (levels of `store::ROLLUP_LEVELS`); days of flat series are in day groups instead |
 //! | `f` | ns u32, family u8, day u32, group u16 | the day sketches of the flat series whose dims fall in the group ([`day_group`]; value: `store::groups`) |
 //! | `c` | ns u32, dim u64 (country, 0 = all), day u32 | observations, u64 LE |
 //! | `o` | ns u32, dim u64 | name of an org, sector or `CC/sector` dimension (UTF-8) |
