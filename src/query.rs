@@ -30,8 +30,8 @@ use std::collections::HashSet;
 use crate::attribution::Attributor;
 use crate::store::index::Index;
 use crate::store::keys::{
-    country_dim, country_sector_dim, dim_country, org_dim, sector_dim, CounterKey, Family,
-    SketchKey,
+    country_dim, country_sector_dim, day_group, dim_country, org_dim, sector_dim, CounterKey,
+    Family, SketchKey,
 };
 use crate::time::{Day, DayWindow};
 
@@ -261,6 +261,29 @@ pub fn series_estimates(
     if window.is_empty() || dims.is_empty() {
         return Ok(estimates);
     }
+    // In the order of their day groups, so that each thread below reads
+    // the groups of its own series only (`Store::merge_windows`).
+    let mut order: Vec<usize> = (0..dims.len()).collect();
+    order.sort_unstable_by_key(|&i| (day_group(dims[i]), dims[i]));
+    let dims: Vec<u64> = order.iter().map(|&i| dims[i]).collect();
+    let mut sorted = vec![None; dims.len()];
+    series_estimates_sorted(engine, ns, family, &dims, window, confidence, &mut sorted)?;
+    for (estimate, &i) in sorted.into_iter().zip(&order) {
+        estimates[i] = estimate;
+    }
+    Ok(estimates)
+}
+
+/// [`series_estimates`] for `dims` in day-group order, into `estimates`.
+fn series_estimates_sorted(
+    engine: &Engine,
+    ns: &Namespace,
+    family: Family,
+    dims: &[u64],
+    window: DayWindow,
+    confidence: f64,
+    estimates: &mut [Option<Estimate>],
+) -> Result<()> {
     let mut accs = dims
         .iter()
         .map(|_| Sketch::new(ns.policy.precision, ns.seed))
@@ -295,12 +318,11 @@ pub fn series_estimates(
                 *sketch = empty.clone();
             })
     };
-    // Two halves of the series on two threads (each scans the days for
-    // its own flat series): a query over every org has this machine's
+    // Two halves of the series on two threads (each scans the day groups
+    // of its own flat series): a query over every org has this machine's
     // cores to itself only while it runs.
     if dims.len() < 2 * PARALLEL_MIN_SERIES {
-        read(&mut accs, dims, &mut estimates)?;
-        return Ok(estimates);
+        return read(&mut accs, dims, estimates);
     }
     let half = dims.len() / 2;
     let (accs_a, accs_b) = accs.split_at_mut(half);
@@ -313,8 +335,7 @@ pub fn series_estimates(
             .join()
             .map_err(|_| Error::Unavailable("a query worker panicked".into()))?;
         mine.and(other)
-    })?;
-    Ok(estimates)
+    })
 }
 
 /// Fewest series per thread for which [`series_estimates`] uses two.

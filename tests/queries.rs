@@ -605,3 +605,81 @@ async fn org_answers_are_exact_with_late_data_and_after_restarts() {
     check_org_answers(&server, &rows).await;
     server.stop().await;
 }
+
+/// Every org over a window (`group --by org --limit 0`) and every org in
+/// two windows (`compare --by org`), over enough orgs that the server reads
+/// them on two threads, each scanning its own day groups: small orgs
+/// (flat series) and large ones (more than 128 IPs a day: rolled) are all
+/// exact and equal the truth, from the memtable and from sled.
+#[tokio::test]
+async fn every_org_group_and_compare_equal_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path()).await;
+    let mut rng = Rng(19);
+    let mut rows = travelling_orgs(&mut rng, 0..900, DAYS);
+    rows.retain(|r| r.org.is_some());
+    for org in 900..904u64 {
+        for i in 0..300u32 {
+            rows.push(Observation {
+                ip: IpAddr::V4(Ipv4Addr::from(((org as u32 + 1) << 12) | i)),
+                unix_seconds: APRIL_1 + (org as i64 % 3) * DAY + 40 * DAY,
+                org: Some(format!("AS{}", 70_000 + org)),
+                country: Some("US".to_owned()),
+            });
+        }
+    }
+    let mut b = BatchBuilder::new();
+    rows.iter().for_each(|r| b.push(r));
+    server.client.ingest(b.build(NS, "c", 1)).await.unwrap();
+    let (april, may) = (window(0, 30), window(30, DAYS));
+    let check = |server: &TestServer| {
+        let client = server.client.clone();
+        let rows = rows.clone();
+        async move {
+            let truth = Truth(&rows);
+            let (want_a, want_b) = (truth.ips_by_org(april, None), truth.ips_by_org(may, None));
+            assert!(want_b.len() > 600, "{} orgs in May", want_b.len());
+            let got = client
+                .group(NS, Metric::Ips, GroupBy::Org, &Scope::Global, may, 0)
+                .await
+                .unwrap();
+            let got: BTreeMap<String, f64> = got
+                .into_iter()
+                .map(|r| {
+                    assert!(r.estimate.exact, "{}", r.group);
+                    (r.group, r.estimate.value)
+                })
+                .collect();
+            let want: BTreeMap<String, f64> =
+                want_b.iter().map(|(k, &v)| (k.clone(), v as f64)).collect();
+            let wrong: Vec<_> = want
+                .iter()
+                .filter(|(org, v)| got.get(*org) != Some(v))
+                .take(5)
+                .collect();
+            assert!(
+                wrong.is_empty(),
+                "truth of orgs answered otherwise: {wrong:?}"
+            );
+            assert_eq!(got.len(), want.len());
+            let rows = client
+                .compare(NS, Metric::Ips, GroupBy::Org, &Scope::Global, april, may, 0)
+                .await
+                .unwrap();
+            let orgs: HashSet<&String> = want_a.keys().chain(want_b.keys()).collect();
+            assert_eq!(rows.len(), orgs.len());
+            for row in &rows {
+                let (a, b) = (
+                    want_a.get(&row.group).copied().unwrap_or(0) as f64,
+                    want_b.get(&row.group).copied().unwrap_or(0) as f64,
+                );
+                assert_eq!((row.a.value, row.b.value), (a, b), "{}", row.group);
+            }
+        }
+    };
+    check(&server).await;
+    server.stop().await;
+    let server = common::start(dir.path()).await;
+    check(&server).await;
+    server.stop().await;
+}

@@ -266,7 +266,12 @@ impl Store {
                     && !(new_series.contains(&series) && big.contains(&series));
                 let gk = GroupKey::of(key);
                 if in_group {
-                    let edit = groups.entry(gk).or_default();
+                    // Loaded when its day was read; never written unloaded
+                    // (that would drop the group's other days).
+                    let edit = match groups.entry(gk) {
+                        Entry::Occupied(e) => e.into_mut(),
+                        Entry::Vacant(e) => e.insert(self.load_group(&gk)?),
+                    };
                     edit.days.insert(key.dim, sketch.encode());
                     edit.dirty = true;
                 } else {

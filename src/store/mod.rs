@@ -434,7 +434,7 @@ impl Store {
     /// answer and free it: a query over every org then never holds every
     /// org's registers at once). Rolled series read their blocks as there;
     /// the days of flat series are read with one range scan per day over
-    /// the family's day groups (see `groups`) instead of one point read
+    /// the day groups of `dims` (see `groups`) instead of one point read
     /// per series and day, so a query over every org reads each stored
     /// group once.
     pub fn merge_windows(
@@ -466,9 +466,23 @@ impl Store {
             }
             return Ok(());
         }
+        // Only the groups of these series (a caller that splits series by
+        // group, as `query::series_estimates` does, scans its own part).
+        let (first, last) = flat
+            .keys()
+            .map(|&dim| keys::day_group(dim))
+            .fold((u16::MAX, 0), |(lo, hi), g| (lo.min(g), hi.max(g)));
         for day in window.days() {
-            let prefix = keys::GroupKey::day_prefix(ns, family, day);
-            for item in self.data.scan_prefix(prefix) {
+            let group = |group| {
+                keys::GroupKey {
+                    ns,
+                    family,
+                    day,
+                    group,
+                }
+                .encode()
+            };
+            for item in self.data.range(group(first)..=group(last)) {
                 let (_, value) = item?;
                 for entry in groups::entries(&value) {
                     let (dim, bytes) = entry?;
