@@ -77,6 +77,14 @@ use series::Series;
 /// rather than reading each series' days.
 const SCAN_MIN_SERIES: usize = 64;
 
+/// Most series for which [`Store::merge_windows`] keeps the blocks it
+/// reads in the cache.
+const CACHE_MAX_SERIES: usize = 1024;
+
+/// Flat series [`Store::merge_windows`] reads together (whole day groups):
+/// their accumulators are all that is held at once.
+const SCAN_RUN_SERIES: usize = 1024;
+
 /// The error of merging a stored sketch: a sketch of another hash, seed or
 /// precision is the caller's mismatch, anything else a corrupt record.
 fn stored_sketch_error(key: &SketchKey, e: SketchError) -> Error {
@@ -415,13 +423,14 @@ impl Store {
             }
             return Ok(());
         };
-        self.merge_blocks(acc, blocks)
+        self.merge_blocks(acc, blocks, true)
     }
 
-    /// Merges the stored sketches of `blocks` into `acc` (through the cache).
-    fn merge_blocks(&self, acc: &mut Sketch, blocks: Vec<SketchKey>) -> Result<()> {
+    /// Merges the stored sketches of `blocks` into `acc`: from the cache
+    /// when there, and kept in it when `keep`.
+    fn merge_blocks(&self, acc: &mut Sketch, blocks: Vec<SketchKey>, keep: bool) -> Result<()> {
         for key in blocks {
-            if let Some(stored) = self.block_sketch(&key)? {
+            if let Some(stored) = self.read_block(&key, keep)? {
                 acc.merge(&stored)?;
             }
         }
@@ -436,7 +445,8 @@ impl Store {
     /// the days of flat series are read with one range scan per day over
     /// the day groups of `dims` (see `groups`) instead of one point read
     /// per series and day, so a query over every org reads each stored
-    /// group once.
+    /// group once; a run of groups at a time, so that only that run's
+    /// accumulators are held.
     pub fn merge_windows(
         &self,
         accs: &mut [Sketch],
@@ -447,56 +457,69 @@ impl Store {
         done: &mut dyn FnMut(usize, &mut Sketch),
     ) -> Result<()> {
         assert_eq!(accs.len(), dims.len(), "one accumulator per series");
-        let mut flat: rustc_hash::FxHashMap<u64, usize> = Default::default();
+        // The blocks read are cached for a few series (every country), not
+        // for many (every org: they would push out what the other queries
+        // read, and the churn costs memory for nothing).
+        let keep = dims.len() <= CACHE_MAX_SERIES;
+        // Flat series as (day group, dim, index).
+        let mut flat: Vec<(u16, u64, usize)> = Vec::new();
         for (i, &dim) in dims.iter().enumerate() {
             match self.window_blocks(ns, family, dim, window) {
                 Some(blocks) => {
-                    self.merge_blocks(&mut accs[i], blocks)?;
+                    self.merge_blocks(&mut accs[i], blocks, keep)?;
                     done(i, &mut accs[i]);
                 }
-                None => {
-                    flat.insert(dim, i);
-                }
+                None => flat.push((keys::day_group(dim), dim, i)),
             }
         }
         if flat.len() < SCAN_MIN_SERIES {
-            for (&dim, &i) in &flat {
+            for &(_, dim, i) in &flat {
                 self.merge_window(&mut accs[i], ns, family, dim, window)?;
                 done(i, &mut accs[i]);
             }
             return Ok(());
         }
-        // Only the groups of these series (a caller that splits series by
-        // group, as `query::series_estimates` does, scans its own part).
-        let (first, last) = flat
-            .keys()
-            .map(|&dim| keys::day_group(dim))
-            .fold((u16::MAX, 0), |(lo, hi), g| (lo.min(g), hi.max(g)));
-        for day in window.days() {
-            let group = |group| {
-                keys::GroupKey {
-                    ns,
-                    family,
-                    day,
-                    group,
-                }
-                .encode()
-            };
-            for item in self.data.range(group(first)..=group(last)) {
-                let (_, value) = item?;
-                for entry in groups::entries(&value) {
-                    let (dim, bytes) = entry?;
-                    if let Some(&i) = flat.get(&dim) {
-                        accs[i].merge_encoded(bytes).map_err(|e| {
-                            let key = SketchKey::day(ns, family, dim, day);
-                            stored_sketch_error(&key, e)
-                        })?;
+        // A run of whole groups at a time: its series are complete (and
+        // freed by `done`) before the next run's are read, so a query over
+        // every org holds a few hundred accumulators, not all of them.
+        flat.sort_unstable();
+        let mut at = 0;
+        while at < flat.len() {
+            let mut end = (at + SCAN_RUN_SERIES).min(flat.len());
+            while end < flat.len() && flat[end].0 == flat[end - 1].0 {
+                end += 1;
+            }
+            let run = &flat[at..end];
+            let index: rustc_hash::FxHashMap<u64, usize> =
+                run.iter().map(|&(_, dim, i)| (dim, i)).collect();
+            let (first, last) = (run[0].0, run[run.len() - 1].0);
+            for day in window.days() {
+                let group = |group| {
+                    keys::GroupKey {
+                        ns,
+                        family,
+                        day,
+                        group,
+                    }
+                    .encode()
+                };
+                for item in self.data.range(group(first)..=group(last)) {
+                    let (_, value) = item?;
+                    for entry in groups::entries(&value) {
+                        let (dim, bytes) = entry?;
+                        if let Some(&i) = index.get(&dim) {
+                            accs[i].merge_encoded(bytes).map_err(|e| {
+                                let key = SketchKey::day(ns, family, dim, day);
+                                stored_sketch_error(&key, e)
+                            })?;
+                        }
                     }
                 }
             }
-        }
-        for &i in flat.values() {
-            done(i, &mut accs[i]);
+            for &(_, _, i) in run {
+                done(i, &mut accs[i]);
+            }
+            at = end;
         }
         Ok(())
     }
