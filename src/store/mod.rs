@@ -461,16 +461,23 @@ impl Store {
         // for many (every org: they would push out what the other queries
         // read, and the churn costs memory for nothing).
         let keep = dims.len() <= CACHE_MAX_SERIES;
-        // Flat series as (day group, dim, index).
+        // Flat series as (day group, dim, index); rolled ones as (dim,
+        // index, blocks).
         let mut flat: Vec<(u16, u64, usize)> = Vec::new();
+        let mut rolled = Vec::new();
         for (i, &dim) in dims.iter().enumerate() {
             match self.window_blocks(ns, family, dim, window) {
-                Some(blocks) => {
-                    self.merge_blocks(&mut accs[i], blocks, keep)?;
-                    done(i, &mut accs[i]);
-                }
+                Some(blocks) => rolled.push((dim, i, blocks)),
                 None => flat.push((keys::day_group(dim), dim, i)),
             }
+        }
+        if keep || rolled.len() < SCAN_MIN_SERIES {
+            for (_, i, blocks) in rolled {
+                self.merge_blocks(&mut accs[i], blocks, keep)?;
+                done(i, &mut accs[i]);
+            }
+        } else {
+            self.merge_rolled_scanned(accs, ns, family, rolled, done)?;
         }
         if flat.len() < SCAN_MIN_SERIES {
             for &(_, dim, i) in &flat {
@@ -520,6 +527,74 @@ impl Store {
                 done(i, &mut accs[i]);
             }
             at = end;
+        }
+        Ok(())
+    }
+
+    /// [`Store::merge_windows`] for many rolled series: `rolled` holds
+    /// (dim, index, the blocks to read). Series go a run of dims at a
+    /// time; the blocks of one (level, first day) the run needs, when
+    /// many, are read with one range scan over the run's dims (keys are
+    /// (level, day, dim)-major, see `keys`) instead of a point read each.
+    /// Days (stale blocks read through) are point reads: they may be in
+    /// day groups.
+    fn merge_rolled_scanned(
+        &self,
+        accs: &mut [Sketch],
+        ns: NamespaceId,
+        family: Family,
+        mut rolled: Vec<(u64, usize, Vec<SketchKey>)>,
+        done: &mut dyn FnMut(usize, &mut Sketch),
+    ) -> Result<()> {
+        rolled.sort_unstable_by_key(|&(dim, i, _)| (dim, i));
+        for run in rolled.chunks(SCAN_RUN_SERIES) {
+            let (lo, hi) = (run[0].0, run[run.len() - 1].0);
+            let mut wanted: rustc_hash::FxHashMap<(u8, Day), Vec<(u64, usize)>> =
+                Default::default();
+            let mut one_by_one = Vec::new();
+            for (dim, i, blocks) in run {
+                for key in blocks {
+                    if key.block.level == 0 {
+                        one_by_one.push((*key, *i));
+                    } else {
+                        wanted
+                            .entry((key.block.level, key.block.start))
+                            .or_default()
+                            .push((*dim, *i));
+                    }
+                }
+            }
+            for ((level, start), want) in wanted {
+                let key = |dim| SketchKey {
+                    ns,
+                    family,
+                    dim,
+                    block: crate::time::Block { level, start },
+                };
+                if want.len() < SCAN_MIN_SERIES {
+                    one_by_one.extend(want.iter().map(|&(dim, i)| (key(dim), i)));
+                    continue;
+                }
+                let at: rustc_hash::FxHashMap<u64, usize> = want.into_iter().collect();
+                for item in self.data.range(key(lo).encode()..=key(hi).encode()) {
+                    let (k, bytes) = item?;
+                    let stored =
+                        SketchKey::decode(&k).ok_or_else(|| Error::Corrupt("sketch key".into()))?;
+                    if let Some(&i) = at.get(&stored.dim) {
+                        accs[i]
+                            .merge_encoded(&bytes)
+                            .map_err(|e| stored_sketch_error(&stored, e))?;
+                    }
+                }
+            }
+            for (key, i) in one_by_one {
+                if let Some(stored) = self.read_block(&key, false)? {
+                    accs[i].merge(&stored)?;
+                }
+            }
+            for (_, i, _) in run {
+                done(*i, &mut accs[*i]);
+            }
         }
         Ok(())
     }
@@ -606,6 +681,88 @@ fn decode_extent(k: &[u8], v: &[u8]) -> Result<(NamespaceId, (Day, Day))> {
 mod tests {
     use super::*;
     use fixtures::{reopen, try_reopen};
+
+    /// Over more series than the cache keeps blocks for, `merge_windows`
+    /// reads rolled series' blocks by range scans and flat series' days by
+    /// runs of day groups: every series equals what `merge_window` reads
+    /// for it alone, with blocks built, and with some of them stale.
+    #[test]
+    fn merge_windows_over_many_series_equals_one_series_at_a_time() {
+        use crate::sketch::HashSeed;
+        use crate::store::memtable::Memtable;
+        use crate::time::DayWindow;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let dims: Vec<u64> = (0..1_500u64)
+            .map(|d| d.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1)
+            .collect();
+        let mut rng = 0x5ca7_7e12u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut memtable = |rows: usize| {
+            let mut mem = Memtable::default();
+            for r in 0..rows {
+                let n = next();
+                // One series in five is large: rolled.
+                let dim = dims[(n % dims.len() as u64) as usize];
+                let day = Day(20_000 + (next() % 40) as u32);
+                let hashes = if n % 5 == 0 { 150 } else { 1 };
+                let sketch = mem
+                    .sketches
+                    .entry(SketchKey::day(1, Family::IpsOrg, dim, day))
+                    .or_insert_with(|| Sketch::new(12, HashSeed::DEFAULT).unwrap());
+                for h in 0..hashes {
+                    sketch.insert_hash((r as u64 * 64 + h).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                }
+                mem.widen_extent(1, day, Day(day.0 + 1));
+            }
+            mem
+        };
+        let check = |store: &Store| {
+            for (from, to) in [(20_000, 20_040), (20_003, 20_033), (20_017, 20_019)] {
+                let window = DayWindow::new(Day(from), Day(to)).unwrap();
+                let mut accs: Vec<Sketch> = dims
+                    .iter()
+                    .map(|_| Sketch::new(12, HashSeed::DEFAULT).unwrap())
+                    .collect();
+                let mut seen = 0;
+                store
+                    .merge_windows(
+                        &mut accs,
+                        1,
+                        Family::IpsOrg,
+                        &dims,
+                        window,
+                        &mut |i, acc| {
+                            let mut alone = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+                            store
+                                .merge_window(&mut alone, 1, Family::IpsOrg, dims[i], window)
+                                .unwrap();
+                            assert_eq!(acc.encode(), alone.encode(), "series {i} {window:?}");
+                            seen += 1;
+                        },
+                    )
+                    .unwrap();
+                assert_eq!(seen, dims.len());
+            }
+        };
+        fixtures::checkpoint(&store, &memtable(60_000), 1);
+        store.rebuild_rollups().unwrap();
+        let rolled = dims
+            .iter()
+            .filter(|&&d| !store.stale.read().flat.contains(&(1, Family::IpsOrg, d)))
+            .count();
+        assert!(rolled >= 200, "{rolled} rolled series");
+        check(&store);
+        // Late data: some blocks stale, read through to their days.
+        fixtures::checkpoint(&store, &memtable(3_000), 2);
+        assert!(store.stale_rollups() > 0);
+        check(&store);
+    }
 
     #[test]
     fn stores_with_another_sketch_key_layout_are_refused() {
