@@ -19,10 +19,11 @@
 //!
 //! A series has rollup blocks only once it needs them: while every day
 //! sketch it has stored is an exact set of at most [`FLAT_MAX_HASHES`]
-//! hashes (most org series), it is *flat*: its days are written, no block
-//! and no `u` record, and a window reads its days one by one. Its
-//! dimension record (`i` key) says which: [`DIM_FLAT`] or [`DIM_ROLLED`]
-//! (an empty value, written before flat series existed, is rolled). The
+//! hashes (most org series), it is *flat*: its days are written (in day
+//! groups, see `groups`), no block and no `u` record, and a window reads
+//! its days one by one. Its dimension record (`i` key) says which:
+//! [`DIM_FLAT`] or [`DIM_ROLLED`] (an empty value, written before flat
+//! series existed, is rolled). The
 //! checkpoint that stores a larger day turns the series rolled: in one
 //! sled batch it marks every stored day of the series stale and rewrites
 //! the record, so the next rollup pass builds its blocks; readers switch
