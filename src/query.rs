@@ -257,33 +257,15 @@ pub fn series_estimates(
     window: DayWindow,
     confidence: f64,
 ) -> Result<Vec<Option<Estimate>>> {
-    let mut estimates = vec![None; dims.len()];
     if window.is_empty() || dims.is_empty() {
-        return Ok(estimates);
+        return Ok(vec![None; dims.len()]);
     }
     // In the order of their day groups, so that each thread below reads
-    // the groups of its own series only (`Store::merge_windows`).
+    // the groups of its own series only (`Store::merge_windows`); the
+    // answers go back to the caller's order at the end.
     let mut order: Vec<usize> = (0..dims.len()).collect();
     order.sort_unstable_by_key(|&i| (day_group(dims[i]), dims[i]));
     let dims: Vec<u64> = order.iter().map(|&i| dims[i]).collect();
-    let mut sorted = vec![None; dims.len()];
-    series_estimates_sorted(engine, ns, family, &dims, window, confidence, &mut sorted)?;
-    for (estimate, &i) in sorted.into_iter().zip(&order) {
-        estimates[i] = estimate;
-    }
-    Ok(estimates)
-}
-
-/// [`series_estimates`] for `dims` in day-group order, into `estimates`.
-fn series_estimates_sorted(
-    engine: &Engine,
-    ns: &Namespace,
-    family: Family,
-    dims: &[u64],
-    window: DayWindow,
-    confidence: f64,
-    estimates: &mut [Option<Estimate>],
-) -> Result<()> {
     let mut accs = dims
         .iter()
         .map(|_| Sketch::new(ns.policy.precision, ns.seed))
@@ -318,24 +300,31 @@ fn series_estimates_sorted(
                 *sketch = empty.clone();
             })
     };
+    let mut sorted = vec![None; dims.len()];
     // Two halves of the series on two threads (each scans the day groups
     // of its own flat series): a query over every org has this machine's
     // cores to itself only while it runs.
     if dims.len() < 2 * PARALLEL_MIN_SERIES {
-        return read(&mut accs, dims, estimates);
+        read(&mut accs, &dims, &mut sorted)?;
+    } else {
+        let half = dims.len() / 2;
+        let (accs_a, accs_b) = accs.split_at_mut(half);
+        let (dims_a, dims_b) = dims.split_at(half);
+        let (out_a, out_b) = sorted.split_at_mut(half);
+        std::thread::scope(|scope| {
+            let other = scope.spawn(|| read(accs_b, dims_b, out_b));
+            let mine = read(accs_a, dims_a, out_a);
+            let other = other
+                .join()
+                .map_err(|_| Error::Unavailable("a query worker panicked".into()))?;
+            mine.and(other)
+        })?;
     }
-    let half = dims.len() / 2;
-    let (accs_a, accs_b) = accs.split_at_mut(half);
-    let (dims_a, dims_b) = dims.split_at(half);
-    let (out_a, out_b) = estimates.split_at_mut(half);
-    std::thread::scope(|scope| {
-        let other = scope.spawn(|| read(accs_b, dims_b, out_b));
-        let mine = read(accs_a, dims_a, out_a);
-        let other = other
-            .join()
-            .map_err(|_| Error::Unavailable("a query worker panicked".into()))?;
-        mine.and(other)
-    })
+    let mut estimates = vec![None; dims.len()];
+    for (estimate, &i) in sorted.into_iter().zip(&order) {
+        estimates[i] = estimate;
+    }
+    Ok(estimates)
 }
 
 /// Fewest series per thread for which [`series_estimates`] uses two.

@@ -121,7 +121,7 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
         old.keys().collect::<Vec<_>>(),
         new.keys().collect::<Vec<_>>()
     );
-    let grouped = after.keys().filter(|k| k[0] == b'f').count();
+    let grouped = groups(&after);
     let keyed_days = after
         .keys()
         .filter(|k| k[0] == b's' && k.len() == 19 && k[6] == 0)

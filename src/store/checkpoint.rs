@@ -14,6 +14,7 @@
 //! effects of the records up to its log position, and the log holds the
 //! rest.
 
+use std::borrow::Cow;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::Ordering;
 
@@ -30,6 +31,7 @@ use super::rollup::{needs_rollups, DIM_FLAT, DIM_ROLLED};
 use super::series::{by_series, Series};
 use super::{decode_extent, decode_u64, Store};
 use crate::error::{Error, Result};
+use crate::sketch::Sketch;
 use crate::time::Day;
 
 /// The final, atomic part of a checkpoint: counters, presence, names,
@@ -197,8 +199,12 @@ impl Store {
                 } else {
                     self.data.get(key.encode())?
                 };
+                let decode = |bytes: &[u8]| {
+                    Sketch::decode(bytes)
+                        .map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}")))
+                };
                 let stored = match keyed {
-                    Some(bytes) => Some(bytes),
+                    Some(bytes) => Some(decode(&bytes)?),
                     // Groups are loaded for editing when they hold a day
                     // this chunk changes (a rolled series' day leaves it).
                     None if !flat && !groups.contains_key(&gk) => {
@@ -206,25 +212,23 @@ impl Store {
                         if found.is_some() {
                             groups.insert(gk, self.load_group(&gk)?);
                         }
-                        found
+                        found.map(|bytes| decode(&bytes)).transpose()?
                     }
                     None => {
                         let edit = match groups.entry(gk) {
                             Entry::Occupied(e) => e.into_mut(),
                             Entry::Vacant(e) => e.insert(self.load_group(&gk)?),
                         };
-                        edit.days.get(&key.dim).map(|b| sled::IVec::from(&b[..]))
+                        edit.days.get(&key.dim).map(|b| decode(b)).transpose()?
                     }
                 };
                 let sketch = match stored {
-                    Some(bytes) => {
-                        let mut stored = crate::sketch::Sketch::decode(&bytes)
-                            .map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}")))?;
+                    Some(mut stored) => {
                         stored.merge(delta)?;
-                        std::borrow::Cow::Owned(stored)
+                        Cow::Owned(stored)
                     }
                     // A new day is the delta itself.
-                    None => std::borrow::Cow::Borrowed(delta),
+                    None => Cow::Borrowed(delta),
                 };
                 if needs_rollups(&sketch) {
                     big.insert(series_of(key));

@@ -9,7 +9,7 @@ use super::memtable::Memtable;
 use super::{Store, FLAT_MAX_HASHES};
 use crate::error::Result;
 use crate::sketch::{HashSeed, Sketch};
-use crate::time::Day;
+use crate::time::{Day, DayWindow};
 
 /// A memtable with random deltas on random days of a few series.
 pub(super) fn random_memtable(rng: &mut u64, days: u32, rows: usize) -> Memtable {
@@ -56,6 +56,30 @@ pub(super) fn add_big_day(mem: &mut Memtable, dims: &[u64], day: Day) {
         }
         mem.widen_extent(1, day, Day(day.0 + 1));
     }
+}
+
+/// Reads every series of `dims` (namespace 1, precision 12) over `window`
+/// with [`Store::merge_windows`], hands each to `check` as it completes,
+/// and asserts that every series completed.
+pub(super) fn merge_all(
+    store: &Store,
+    family: Family,
+    dims: &[u64],
+    window: DayWindow,
+    check: &mut dyn FnMut(usize, &Sketch),
+) {
+    let mut accs: Vec<Sketch> = dims
+        .iter()
+        .map(|_| Sketch::new(12, HashSeed::DEFAULT).unwrap())
+        .collect();
+    let mut completed = 0;
+    store
+        .merge_windows(&mut accs, 1, family, dims, window, &mut |i, acc| {
+            check(i, acc);
+            completed += 1;
+        })
+        .unwrap();
+    assert_eq!(completed, dims.len(), "every series completes once");
 }
 
 pub(super) fn checkpoint(store: &Store, mem: &Memtable, lsn: u64) {

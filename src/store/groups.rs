@@ -37,33 +37,36 @@ pub(super) const GROUP_VERSION: u8 = 1;
 
 /// The entries of a group value in dim order, checked as they are read.
 pub(super) fn entries(value: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8])>> + '_ {
-    let corrupt = || Error::Corrupt("day group value".into());
+    spans(value).map(|span| span.map(|(dim, at, len)| (dim, &value[at..at + len])))
+}
+
+/// [`entries`] as (dim, offset, length) of each day in `value`.
+fn spans(value: &[u8]) -> impl Iterator<Item = Result<(u64, usize, usize)>> + '_ {
     let mut at = 1;
     let mut failed = value.first() != Some(&GROUP_VERSION);
     std::iter::from_fn(move || {
-        if failed {
-            failed = false;
-            at = value.len();
-            return Some(Err(corrupt()));
-        }
-        if at >= value.len() {
+        if !failed && at >= value.len() {
             return None;
         }
-        let entry = (|| {
+        let span = (|| {
+            if failed {
+                return None;
+            }
             let head = value.get(at..at + 12)?;
             let dim = u64::from_be_bytes(head[..8].try_into().ok()?);
             let len = u32::from_le_bytes(head[8..].try_into().ok()?) as usize;
-            let bytes = value.get(at + 12..at + 12 + len)?;
-            Some((dim, bytes, at + 12 + len))
+            value.get(at + 12..at + 12 + len)?;
+            Some((dim, at + 12, len))
         })();
-        match entry {
-            Some((dim, bytes, next)) => {
-                at = next;
-                Some(Ok((dim, bytes)))
+        match span {
+            Some((dim, start, len)) => {
+                at = start + len;
+                Some(Ok((dim, start, len)))
             }
             None => {
-                at = value.len();
-                Some(Err(corrupt()))
+                // One error, then the end.
+                (failed, at) = (false, value.len());
+                Some(Err(Error::Corrupt("day group value".into())))
             }
         }
     })
@@ -71,11 +74,10 @@ pub(super) fn entries(value: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8])>
 
 /// Where the day of `dim` lies in a group value: (offset, length).
 fn find(value: &[u8], dim: u64) -> Result<Option<(usize, usize)>> {
-    let base = value.as_ptr() as usize;
-    for entry in entries(value) {
-        let (d, bytes) = entry?;
+    for span in spans(value) {
+        let (d, at, len) = span?;
         if d == dim {
-            return Ok(Some((bytes.as_ptr() as usize - base, bytes.len())));
+            return Ok(Some((at, len)));
         }
         if d > dim {
             break;
@@ -168,17 +170,13 @@ impl Store {
                 Err(e) => vec![Err(e.into())],
                 Ok((k, value)) => match GroupKey::decode(&k) {
                     None => vec![Err(Error::Corrupt("day group key".into()))],
-                    Some(gk) => {
-                        let base = value.as_ptr() as usize;
-                        entries(&value)
-                            .map(|entry| {
-                                let (dim, bytes) = entry?;
-                                let at = bytes.as_ptr() as usize - base;
-                                let key = SketchKey::day(gk.ns, gk.family, dim, gk.day);
-                                Ok((key, value.subslice(at, bytes.len())))
-                            })
-                            .collect()
-                    }
+                    Some(gk) => spans(&value)
+                        .map(|span| {
+                            let (dim, at, len) = span?;
+                            let key = SketchKey::day(gk.ns, gk.family, dim, gk.day);
+                            Ok((key, value.subslice(at, len)))
+                        })
+                        .collect(),
                 },
             };
             days
@@ -247,7 +245,7 @@ pub(super) fn group_flat_days(
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{checkpoint, reopen};
+    use super::super::fixtures::{checkpoint, merge_all, reopen};
     use super::super::memtable::Memtable;
     use super::*;
     use crate::sketch::{HashSeed, Sketch};
@@ -328,25 +326,9 @@ mod tests {
                 }
                 w
             };
-            let mut accs: Vec<Sketch> = dims
-                .iter()
-                .map(|_| Sketch::new(12, HashSeed::DEFAULT).unwrap())
-                .collect();
-            let mut done = 0;
-            store
-                .merge_windows(
-                    &mut accs,
-                    1,
-                    Family::IpsOrg,
-                    &dims,
-                    window,
-                    &mut |i, acc| {
-                        assert_eq!(acc.encode(), want(dims[i]).encode(), "dim {i}");
-                        done += 1;
-                    },
-                )
-                .unwrap();
-            assert_eq!(done, dims.len());
+            merge_all(store, Family::IpsOrg, &dims, window, &mut |i, acc| {
+                assert_eq!(acc.encode(), want(dims[i]).encode(), "dim {i}");
+            });
             for &dim in dims.iter().step_by(37) {
                 let mut one = Sketch::new(12, HashSeed::DEFAULT).unwrap();
                 store

@@ -725,29 +725,13 @@ mod tests {
         let check = |store: &Store| {
             for (from, to) in [(20_000, 20_040), (20_003, 20_033), (20_017, 20_019)] {
                 let window = DayWindow::new(Day(from), Day(to)).unwrap();
-                let mut accs: Vec<Sketch> = dims
-                    .iter()
-                    .map(|_| Sketch::new(12, HashSeed::DEFAULT).unwrap())
-                    .collect();
-                let mut seen = 0;
-                store
-                    .merge_windows(
-                        &mut accs,
-                        1,
-                        Family::IpsOrg,
-                        &dims,
-                        window,
-                        &mut |i, acc| {
-                            let mut alone = Sketch::new(12, HashSeed::DEFAULT).unwrap();
-                            store
-                                .merge_window(&mut alone, 1, Family::IpsOrg, dims[i], window)
-                                .unwrap();
-                            assert_eq!(acc.encode(), alone.encode(), "series {i} {window:?}");
-                            seen += 1;
-                        },
-                    )
-                    .unwrap();
-                assert_eq!(seen, dims.len());
+                fixtures::merge_all(store, Family::IpsOrg, &dims, window, &mut |i, acc| {
+                    let mut alone = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+                    store
+                        .merge_window(&mut alone, 1, Family::IpsOrg, dims[i], window)
+                        .unwrap();
+                    assert_eq!(acc.encode(), alone.encode(), "series {i} {window:?}");
+                });
             }
         };
         fixtures::checkpoint(&store, &memtable(60_000), 1);
