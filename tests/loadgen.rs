@@ -142,5 +142,30 @@ async fn loadgen_sends_a_world_that_the_server_then_counts_exactly() {
             .unwrap(),
         RECORDS as u64
     );
+
+    // Querying without the truth's query set would run nothing: refused,
+    // and the namespace is left as it was.
+    let args = vec![
+        "loadgen".to_owned(),
+        "--server".into(),
+        server.url.clone(),
+        "--world".into(),
+        world.display().to_string(),
+        "--namespace".into(),
+        NS.into(),
+        "--skip-ingest".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sketchd"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--truth"), "{stderr}");
+    assert_eq!(count(Metric::Ips, Scope::Global).await, ips.len());
     server.stop().await;
 }

@@ -129,6 +129,12 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     if args.collectors == 0 || args.batch_rows == 0 || args.repeats == 0 {
         bail!("--collectors, --batch-rows and --repeats must be at least 1");
     }
+    if args.skip_ingest && args.truth.is_none() {
+        bail!(
+            "--skip-ingest without --truth has nothing to do: pass --truth <truth.json> \
+             to answer and score the world's queries"
+        );
+    }
     let world = Arc::new(World::open(&args.world)?);
     let truth: Option<Value> = match &args.truth {
         Some(path) => Some(
