@@ -638,6 +638,21 @@ fn a_region_pushes_into_a_cluster_and_every_node_merges_it() {
         send_reference(&reference.client, 0..3, 6, 300).await;
         reference.client.ingest(batch(9)).await.unwrap();
         assert_answers_like(&[&nodes[0], &nodes[1], &nodes[2]], &reference.client).await;
+        // Deleting a namespace is refused on a cluster node, saying why,
+        // and deletes nothing.
+        let refused = nodes[1]
+            .client()
+            .await
+            .delete_namespace(NS)
+            .await
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("every node would have to delete it at the same position"),
+            "{refused}"
+        );
+        assert_answers_like(&[&nodes[0], &nodes[1], &nodes[2]], &reference.client).await;
         region.stop().await;
         reference.stop().await;
     });

@@ -373,7 +373,8 @@ impl Engine {
     pub async fn delete_namespace(&self, name: &str) -> Result<u64> {
         if self.cluster.get().is_some() {
             return Err(Error::Refused(
-                "deleting a namespace is not supported on a cluster node yet: every node would                  have to delete it at the same position of the cluster's log"
+                "deleting a namespace is not supported on a cluster node yet: every node would \
+                 have to delete it at the same position of the cluster's log"
                     .into(),
             ));
         }

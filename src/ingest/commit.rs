@@ -814,7 +814,9 @@ impl Writer {
             // log keeps everything for the next start.
             self.failed = Some(if space::error_is_full(e) {
                 format!(
-                    "a checkpoint failed because the data directory {} is full ({e}); everything                      acknowledged is in the write-ahead log: free space, then restart the server                      (min_free_disk_bytes keeps more space in reserve)",
+                    "a checkpoint failed because the data directory {} is full ({e}); everything \
+                     acknowledged is in the write-ahead log: free space, then restart the server \
+                     (min_free_disk_bytes keeps more space in reserve)",
                     self.store.dir().display()
                 )
             } else {
