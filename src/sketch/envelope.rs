@@ -202,7 +202,17 @@ impl Sketch {
     /// first (a window over a flat series merges many small days). `self`
     /// is unchanged on error.
     pub fn merge_encoded(&mut self, bytes: &[u8]) -> Result<(), SketchError> {
-        let envelope = Envelope::parse(bytes)?;
+        self.merge_envelope(Envelope::parse(bytes)?)
+    }
+
+    /// Merges an exact sketch given as its header and payload (see
+    /// [`split_exact`]): the same as merging [`join_exact`]`(header,
+    /// payload)`, with the same checks; `self` is unchanged on error.
+    pub fn merge_exact(&mut self, header: ExactHeader, payload: &[u8]) -> Result<(), SketchError> {
+        self.merge_envelope(Envelope::exact(header, payload)?)
+    }
+
+    fn merge_envelope(&mut self, envelope: Envelope) -> Result<(), SketchError> {
         if envelope.layout != LAYOUT_EXACT {
             return self.merge(&Sketch::from_envelope(envelope)?);
         }
@@ -227,6 +237,86 @@ impl Sketch {
     }
 }
 
+/// The fields of an exact envelope besides its hashes: what a value
+/// holding many exact sketches of one namespace stores once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExactHeader {
+    pub hash_id: u8,
+    pub seed_fingerprint: u64,
+    pub precision: u8,
+}
+
+impl ExactHeader {
+    /// Bytes of [`ExactHeader::to_bytes`].
+    pub const LEN: usize = 10;
+
+    /// Hash id, seed fingerprint (little-endian) and precision.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0] = self.hash_id;
+        out[1..9].copy_from_slice(&self.seed_fingerprint.to_le_bytes());
+        out[9] = self.precision;
+        out
+    }
+
+    /// The inverse of [`ExactHeader::to_bytes`] (checked when used).
+    pub fn from_bytes(bytes: &[u8; Self::LEN]) -> ExactHeader {
+        ExactHeader {
+            hash_id: bytes[0],
+            seed_fingerprint: u64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes")),
+            precision: bytes[9],
+        }
+    }
+}
+
+/// An exact envelope of the current format version as its header and
+/// payload (its hashes, 8 bytes each, increasing); `None` for any other
+/// bytes. [`join_exact`] gives the same envelope back.
+pub fn split_exact(bytes: &[u8]) -> Option<(ExactHeader, &[u8])> {
+    let envelope = Envelope::parse(bytes).ok()?;
+    (envelope.layout == LAYOUT_EXACT && bytes[4] == FORMAT_VERSION).then_some((
+        ExactHeader {
+            hash_id: envelope.hash_id,
+            seed_fingerprint: envelope.seed_fingerprint,
+            precision: envelope.precision,
+        },
+        envelope.payload,
+    ))
+}
+
+/// The envelope of an exact sketch given as its header and payload,
+/// checked as decoding checks it.
+pub fn join_exact(header: ExactHeader, payload: &[u8]) -> Result<Vec<u8>, SketchError> {
+    let envelope = Envelope::exact(header, payload)?;
+    let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + payload.len() + ENVELOPE_TRAILER_LEN);
+    out.extend_from_slice(&ENVELOPE_MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(envelope.hash_id);
+    out.extend_from_slice(&envelope.seed_fingerprint.to_le_bytes());
+    out.push(envelope.precision);
+    out.push(LAYOUT_EXACT);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// An exact payload's length: whole hashes, at most the exact limit.
+fn check_exact_len(precision: u8, payload_len: usize) -> Result<(), SketchError> {
+    if !payload_len.is_multiple_of(8) {
+        return Err(SketchError::LengthMismatch {
+            layout: LAYOUT_EXACT,
+            expected: payload_len / 8 * 8,
+            actual: payload_len,
+        });
+    }
+    if payload_len > exact_limit(precision) * 8 {
+        return Err(SketchError::TooManyExact);
+    }
+    Ok(())
+}
+
 /// A validated envelope: header fields and payload. An exact payload's
 /// hashes are known to be strictly increasing; a dense payload has the
 /// right length (its registers are checked when unpacked).
@@ -240,6 +330,43 @@ pub(super) struct Envelope<'a> {
 }
 
 impl<'a> Envelope<'a> {
+    /// An exact envelope from its parts, checked as [`Envelope::parse`]
+    /// checks one.
+    fn exact(header: ExactHeader, payload: &'a [u8]) -> Result<Envelope<'a>, SketchError> {
+        let ExactHeader {
+            hash_id,
+            seed_fingerprint,
+            precision,
+        } = header;
+        if hash_id != HASH_ID_XXH3_64 {
+            return Err(SketchError::UnknownHashId(hash_id));
+        }
+        if !(MIN_PRECISION..=MAX_PRECISION).contains(&precision) {
+            return Err(SketchError::BadPrecision(precision));
+        }
+        check_exact_len(precision, payload.len())?;
+        let envelope = Envelope {
+            hash_id,
+            seed_fingerprint,
+            precision,
+            layout: LAYOUT_EXACT,
+            payload,
+        };
+        envelope.check_increasing()?;
+        Ok(envelope)
+    }
+
+    fn check_increasing(&self) -> Result<(), SketchError> {
+        let mut prev: Option<u64> = None;
+        for h in self.exact_hashes() {
+            if prev.is_some_and(|p| h <= p) {
+                return Err(SketchError::UnsortedExact);
+            }
+            prev = Some(h);
+        }
+        Ok(())
+    }
+
     fn exact_hashes(&self) -> impl Iterator<Item = u64> + 'a {
         self.payload
             .chunks_exact(8)
@@ -288,19 +415,7 @@ impl<'a> Envelope<'a> {
         }
         let payload_len = payload_len as usize;
         match layout {
-            LAYOUT_EXACT => {
-                let max = exact_limit(precision) * 8;
-                if !payload_len.is_multiple_of(8) {
-                    return Err(SketchError::LengthMismatch {
-                        layout,
-                        expected: payload_len / 8 * 8,
-                        actual: payload_len,
-                    });
-                }
-                if payload_len > max {
-                    return Err(SketchError::TooManyExact);
-                }
-            }
+            LAYOUT_EXACT => check_exact_len(precision, payload_len)?,
             LAYOUT_DENSE_ZSTD => {
                 // Smaller than packed, or it would have been written packed.
                 let packed = dense_payload_len(precision);
@@ -338,13 +453,7 @@ impl<'a> Envelope<'a> {
             payload,
         };
         if layout == LAYOUT_EXACT {
-            let mut prev: Option<u64> = None;
-            for h in envelope.exact_hashes() {
-                if prev.is_some_and(|p| h <= p) {
-                    return Err(SketchError::UnsortedExact);
-                }
-                prev = Some(h);
-            }
+            envelope.check_increasing()?;
         }
         Ok(envelope)
     }
@@ -825,6 +934,68 @@ mod tests {
                 s.clone().merge(&other).unwrap_err()
             );
             assert_eq!(s, base);
+        }
+    }
+
+    /// An exact envelope split into header and payload joins back to the
+    /// same bytes, and merging the parts is merging the envelope; parts
+    /// that no envelope could hold are refused with decoding's errors.
+    #[test]
+    fn exact_envelopes_split_and_join_back() {
+        for n in [0, 1, 2, 100, 1_024] {
+            let s = sketch_of(14, &random_hashes(70 + n as u64, n));
+            let bytes = s.encode();
+            let (header, payload) = split_exact(&bytes).expect("exact");
+            assert_eq!(header.precision, 14);
+            assert_eq!(ExactHeader::from_bytes(&header.to_bytes()), header);
+            assert_eq!(join_exact(header, payload).unwrap(), bytes);
+            let base = sketch_of(14, &random_hashes(9, 1_000));
+            let mut by_parts = base.clone();
+            by_parts.merge_exact(header, payload).unwrap();
+            let mut by_bytes = base.clone();
+            by_bytes.merge_encoded(&bytes).unwrap();
+            assert_eq!(by_parts, by_bytes);
+        }
+        let dense = sketch_of(14, &random_hashes(71, 5_000));
+        assert!(split_exact(&dense.encode()).is_none());
+        assert!(split_exact(b"not an envelope").is_none());
+
+        let s = sketch_of(10, &random_hashes(72, 20));
+        let bytes = s.encode();
+        let (header, payload) = split_exact(&bytes).unwrap();
+        let mut swapped = payload.to_vec();
+        swapped[..16].rotate_left(8);
+        let short = &payload[..payload.len() - 3];
+        let too_many: Vec<u8> = (1..=exact_limit(10) as u64 + 1)
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        let other_hash = ExactHeader {
+            hash_id: 9,
+            ..header
+        };
+        let bad_precision = ExactHeader {
+            precision: 40,
+            ..header
+        };
+        for (header, payload) in [
+            (header, &swapped[..]),
+            (header, short),
+            (header, &too_many[..]),
+            (other_hash, payload),
+            (bad_precision, payload),
+        ] {
+            let err = join_exact(header, payload).unwrap_err();
+            let mut forged = bytes[..ENVELOPE_HEADER_LEN].to_vec();
+            forged[5] = header.hash_id;
+            forged[14] = header.precision;
+            forged[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            forged.extend_from_slice(payload);
+            let crc = crc32fast::hash(&forged);
+            forged.extend_from_slice(&crc.to_le_bytes());
+            assert_eq!(Sketch::decode(&forged).unwrap_err(), err);
+            let mut target = s.clone();
+            assert_eq!(target.merge_exact(header, payload).unwrap_err(), err);
+            assert_eq!(target, s, "a refused merge changes nothing");
         }
     }
 }

@@ -124,8 +124,9 @@ use estimate::DenseStats;
 use exact::ExactSet;
 
 pub use envelope::{
-    ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC, ENVELOPE_TRAILER_LEN, FORMAT_VERSION, FORMAT_VERSION_1,
-    LAYOUT_DENSE, LAYOUT_DENSE_ZSTD, LAYOUT_EXACT,
+    join_exact, split_exact, ExactHeader, ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC,
+    ENVELOPE_TRAILER_LEN, FORMAT_VERSION, FORMAT_VERSION_1, LAYOUT_DENSE, LAYOUT_DENSE_ZSTD,
+    LAYOUT_EXACT,
 };
 pub use estimate::{inverse_normal_cdf, z_for_confidence, Estimate};
 pub use exact::{PassThroughBuildHasher, PassThroughHasher};

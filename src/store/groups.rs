@@ -7,9 +7,17 @@
 //! one (namespace, family, day) are kept in `2^GROUP_BITS` values keyed by
 //! [`GroupKey`]: group [`day_group`]`(dim)` holds the days of its dims.
 //!
-//! A group value is a version byte ([`GROUP_VERSION`]) and then, sorted
-//! by dim, entries of dim (u64 BE), length (u32 LE) and the day's sketch
-//! envelope. No group is ever stored empty.
+//! A group value ([`GROUP_VERSION`] 2) is a version byte, the exact
+//! header its exact days share ([`ExactHeader`]: hash id, seed
+//! fingerprint, precision; 10 bytes), then, sorted by dim, entries of dim
+//! (u64 BE) and either tag 0, a hash count (u16 LE) and the day's hashes
+//! (u64 LE each, increasing): an exact sketch of that header; or tag 1,
+//! a length (u32 LE) and a whole sketch envelope (any other day). A
+//! CRC-32 (u32 LE) of everything before it ends the value. An exact day
+//! costs 11 bytes besides its hashes where its envelope cost 36. Version 1
+//! values (entries of dim, length and envelope, no header, no checksum)
+//! are read as well and written as version 2 when next changed. No group
+//! is ever stored empty.
 //!
 //! Invariants: a day of a series is stored in at most one place, its `s`
 //! day key or its group; a rolled series may still have days in groups,
@@ -23,6 +31,7 @@
 //! their flat series moved into groups once at open
 //! ([`group_flat_days`]), a day at a time.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashSet;
@@ -31,53 +40,128 @@ use super::keys::{self, GroupKey, SketchKey};
 use super::series::Series;
 use super::Store;
 use crate::error::{Error, Result};
+use crate::sketch::{join_exact, split_exact, ExactHeader, Sketch, SketchError};
 
-/// Version byte of a group value.
-pub(super) const GROUP_VERSION: u8 = 1;
+/// Version byte of the group values written: see the module doc.
+pub(super) const GROUP_VERSION: u8 = 2;
+/// Version byte of group values whose entries are whole envelopes.
+const GROUP_VERSION_1: u8 = 1;
 
-/// The entries of a group value in dim order, checked as they are read.
-pub(super) fn entries(value: &[u8]) -> impl Iterator<Item = Result<(u64, &[u8])>> + '_ {
-    spans(value).map(|span| span.map(|(dim, at, len)| (dim, &value[at..at + len])))
+/// Entry tags of a version 2 value.
+const TAG_EXACT: u8 = 0;
+const TAG_ENVELOPE: u8 = 1;
+
+/// A day as its group holds it.
+#[derive(Clone, Copy)]
+pub(super) enum Entry<'a> {
+    /// A whole sketch envelope.
+    Envelope(&'a [u8]),
+    /// An exact sketch: the group's header and the day's hashes.
+    Exact(ExactHeader, &'a [u8]),
 }
 
-/// [`entries`] as (dim, offset, length) of each day in `value`.
-fn spans(value: &[u8]) -> impl Iterator<Item = Result<(u64, usize, usize)>> + '_ {
-    let mut at = 1;
-    let mut failed = value.first() != Some(&GROUP_VERSION);
+impl<'a> Entry<'a> {
+    /// Merges the day into `acc`.
+    pub(super) fn merge_into(&self, acc: &mut Sketch) -> Result<(), SketchError> {
+        match *self {
+            Entry::Envelope(bytes) => acc.merge_encoded(bytes),
+            Entry::Exact(header, hashes) => acc.merge_exact(header, hashes),
+        }
+    }
+
+    /// The day's sketch envelope.
+    pub(super) fn envelope(&self) -> Result<Cow<'a, [u8]>> {
+        match *self {
+            Entry::Envelope(bytes) => Ok(Cow::Borrowed(bytes)),
+            Entry::Exact(header, hashes) => join_exact(header, hashes)
+                .map(Cow::Owned)
+                .map_err(|e| Error::Corrupt(format!("day group entry: {e}"))),
+        }
+    }
+}
+
+/// The entries of a group value in dim order, checked as they are read:
+/// a damaged value yields one error, then ends.
+pub(super) fn entries(value: &[u8]) -> impl Iterator<Item = Result<(u64, Entry<'_>)>> + '_ {
+    let mut parts = parse(value);
+    let mut at = 0;
     std::iter::from_fn(move || {
-        if !failed && at >= value.len() {
+        let (version, header, body) = match parts {
+            Ok(parts) => parts,
+            Err(_) => {
+                let err = std::mem::replace(&mut parts, Ok((GROUP_VERSION, None, &[])));
+                return err.err().map(Err);
+            }
+        };
+        if at >= body.len() {
             return None;
         }
-        let span = (|| {
-            if failed {
-                return None;
-            }
-            let head = value.get(at..at + 12)?;
-            let dim = u64::from_be_bytes(head[..8].try_into().ok()?);
-            let len = u32::from_le_bytes(head[8..].try_into().ok()?) as usize;
-            value.get(at + 12..at + 12 + len)?;
-            Some((dim, at + 12, len))
-        })();
-        match span {
-            Some((dim, start, len)) => {
-                at = start + len;
-                Some(Ok((dim, start, len)))
+        match entry(version, header, body, at) {
+            Some((dim, day, end)) => {
+                at = end;
+                Some(Ok((dim, day)))
             }
             None => {
-                // One error, then the end.
-                (failed, at) = (false, value.len());
+                at = body.len();
                 Some(Err(Error::Corrupt("day group value".into())))
             }
         }
     })
 }
 
-/// Where the day of `dim` lies in a group value: (offset, length).
-fn find(value: &[u8], dim: u64) -> Result<Option<(usize, usize)>> {
-    for span in spans(value) {
-        let (d, at, len) = span?;
+/// A value's version, exact header (version 2) and entries.
+fn parse(value: &[u8]) -> Result<(u8, Option<ExactHeader>, &[u8])> {
+    let bad = || Error::Corrupt("day group value".into());
+    match value.first() {
+        Some(&GROUP_VERSION_1) => Ok((GROUP_VERSION_1, None, &value[1..])),
+        Some(&GROUP_VERSION) if value.len() >= 1 + ExactHeader::LEN + 4 => {
+            let (body, crc) = value.split_at(value.len() - 4);
+            if crc32fast::hash(body).to_le_bytes() != crc {
+                return Err(Error::Corrupt("day group value: checksum".into()));
+            }
+            let header = ExactHeader::from_bytes(
+                body[1..1 + ExactHeader::LEN].try_into().expect("10 bytes"),
+            );
+            Ok((GROUP_VERSION, Some(header), &body[1 + ExactHeader::LEN..]))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// The entry at `at` of `body`: (dim, day, where the next one starts).
+fn entry(
+    version: u8,
+    header: Option<ExactHeader>,
+    body: &[u8],
+    at: usize,
+) -> Option<(u64, Entry<'_>, usize)> {
+    let dim = u64::from_be_bytes(body.get(at..at + 8)?.try_into().ok()?);
+    let at = at + 8;
+    let envelope = |at: usize| {
+        let len = u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?) as usize;
+        let bytes = body.get(at + 4..(at + 4).checked_add(len)?)?;
+        Some((dim, Entry::Envelope(bytes), at + 4 + len))
+    };
+    if version == GROUP_VERSION_1 {
+        return envelope(at);
+    }
+    match *body.get(at)? {
+        TAG_EXACT => {
+            let n = u16::from_le_bytes(body.get(at + 1..at + 3)?.try_into().ok()?) as usize;
+            let hashes = body.get(at + 3..at + 3 + 8 * n)?;
+            Some((dim, Entry::Exact(header?, hashes), at + 3 + 8 * n))
+        }
+        TAG_ENVELOPE => envelope(at + 1),
+        _ => None,
+    }
+}
+
+/// The day of `dim` in a group value, if there.
+fn find(value: &[u8], dim: u64) -> Result<Option<Entry<'_>>> {
+    for entry in entries(value) {
+        let (d, day) = entry?;
         if d == dim {
-            return Ok(Some((at, len)));
+            return Ok(Some(day));
         }
         if d > dim {
             break;
@@ -97,8 +181,8 @@ impl GroupEdit {
     fn parse(value: &[u8]) -> Result<GroupEdit> {
         let mut days = BTreeMap::new();
         for entry in entries(value) {
-            let (dim, bytes) = entry?;
-            days.insert(dim, bytes.to_vec());
+            let (dim, day) = entry?;
+            days.insert(dim, day.envelope()?.into_owned());
         }
         Ok(GroupEdit { days, dirty: false })
     }
@@ -108,14 +192,35 @@ impl GroupEdit {
         if self.days.is_empty() {
             return None;
         }
-        let len = 1 + self.days.values().map(|b| 12 + b.len()).sum::<usize>();
-        let mut value = Vec::with_capacity(len);
+        let split: Vec<Option<(ExactHeader, &[u8])>> = self
+            .days
+            .values()
+            .map(|bytes| split_exact(bytes).filter(|(_, h)| h.len() / 8 <= usize::from(u16::MAX)))
+            .collect();
+        // The header of the first exact day; days of another are kept whole.
+        let header = split.iter().flatten().map(|&(h, _)| h).next();
+        let mut value = Vec::with_capacity(
+            1 + ExactHeader::LEN + self.days.values().map(|b| 13 + b.len()).sum::<usize>() + 4,
+        );
         value.push(GROUP_VERSION);
-        for (dim, bytes) in &self.days {
+        value.extend_from_slice(&header.map_or([0; ExactHeader::LEN], |h| h.to_bytes()));
+        for ((dim, bytes), split) in self.days.iter().zip(split) {
             value.extend_from_slice(&dim.to_be_bytes());
-            value.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            value.extend_from_slice(bytes);
+            match split {
+                Some((h, hashes)) if Some(h) == header => {
+                    value.push(TAG_EXACT);
+                    value.extend_from_slice(&((hashes.len() / 8) as u16).to_le_bytes());
+                    value.extend_from_slice(hashes);
+                }
+                _ => {
+                    value.push(TAG_ENVELOPE);
+                    value.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    value.extend_from_slice(bytes);
+                }
+            }
         }
+        let crc = crc32fast::hash(&value);
+        value.extend_from_slice(&crc.to_le_bytes());
         Some(value)
     }
 
@@ -134,10 +239,19 @@ impl GroupEdit {
 impl Store {
     /// The stored day of `key` (a day key) in its group, if there.
     pub(super) fn day_in_group(&self, key: &SketchKey) -> Result<Option<sled::IVec>> {
+        self.with_day_in_group(key, |day| Ok(sled::IVec::from(day.envelope()?.as_ref())))
+    }
+
+    /// `f` of the stored day of `key` in its group, if there.
+    pub(super) fn with_day_in_group<R>(
+        &self,
+        key: &SketchKey,
+        f: impl FnOnce(Entry<'_>) -> Result<R>,
+    ) -> Result<Option<R>> {
         let Some(value) = self.data.get(GroupKey::of(key).encode())? else {
             return Ok(None);
         };
-        Ok(find(&value, key.dim)?.map(|(at, len)| value.subslice(at, len)))
+        find(&value, key.dim)?.map(f).transpose()
     }
 
     /// The stored bytes of a day: in its group first, then under its `s`
@@ -170,11 +284,11 @@ impl Store {
                 Err(e) => vec![Err(e.into())],
                 Ok((k, value)) => match GroupKey::decode(&k) {
                     None => vec![Err(Error::Corrupt("day group key".into()))],
-                    Some(gk) => spans(&value)
-                        .map(|span| {
-                            let (dim, at, len) = span?;
+                    Some(gk) => entries(&value)
+                        .map(|entry| {
+                            let (dim, day) = entry?;
                             let key = SketchKey::day(gk.ns, gk.family, dim, gk.day);
-                            Ok((key, value.subslice(at, len)))
+                            Ok((key, sled::IVec::from(day.envelope()?.as_ref())))
                         })
                         .collect(),
                 },
@@ -248,11 +362,12 @@ mod tests {
     use super::super::fixtures::{checkpoint, merge_all, reopen};
     use super::super::memtable::Memtable;
     use super::*;
-    use crate::sketch::{HashSeed, Sketch};
+    use crate::sketch::HashSeed;
     use crate::store::keys::{Family, KIND_DAY_GROUP, KIND_SKETCH};
     use crate::store::FLAT_MAX_HASHES;
     use crate::time::{Day, DayWindow};
     use rustc_hash::FxHashMap;
+    use std::collections::BTreeSet;
 
     const DIMS: u64 = 5_000;
     const FIRST: u32 = 20_000;
@@ -397,12 +512,26 @@ mod tests {
             truth.len()
         );
         assert_reads(&store, &truth);
+        // Groups stored as version 1 (whole envelopes) read the same;
+        // the checkpoints below write the groups they change as version 2.
+        let mut batch = sled::Batch::default();
+        for item in store.data.scan_prefix([KIND_DAY_GROUP]) {
+            let (k, v) = item.unwrap();
+            batch.insert(k, as_version_1(&v));
+        }
+        store.data.apply_batch(batch).unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(group_versions(&store), BTreeSet::from([1]));
+        assert_reads(&store, &truth);
         // A large day turns dim 5 rolled: that day stays in its group too
         // (a reader may still read the series as flat), like its others.
         let (dim, big_day) = (org(5), Day(FIRST + 4));
         let mem = memtable(&mut rng, 5_000, Some((5, big_day)));
         add(&mut truth, &mem);
         checkpoint(&store, &mem, 2);
+        assert_eq!(group_versions(&store), BTreeSet::from([1, 2]));
         assert_eq!(keyed_days(&store), 0);
         assert!(!store.stale.read().flat.contains(&(1, Family::IpsOrg, dim)));
         assert_reads(&store, &truth);
@@ -433,9 +562,9 @@ mod tests {
             let (k, v) = item.unwrap();
             let gk = GroupKey::decode(&k).unwrap();
             for entry in entries(&v) {
-                let (dim, bytes) = entry.unwrap();
+                let (dim, stored) = entry.unwrap();
                 let day = SketchKey::day(gk.ns, gk.family, dim, gk.day);
-                batch.insert(&day.encode()[..], bytes);
+                batch.insert(&day.encode()[..], stored.envelope().unwrap().as_ref());
             }
             batch.remove(k);
         }
@@ -453,31 +582,98 @@ mod tests {
         assert_reads(&store, &truth);
     }
 
+    /// The version bytes of the stored groups.
+    fn group_versions(store: &Store) -> BTreeSet<u8> {
+        store
+            .data
+            .scan_prefix([KIND_DAY_GROUP])
+            .map(|item| item.unwrap().1[0])
+            .collect()
+    }
+
+    /// A group value as version 1 wrote it: dim, length, envelope.
+    fn as_version_1(value: &[u8]) -> Vec<u8> {
+        let mut v1 = vec![1u8];
+        for (dim, bytes) in days_of(value).unwrap() {
+            v1.extend_from_slice(&dim.to_be_bytes());
+            v1.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            v1.extend_from_slice(&bytes);
+        }
+        v1
+    }
+
+    /// What a group holds, each day as its envelope.
+    fn days_of(value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+        entries(value)
+            .map(|e| e.and_then(|(d, day)| Ok((d, day.envelope()?.into_owned()))))
+            .collect()
+    }
+
     #[test]
     fn a_group_value_round_trips_and_damage_is_refused() {
+        use crate::sketch::HashSeed;
+        let exact = |n: u64, seed: u64| {
+            let mut s = Sketch::new(12, HashSeed::new(seed)).unwrap();
+            for h in 0..n {
+                s.insert_hash((h + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            }
+            s.encode()
+        };
         let mut edit = GroupEdit::default();
         assert_eq!(edit.encode(), None, "an empty group is not stored");
-        edit.days.insert(7, b"seven".to_vec());
-        edit.days.insert(3, b"three!".to_vec());
-        edit.days.insert(u64::MAX, Vec::new());
+        // Exact days of one header (kept as hashes), one of another seed,
+        // a dense one and bytes that are no envelope (kept whole).
+        let days = [
+            (7, exact(3, 1)),
+            (3, exact(1, 1)),
+            (5, exact(200, 1)),
+            (9, exact(2, 2)),
+            (11, exact(300, 1)),
+            (u64::MAX, b"not a sketch".to_vec()),
+        ];
+        for (dim, bytes) in &days {
+            edit.days.insert(*dim, bytes.clone());
+        }
         let value = edit.encode().unwrap();
-        let back: Vec<(u64, Vec<u8>)> = entries(&value)
-            .map(|e| e.map(|(d, b)| (d, b.to_vec())))
-            .collect::<Result<_>>()
-            .unwrap();
-        assert_eq!(
-            back,
-            vec![
-                (3, b"three!".to_vec()),
-                (7, b"seven".to_vec()),
-                (u64::MAX, Vec::new())
-            ]
-        );
-        assert_eq!(find(&value, 7).unwrap().map(|(_, len)| len), Some(5));
-        assert_eq!(find(&value, 5).unwrap(), None);
-        for bad in [&value[..value.len() - 1], &value[..5], &[9u8, 0][..]] {
+        assert_eq!(value[0], GROUP_VERSION);
+        let mut want: Vec<(u64, Vec<u8>)> = days.to_vec();
+        want.sort();
+        assert_eq!(days_of(&value).unwrap(), want);
+        let whole: usize = days.iter().map(|(_, b)| 12 + b.len()).sum();
+        // Version byte, header and checksum; 25 bytes less for each exact
+        // day, one more for each day kept whole.
+        assert_eq!(value.len(), 1 + 10 + 4 + whole - 3 * 25 + 3);
+        let kinds: Vec<bool> = entries(&value)
+            .map(|e| matches!(e.unwrap().1, Entry::Exact(..)))
+            .collect();
+        // 11 has 300 hashes: over the exact limit of precision 12 it is
+        // dense, kept whole like the other seed's day and the bytes.
+        assert_eq!(kinds, [true, true, true, false, false, false]);
+        assert!(matches!(find(&value, 7).unwrap(), Some(Entry::Exact(_, h)) if h.len() == 24));
+        assert!(find(&value, 6).unwrap().is_none());
+        // A parsed group encodes to the same value.
+        assert_eq!(GroupEdit::parse(&value).unwrap().encode().unwrap(), value);
+
+        // Every damage is refused: truncation, a flipped bit, a foreign
+        // version, nothing.
+        let mut flipped = value.clone();
+        flipped[20] ^= 4;
+        for bad in [
+            &value[..value.len() - 1],
+            &value[..5],
+            &flipped[..],
+            &[9u8, 0][..],
+        ] {
             assert!(entries(bad).any(|e| e.is_err()), "{bad:?}");
         }
         assert!(entries(&[]).any(|e| e.is_err()));
+
+        // A version 1 value (entries of dim, length and envelope) reads
+        // as the same days, and is written as version 2.
+        let v1 = as_version_1(&value);
+        assert_eq!(v1[0], 1);
+        assert_eq!(days_of(&v1).unwrap(), want);
+        assert_eq!(GroupEdit::parse(&v1).unwrap().encode().unwrap(), value);
+        assert!(entries(&v1[..v1.len() - 1]).any(|e| e.is_err()));
     }
 }

@@ -415,11 +415,11 @@ impl Store {
             // data (`query` does, once per query rather than once per series).
             for day in window.days() {
                 let key = SketchKey::day(ns, family, dim, day);
-                let Some(bytes) = self.day_in_group(&key)? else {
-                    continue;
-                };
-                acc.merge_encoded(&bytes)
-                    .map_err(|e| stored_sketch_error(&key, e))?;
+                self.with_day_in_group(&key, |stored| {
+                    stored
+                        .merge_into(acc)
+                        .map_err(|e| stored_sketch_error(&key, e))
+                })?;
             }
             return Ok(());
         };
@@ -513,9 +513,9 @@ impl Store {
                 for item in self.data.range(group(first)..=group(last)) {
                     let (_, value) = item?;
                     for entry in groups::entries(&value) {
-                        let (dim, bytes) = entry?;
+                        let (dim, stored) = entry?;
                         if let Some(&i) = index.get(&dim) {
-                            accs[i].merge_encoded(bytes).map_err(|e| {
+                            stored.merge_into(&mut accs[i]).map_err(|e| {
                                 let key = SketchKey::day(ns, family, dim, day);
                                 stored_sketch_error(&key, e)
                             })?;
