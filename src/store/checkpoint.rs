@@ -327,7 +327,7 @@ impl Store {
                     };
                     for day in (first.0..end.0).map(Day) {
                         let key = SketchKey::day(ns, family, dim, day);
-                        if self.day_in_group(&key)?.is_some() {
+                        if self.with_day_in_group(&key, |_| Ok(()))?.is_some() {
                             mark((ns, family, dim), day);
                         }
                     }

@@ -16,8 +16,13 @@
 //! CRC-32 (u32 LE) of everything before it ends the value. An exact day
 //! costs 11 bytes besides its hashes where its envelope cost 36. Version 1
 //! values (entries of dim, length and envelope, no header, no checksum)
-//! are read as well and written as version 2 when next changed. No group
-//! is ever stored empty.
+//! are read as well and written as version 2 when next changed (the key
+//! layout, 4, tells a build that reads version 1 only to refuse the
+//! store). With no exact day, the header is ten zero bytes. One checksum
+//! guards the whole value: a damaged value makes all its days unreadable
+//! (reads and checkpoints touching it fail with an error naming it),
+//! where a version 1 value lost only the damaged day. No group is ever
+//! stored empty.
 //!
 //! Invariants: a day of a series is stored in at most one place, its `s`
 //! day key or its group; a rolled series may still have days in groups,
@@ -351,7 +356,7 @@ pub(super) fn group_flat_days(
         tracing::info!(
             days = moved,
             seconds = started.elapsed().as_secs_f64(),
-            "the days of flat series moved into day groups (key layout 3)"
+            "the days of flat series moved into day groups (key layout 4)"
         );
     }
     Ok(())

@@ -72,11 +72,17 @@ pub const META_KEY_LAYOUT: &[u8] = b"mkey_layout";
 /// sketch value (one byte; see `store::format`).
 pub const META_SKETCH_FORMAT: &[u8] = b"msketch_format";
 
-/// The sketch key layout this build writes and reads: 3, day-major, the
-/// days of flat series in day groups (`f` keys). Layout 2 (every day under
-/// its own `s` key) is upgraded at open (`store::groups`); layout 1 (in
-/// stores without [`META_KEY_LAYOUT`]) was series-major.
-pub const KEY_LAYOUT: &[u8] = &[3];
+/// The sketch key layout this build writes and reads: 4, day-major, the
+/// days of flat series in day groups (`f` keys) of group version 2 or 1.
+/// Layout 3 (groups of version 1 only) is taken as it is and recorded as
+/// 4 at open, so that a build that cannot read version 2 refuses the
+/// store; layout 2 (every day under its own `s` key) is upgraded at open
+/// (`store::groups`); layout 1 (in stores without [`META_KEY_LAYOUT`])
+/// was series-major.
+pub const KEY_LAYOUT: &[u8] = &[4];
+
+/// The layout of stores whose day groups are all of version 1.
+pub const KEY_LAYOUT_GROUPS_V1: &[u8] = &[3];
 
 /// The layout upgraded at open to [`KEY_LAYOUT`].
 pub const KEY_LAYOUT_UNGROUPED: &[u8] = &[2];

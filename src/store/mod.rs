@@ -631,18 +631,25 @@ impl Store {
 }
 
 /// Refuses a store whose sketch keys have another layout than
-/// [`keys::KEY_LAYOUT`] or [`keys::KEY_LAYOUT_UNGROUPED`], and records the
-/// layout in a new store. Returns whether the store's flat days are still
-/// to be moved into day groups (layout 2; see `groups`).
+/// [`keys::KEY_LAYOUT`], [`keys::KEY_LAYOUT_GROUPS_V1`] (recorded as
+/// the current one: its groups are read as they are) or
+/// [`keys::KEY_LAYOUT_UNGROUPED`], and records the layout in a new store.
+/// Returns whether the store's flat days are still to be moved into day
+/// groups (layout 2; see `groups`).
 fn check_key_layout(data: &sled::Tree) -> Result<bool> {
     match data.get(keys::META_KEY_LAYOUT)? {
         Some(v) if &v[..] == keys::KEY_LAYOUT => Ok(false),
+        Some(v) if &v[..] == keys::KEY_LAYOUT_GROUPS_V1 => {
+            data.insert(keys::META_KEY_LAYOUT, keys::KEY_LAYOUT)?;
+            Ok(false)
+        }
         Some(v) if &v[..] == keys::KEY_LAYOUT_UNGROUPED => Ok(true),
         Some(v) => Err(Error::Incompatible(format!(
-            "the data directory's sketch keys have layout {:?}; this build reads layouts {:?} \
-             and {:?}",
+            "the data directory's sketch keys have layout {:?}; this build reads layouts {:?}, \
+             {:?} and {:?}",
             &v[..],
             keys::KEY_LAYOUT_UNGROUPED,
+            keys::KEY_LAYOUT_GROUPS_V1,
             keys::KEY_LAYOUT
         ))),
         None if data.scan_prefix([keys::KIND_SKETCH]).next().is_some() => {
@@ -775,6 +782,21 @@ mod tests {
         }
         let err = try_reopen(dir.path()).err().expect("refused");
         assert!(err.to_string().contains("layout [9]"), "{err}");
+        // A store of layout 3 (day groups of version 1 only) is recorded
+        // as the current layout, so that a build that reads version 1
+        // groups only refuses it from then on.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .data
+                .insert(keys::META_KEY_LAYOUT, keys::KEY_LAYOUT_GROUPS_V1)
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_eq!(layout(&store).as_deref(), Some(keys::KEY_LAYOUT));
+        drop(store);
         // An empty store from before the record is adopted.
         let dir = tempfile::tempdir().unwrap();
         {
