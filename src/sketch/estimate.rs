@@ -272,11 +272,20 @@ impl Sketch {
             return *s;
         }
         let zeros = regs.iter().filter(|&&r| r == 0).count();
-        let bytes = crate_hll_bytes(self.precision, regs, zeros);
-        let mut hll: HyperLogLogPlus<u64, PassThroughBuildHasher> = bincode::deserialize(&bytes)
-            .expect("bincode bytes built from validated registers must deserialize");
+        let count = if uses_linear_counting(self.precision, zeros as u32) {
+            // What the crate's `count()` returns here, computed the same
+            // way: no need to build its bytes (most dense org windows).
+            let m = regs.len() as f64;
+            m * (m / zeros as f64).ln()
+        } else {
+            let bytes = crate_hll_bytes(self.precision, regs, zeros);
+            let mut hll: HyperLogLogPlus<u64, PassThroughBuildHasher> =
+                bincode::deserialize(&bytes)
+                    .expect("bincode bytes built from validated registers must deserialize");
+            hll.count()
+        };
         let stats = DenseStats {
-            count: hll.count(),
+            count,
             zeros: zeros as u32,
         };
         // A racing reader may have set it first; both computed the same.
@@ -460,6 +469,34 @@ mod tests {
             );
             assert_eq!(ours.dense_stats(regs).count, expected, "p={p}");
         }
+    }
+
+    /// The dense count equals the crate's `count()` of the same registers
+    /// at every precision, where the crate uses linear counting (computed
+    /// here without it) and where it does not.
+    #[test]
+    fn dense_counts_equal_the_crates_on_both_sides_of_linear_counting() {
+        let (mut linear, mut other) = (0, 0);
+        for p in MIN_PRECISION..=MAX_PRECISION {
+            let m = 1usize << p;
+            for n in [m / 8, m / 4, m / 2, 3 * m / 4, m, 2 * m] {
+                if n <= exact_limit(p) {
+                    continue;
+                }
+                let s = sketch_of(p, &random_hashes(u64::from(p) * 7_919 + n as u64, n));
+                let regs = s.dense_registers().unwrap();
+                let zeros = regs.iter().filter(|&&r| r == 0).count();
+                let mut hll: HyperLogLogPlus<u64, PassThroughBuildHasher> =
+                    bincode::deserialize(&crate_hll_bytes(p, regs, zeros)).unwrap();
+                assert_eq!(s.dense_stats(regs).count, hll.count(), "p={p} n={n}");
+                if uses_linear_counting(p, zeros as u32) {
+                    linear += 1;
+                } else {
+                    other += 1;
+                }
+            }
+        }
+        assert!(linear >= 15 && other >= 15, "{linear} linear, {other} not");
     }
 
     /// Coverage and width of the 95 % interval at p = 14 over independent
