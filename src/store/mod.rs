@@ -640,7 +640,9 @@ fn check_key_layout(data: &sled::Tree) -> Result<bool> {
     match data.get(keys::META_KEY_LAYOUT)? {
         Some(v) if &v[..] == keys::KEY_LAYOUT => Ok(false),
         Some(v) if &v[..] == keys::KEY_LAYOUT_GROUPS_V1 => {
+            // Durable now, whether or not anything else is written.
             data.insert(keys::META_KEY_LAYOUT, keys::KEY_LAYOUT)?;
+            data.flush()?;
             Ok(false)
         }
         Some(v) if &v[..] == keys::KEY_LAYOUT_UNGROUPED => Ok(true),
