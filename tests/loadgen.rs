@@ -38,6 +38,18 @@ fn write_world(path: &Path, records: &[Record]) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Runs the sketchd binary with `args` off the runtime's threads.
+async fn sketchd(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sketchd"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_sends_a_world_that_the_server_then_counts_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,32 +75,33 @@ async fn loadgen_sends_a_world_that_the_server_then_counts_exactly() {
     let world = dir.path().join("observations.bin");
     write_world(&world, &records);
 
-    let args = vec![
-        "loadgen".to_owned(),
-        "--server".into(),
-        server.url.clone(),
-        "--world".into(),
-        world.display().to_string(),
-        "--namespace".into(),
-        NS.into(),
-        "--collectors".into(),
-        "3".into(),
-        "--batch-rows".into(),
-        "200".into(),
-        "--settle-timeout".into(),
-        "0".into(),
-        "--metrics".into(),
-        format!("http://{}/metrics", server.metrics_addr),
-        "--json".into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sketchd"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    // loadgen of this world into this server's namespace, and `more`.
+    let loadgen = |more: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            "loadgen".into(),
+            "--server".into(),
+            server.url.clone(),
+            "--world".into(),
+            world.display().to_string(),
+            "--namespace".into(),
+            NS.into(),
+        ];
+        args.extend(more.iter().map(|a| a.to_string()));
+        args
+    };
+    let metrics = format!("http://{}/metrics", server.metrics_addr);
+    let args = loadgen(&[
+        "--collectors",
+        "3",
+        "--batch-rows",
+        "200",
+        "--settle-timeout",
+        "0",
+        "--metrics",
+        &metrics,
+        "--json",
+    ]);
+    let out = sketchd(args).await;
     assert!(
         out.status.success(),
         "loadgen failed: {}",
@@ -145,24 +158,7 @@ async fn loadgen_sends_a_world_that_the_server_then_counts_exactly() {
 
     // Querying without the truth's query set would run nothing: refused,
     // and the namespace is left as it was.
-    let args = vec![
-        "loadgen".to_owned(),
-        "--server".into(),
-        server.url.clone(),
-        "--world".into(),
-        world.display().to_string(),
-        "--namespace".into(),
-        NS.into(),
-        "--skip-ingest".into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_sketchd"))
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = sketchd(loadgen(&["--skip-ingest"])).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--truth"), "{stderr}");

@@ -136,19 +136,12 @@ impl Sketch {
 
     /// Header, payload and checksum.
     fn envelope(&self, layout: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(ENVELOPE_HEADER_LEN + payload.len() + ENVELOPE_TRAILER_LEN);
-        out.extend_from_slice(&ENVELOPE_MAGIC);
-        out.push(FORMAT_VERSION);
-        out.push(self.hash_id);
-        out.extend_from_slice(&self.seed_fingerprint.to_le_bytes());
-        out.push(self.precision);
-        out.push(layout);
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(payload);
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        let header = ExactHeader {
+            hash_id: self.hash_id,
+            seed_fingerprint: self.seed_fingerprint,
+            precision: self.precision,
+        };
+        write_envelope(header, layout, payload)
     }
 
     /// Decodes and fully validates an envelope.
@@ -237,7 +230,7 @@ impl Sketch {
     }
 }
 
-/// The fields of an exact envelope besides its hashes: what a value
+/// The fields of an envelope besides its layout and payload: what a value
 /// holding many exact sketches of one namespace stores once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExactHeader {
@@ -287,19 +280,24 @@ pub fn split_exact(bytes: &[u8]) -> Option<(ExactHeader, &[u8])> {
 /// The envelope of an exact sketch given as its header and payload,
 /// checked as decoding checks it.
 pub fn join_exact(header: ExactHeader, payload: &[u8]) -> Result<Vec<u8>, SketchError> {
-    let envelope = Envelope::exact(header, payload)?;
+    Envelope::exact(header, payload)?;
+    Ok(write_envelope(header, LAYOUT_EXACT, payload))
+}
+
+/// The envelope bytes of the current format: header, payload, checksum.
+fn write_envelope(header: ExactHeader, layout: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + payload.len() + ENVELOPE_TRAILER_LEN);
     out.extend_from_slice(&ENVELOPE_MAGIC);
     out.push(FORMAT_VERSION);
-    out.push(envelope.hash_id);
-    out.extend_from_slice(&envelope.seed_fingerprint.to_le_bytes());
-    out.push(envelope.precision);
-    out.push(LAYOUT_EXACT);
+    out.push(header.hash_id);
+    out.extend_from_slice(&header.seed_fingerprint.to_le_bytes());
+    out.push(header.precision);
+    out.push(layout);
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(payload);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    out
 }
 
 /// An exact payload's length: whole hashes, at most the exact limit.
