@@ -1,5 +1,6 @@
-//! A bounded cache of decoded rollup sketches, so repeated queries skip
-//! sled and envelope decoding.
+//! A bounded cache of decoded sketches (rollup blocks, and the days of
+//! flat series, a day without data as an empty sketch), so repeated
+//! queries skip sled and envelope decoding.
 //!
 //! Invariant: the cache never holds a value older than sled's. A checkpoint
 //! bumps the generation and drops the keys it wrote after applying its

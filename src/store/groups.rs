@@ -74,6 +74,14 @@ impl<'a> Entry<'a> {
         }
     }
 
+    /// The day's sketch.
+    pub(super) fn decode(&self) -> Result<Sketch, SketchError> {
+        match *self {
+            Entry::Envelope(bytes) => Sketch::decode(bytes),
+            Entry::Exact(header, hashes) => Sketch::decode(&join_exact(header, hashes)?),
+        }
+    }
+
     /// The day's sketch envelope.
     pub(super) fn envelope(&self) -> Result<Cow<'a, [u8]>> {
         match *self {

@@ -411,15 +411,27 @@ impl Store {
     ) -> Result<()> {
         let Some(blocks) = self.window_blocks(ns, family, dim, window) else {
             // A flat series' day is in its day group (see `groups`): one
-            // point read a day. Callers clip the window to the days with
-            // data (`query` does, once per query rather than once per series).
+            // point read a day, kept in the cache, a day without data as
+            // an empty sketch (a checkpoint that writes the day drops it).
+            // Callers clip the window to the days with data (`query`
+            // does, once per query rather than once per series).
             for day in window.days() {
                 let key = SketchKey::day(ns, family, dim, day);
-                self.with_day_in_group(&key, |stored| {
-                    stored
-                        .merge_into(acc)
-                        .map_err(|e| stored_sketch_error(&key, e))
-                })?;
+                let (cached, generation) = self.cache.get(&key);
+                let stored = match cached {
+                    Some(stored) => stored,
+                    None => {
+                        let stored = self
+                            .with_day_in_group(&key, |stored| {
+                                stored.decode().map_err(|e| stored_sketch_error(&key, e))
+                            })?
+                            .unwrap_or_else(|| acc.empty_like());
+                        let stored = Arc::new(stored);
+                        self.cache.insert(key, stored.clone(), generation);
+                        stored
+                    }
+                };
+                acc.merge(&stored)?;
             }
             return Ok(());
         };
@@ -695,6 +707,58 @@ mod tests {
     /// reads rolled series' blocks by range scans and flat series' days by
     /// runs of day groups: every series equals what `merge_window` reads
     /// for it alone, with blocks built, and with some of them stale.
+    /// A flat series' window is read from sled once, then from the cache
+    /// (its days without data too), and a checkpoint that writes any of
+    /// its days, one without data before among them, is seen at once.
+    #[test]
+    fn a_flat_series_window_comes_from_the_cache_and_sees_new_days() {
+        use crate::sketch::HashSeed;
+        use crate::store::memtable::Memtable;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (dim, first) = (7u64, 20_000u32);
+        let window = DayWindow::new(Day(first), Day(first + 6)).unwrap();
+        let mut truth = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+        let write = |truth: &mut Sketch, days: &[u32], salt: u64, lsn: u64| {
+            let mut mem = Memtable::default();
+            for &day in days {
+                let key = SketchKey::day(1, Family::IpsOrg, dim, Day(day));
+                let sketch = mem
+                    .sketches
+                    .entry(key)
+                    .or_insert_with(|| Sketch::new(12, HashSeed::DEFAULT).unwrap());
+                for h in 0..3u64 {
+                    let hash =
+                        (salt * 100 + u64::from(day) * 10 + h).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    sketch.insert_hash(hash);
+                    truth.insert_hash(hash);
+                }
+                mem.widen_extent(1, Day(day), Day(day + 1));
+            }
+            fixtures::checkpoint(&store, &mem, lsn);
+        };
+        write(&mut truth, &[first, first + 2], 1, 1);
+        let read = |store: &Store| {
+            let mut acc = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+            store
+                .merge_window(&mut acc, 1, Family::IpsOrg, dim, window)
+                .unwrap();
+            acc
+        };
+        assert!(store.stale.read().flat.contains(&(1, Family::IpsOrg, dim)));
+        assert_eq!(store.cache_usage().0, 0);
+        assert_eq!(read(&store), truth);
+        // Every day of the window is cached, the four without data too.
+        assert_eq!(store.cache_usage().0, 6);
+        assert_eq!(read(&store), truth);
+        assert_eq!(store.cache_usage().0, 6);
+        // New hashes in a day that had some and in one that had none.
+        write(&mut truth, &[first, first + 1], 2, 2);
+        assert_eq!(store.cache_usage().0, 4, "the written days left the cache");
+        assert_eq!(read(&store), truth);
+        assert_eq!(read(&store).estimate().value, 12.0);
+    }
+
     #[test]
     fn merge_windows_over_many_series_equals_one_series_at_a_time() {
         use crate::sketch::HashSeed;
