@@ -367,28 +367,41 @@ impl Store {
     }
 
     fn read_block(&self, key: &SketchKey, keep: bool) -> Result<Option<Arc<Sketch>>> {
+        self.cached(key, keep, || {
+            let stored = if key.block.level == 0 {
+                self.day_bytes(key)?
+            } else {
+                self.data.get(key.encode())?
+            };
+            stored
+                .map(|bytes| {
+                    Sketch::decode(&bytes)
+                        .map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}")))
+                })
+                .transpose()
+        })
+    }
+
+    /// The sketch of `key` from the cache, else from `load` (then kept in
+    /// the cache when `keep`, unless a checkpoint ran meanwhile).
+    fn cached(
+        &self,
+        key: &SketchKey,
+        keep: bool,
+        load: impl FnOnce() -> Result<Option<Sketch>>,
+    ) -> Result<Option<Arc<Sketch>>> {
         let (cached, generation) = self.cache.get(key);
         if cached.is_some() {
             return Ok(cached);
         }
-        let stored = if key.block.level == 0 {
-            self.day_bytes(key)?
-        } else {
-            self.data.get(key.encode())?
+        let Some(sketch) = load()? else {
+            return Ok(None);
         };
-        match stored {
-            Some(bytes) => {
-                let sketch = Arc::new(
-                    Sketch::decode(&bytes)
-                        .map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}")))?,
-                );
-                if keep {
-                    self.cache.insert(*key, sketch.clone(), generation);
-                }
-                Ok(Some(sketch))
-            }
-            None => Ok(None),
+        let sketch = Arc::new(sketch);
+        if keep {
+            self.cache.insert(*key, sketch.clone(), generation);
         }
+        Ok(Some(sketch))
     }
 
     /// Entries and approximate bytes of the decoded-sketch cache.
@@ -417,21 +430,15 @@ impl Store {
             // does, once per query rather than once per series).
             for day in window.days() {
                 let key = SketchKey::day(ns, family, dim, day);
-                let (cached, generation) = self.cache.get(&key);
-                let stored = match cached {
-                    Some(stored) => stored,
-                    None => {
-                        let stored = self
-                            .with_day_in_group(&key, |stored| {
-                                stored.decode().map_err(|e| stored_sketch_error(&key, e))
-                            })?
-                            .unwrap_or_else(|| acc.empty_like());
-                        let stored = Arc::new(stored);
-                        self.cache.insert(key, stored.clone(), generation);
-                        stored
-                    }
-                };
-                acc.merge(&stored)?;
+                let stored = self.cached(&key, true, || {
+                    let stored = self.with_day_in_group(&key, |stored| {
+                        stored.decode().map_err(|e| stored_sketch_error(&key, e))
+                    })?;
+                    Ok(Some(stored.unwrap_or_else(|| acc.empty_like())))
+                })?;
+                if let Some(stored) = stored {
+                    acc.merge(&stored)?;
+                }
             }
             return Ok(());
         };
