@@ -454,8 +454,8 @@ fn a_killed_node_loses_nothing_and_every_node_answers_as_one_server() {
         nodes[1].stop();
         let ref_data = reference.data_dir.clone();
         reference.stop().await;
-        let single = common::dump(&ref_data);
-        let node = common::dump(&nodes[1].data);
+        let single = common::records(&ref_data);
+        let node = common::records(&nodes[1].data);
         assert!(single.keys().any(|k| k[0] == b's') && single.keys().any(|k| k[0] == b'c'));
         assert!(
             node == single,

@@ -352,10 +352,10 @@ fn batch(ns: &str, b: u64, rows: &[sketchd::client::Observation]) -> pb::IngestR
     builder.build(ns, "collector-1", b + 1)
 }
 
-/// The sketches, counters and org presence of a data directory (kinds
-/// `s`, `c`, `p`), by key.
+/// The sketches (days wherever kept), counters and org presence of a
+/// data directory (kinds `s`, `c`, `p`), by key.
 fn day_records(dir: &Path) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
-    common::dump(dir)
+    common::records(dir)
         .into_iter()
         .filter(|(k, _)| b"scp".contains(&k[0]))
         .collect()

@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 
 use common::NOW;
 use sketchd::client::Client;
-use sketchd::sketch::{
-    join_exact, ExactHeader, Sketch, FORMAT_VERSION, FORMAT_VERSION_1, LAYOUT_DENSE_ZSTD,
-};
+use sketchd::sketch::{Sketch, FORMAT_VERSION, FORMAT_VERSION_1, LAYOUT_DENSE_ZSTD};
 
 const NS: &str = "study";
 
@@ -53,54 +51,13 @@ fn assert_answers(got: &[String], case: &str) {
     assert_eq!(got.len(), want.len(), "{case}: number of answers");
 }
 
-/// The sketch records of a dump: rollup blocks and days under `s` keys,
-/// and the days in day groups (`f` keys: version 2, the exact header,
-/// then per day dim u64 BE and either tag 0, a hash count u16 LE and the
-/// hashes, or tag 1, length u32 LE and the envelope; a CRC-32 last) as
-/// the `s` keys they had, with their envelopes. Panics if a day is in
-/// both.
+/// The sketch records of a dump: rollup blocks and days, those in day
+/// groups as the `s` keys they would have.
 fn sketches(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut out: BTreeMap<Vec<u8>, Vec<u8>> = dump
-        .iter()
+    common::expand_groups(dump)
+        .into_iter()
         .filter(|(k, _)| k[0] == b's')
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for (k, v) in dump.iter().filter(|(k, _)| k[0] == b'f') {
-        assert_eq!(k.len(), 12, "group key {k:?}");
-        assert_eq!(v[0], 2, "group version");
-        let (v, crc) = v.split_at(v.len() - 4);
-        assert_eq!(crc32fast::hash(v).to_le_bytes(), crc, "group checksum");
-        let header = ExactHeader::from_bytes(v[1..11].try_into().unwrap());
-        let mut at = 11;
-        while at < v.len() {
-            let dim = &v[at..at + 8];
-            let day = match v[at + 8] {
-                0 => {
-                    let n = u16::from_le_bytes(v[at + 9..at + 11].try_into().unwrap()) as usize;
-                    let hashes = &v[at + 11..at + 11 + 8 * n];
-                    at += 11 + 8 * n;
-                    join_exact(header, hashes).unwrap()
-                }
-                1 => {
-                    let len = u32::from_le_bytes(v[at + 9..at + 13].try_into().unwrap()) as usize;
-                    let envelope = v[at + 13..at + 13 + len].to_vec();
-                    at += 13 + len;
-                    envelope
-                }
-                tag => panic!("entry tag {tag}"),
-            };
-            let mut key = vec![b's'];
-            key.extend_from_slice(&k[1..6]); // ns, family
-            key.push(0); // level
-            key.extend_from_slice(&k[6..10]); // day
-            key.extend_from_slice(dim);
-            assert!(
-                out.insert(key.clone(), day).is_none(),
-                "{key:?} stored twice"
-            );
-        }
-    }
-    out
+        .collect()
 }
 
 /// How many day groups a dump holds.
