@@ -263,11 +263,13 @@ fn transport_reason(target: &Target, error: &(dyn std::error::Error + 'static)) 
 
 /// Whether the connection was closed before an answer, or the answer was
 /// no HTTP/2: what a TLS server does to a client that speaks plain HTTP/2
-/// to it (it closes, or its TLS alert reads as a malformed frame).
+/// to it (it closes, or its TLS alert reads as a malformed frame; closed
+/// before the HTTP/2 handshake ended, the connection "was not ready").
 fn not_plain_http2(error: &(dyn std::error::Error + 'static)) -> bool {
     chain(error).any(|e| {
         let text = e.to_string();
         text.contains("connection closed")
+            || text.contains("connection was not ready")
             || text.contains("connection reset")
             || text.contains("frame with invalid size")
             || text.contains("connection error detected")
