@@ -99,6 +99,11 @@ pub enum Error {
     #[error("unavailable: {0}")]
     Unavailable(String),
 
+    /// A read made with [`crate::store::from_memory_only`] needed sled: the
+    /// caller does it again where it may block. Never sent to a client.
+    #[error("the answer needs a read from disk")]
+    NotInMemory,
+
     /// Stored bytes failed validation.
     #[error("corrupt data: {0}")]
     Corrupt(String),

@@ -33,7 +33,9 @@ use crate::store::keys::{
     country_dim, country_sector_dim, day_group, dim_country, org_dim, sector_dim, CounterKey,
     Family, SketchKey,
 };
+use crate::store::memtable::MemState;
 use crate::time::{Day, DayWindow};
+use parking_lot::RwLockReadGuard;
 
 /// What is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,12 +102,23 @@ fn series_of(metric: Metric, scope: &Scope) -> Result<(Family, u64)> {
     })
 }
 
+/// The memtables and the index, for reading. Reading from memory only
+/// (see [`crate::store::from_memory_only`]), a writer holding them fails it
+/// with [`Error::NotInMemory`]: the async worker never waits for the
+/// commit thread.
+fn mem(engine: &Engine) -> Result<RwLockReadGuard<'_, MemState>> {
+    if crate::store::memory_only() {
+        return engine.mem.try_read().ok_or(Error::NotInMemory);
+    }
+    Ok(engine.mem.read())
+}
+
 /// `scope` (the request field `field`) with an org name resolved to its id
 /// (`names`); refused if it names an org, sector or country `ns` has never
 /// seen.
 fn checked(engine: &Engine, ns: &Namespace, field: &str, scope: &Scope) -> Result<Scope> {
     let tables = engine.tables();
-    let mem = engine.mem.read();
+    let mem = mem(engine)?;
     let scope = names::resolve(&mem.index, &tables, ns, field, scope)?;
     known::require_known(&mem.index, ns, field, &scope)?;
     Ok(scope)
@@ -114,7 +127,7 @@ fn checked(engine: &Engine, ns: &Namespace, field: &str, scope: &Scope) -> Resul
 /// The namespace's days with data, clipped to `window`.
 fn covered(engine: &Engine, ns: &Namespace, window: DayWindow) -> Result<DayWindow> {
     let mut extent = engine.store.extent(ns.id)?;
-    for table in engine.mem.read().tables() {
+    for table in mem(engine)?.tables() {
         if let Some(&(first, end)) = table.extents.get(&ns.id) {
             extent = Some(match extent {
                 Some((f, e)) => (f.min(first), e.max(end)),
@@ -150,7 +163,7 @@ pub fn count(
     let scope = &checked(engine, &ns, "scope", scope)?;
     let (family, dim) = series_of(metric, scope)?;
     let covered = covered(engine, &ns, window)?;
-    let exact = presence_orgs(&engine.mem.read().index, &ns, metric, scope, covered);
+    let exact = presence_orgs(&mem(engine)?.index, &ns, metric, scope, covered);
     let estimate = match exact {
         Some(n) => Estimate::exact_at(n, confidence),
         None => series_sketch(engine, &ns, family, dim, covered)?.estimate_at(confidence),
@@ -226,7 +239,7 @@ pub fn series_sketch(
         return Ok(acc);
     }
     {
-        let mem = engine.mem.read();
+        let mem = mem(engine)?;
         for table in mem.tables() {
             if table.sketches.is_empty() {
                 continue;
@@ -273,7 +286,7 @@ pub fn series_estimates(
     {
         let at: rustc_hash::FxHashMap<u64, usize> =
             dims.iter().enumerate().map(|(i, &d)| (d, i)).collect();
-        let mem = engine.mem.read();
+        let mem = mem(engine)?;
         for table in mem.tables() {
             for (key, delta) in &table.sketches {
                 if key.ns != ns.id
@@ -351,7 +364,7 @@ pub fn observations(
     checked(engine, &ns, "scope", scope)?;
     let window = covered(engine, &ns, window)?;
     let _gate = engine.checkpoint_gate.read();
-    let mem = engine.mem.read();
+    let mem = mem(engine)?;
     let mut sum = engine.store.counter_sum(ns.id, dim, window)?;
     for table in mem.tables() {
         for day in window.days() {
@@ -429,7 +442,7 @@ fn group_dims(
         Metric::Ips => ips,
         Metric::Orgs => orgs,
     };
-    let mem = engine.mem.read();
+    let mem = mem(engine)?;
     let index = &mem.index;
     // Dimensions of `family` whose name passes `label` (which also renames).
     let named = |family: Family, label: &dyn Fn(&str) -> Option<String>| -> Vec<(u64, String)> {
@@ -756,7 +769,7 @@ pub fn retention(
     };
     checked(engine, &ns, "scope", scope)?;
     let tables = engine.tables();
-    let mem = engine.mem.read();
+    let mem = mem(engine)?;
     let index = &mem.index;
     let presence = index.presence.get(&ns.id);
     // An org's days in the country, or in any country.
@@ -929,7 +942,7 @@ pub fn series(
         .into_iter()
         .map(|w| {
             let covered = covered(engine, &ns, w)?;
-            let exact = presence_orgs(&engine.mem.read().index, &ns, metric, scope, covered);
+            let exact = presence_orgs(&mem(engine)?.index, &ns, metric, scope, covered);
             let estimate = match exact {
                 Some(n) => Estimate::exact_at(n, confidence),
                 None => series_sketch(engine, &ns, family, dim, covered)?.estimate_at(confidence),

@@ -83,6 +83,7 @@ pub fn status(err: Error) -> Status {
         Error::Unavailable(_) => Status::unavailable(message),
         Error::Corrupt(_) => Status::data_loss(message),
         Error::Sketch(_)
+        | Error::NotInMemory
         | Error::Storage(_)
         | Error::Io { .. }
         | Error::Attribution(_)
@@ -227,10 +228,15 @@ where
         .map_err(|e| Status::internal(format!("task failed: {e}")))?
         .map_err(status)
     };
+    observe(&engine, rpc, started);
+    result
+}
+
+/// Records a query's time in the metrics.
+fn observe(engine: &Engine, rpc: &'static str, started: std::time::Instant) {
     if let Some(h) = engine.metrics().query(rpc) {
         h.observe(started.elapsed());
     }
-    result
 }
 
 /// [`blocking`] for reads: a cluster node that may be too far behind the
@@ -243,6 +249,27 @@ where
 {
     engine.check_readable().map_err(status)?;
     blocking(engine, rpc, f).await
+}
+
+/// [`reading`] for a one-key read: answered on the async worker itself
+/// when every sketch it needs is in the cache and no writer holds the
+/// memtables ([`crate::store::from_memory_only`]), which spares it the hand-off
+/// of the worker's other tasks (a third of a cached one-key query's time);
+/// otherwise as [`reading`], starting over.
+async fn reading_cached<T, F>(engine: &Arc<Engine>, rpc: &'static str, f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: Fn(&Engine) -> Result<T, Error> + Send + 'static,
+{
+    engine.check_readable().map_err(status)?;
+    let started = std::time::Instant::now();
+    match crate::store::from_memory_only(|| f(engine)) {
+        Err(Error::NotInMemory) => blocking(engine, rpc, f).await,
+        answered => {
+            observe(engine, rpc, started);
+            answered.map_err(status)
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -310,7 +337,7 @@ impl pb::query_server::Query for QueryService {
         let window = DayWindow::parse("from", &r.from, "to", &r.to).map_err(status)?;
         let confidence = confidence(r.confidence);
         let namespace = r.namespace;
-        let answer = reading(&self.engine, "count", move |e| {
+        let answer = reading_cached(&self.engine, "count", move |e| {
             query::count(e, &namespace, metric, &scope, window, confidence)
         })
         .await?;

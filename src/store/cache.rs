@@ -7,14 +7,53 @@
 //! batch; a reader inserts what it read only if the generation is still the
 //! one it saw before reading sled. So a value read before a checkpoint can
 //! never be inserted after that checkpoint dropped the key.
+//!
+//! [`from_memory_only`] runs a read that must not touch sled: a sketch
+//! missing from the cache fails it with [`Error::NotInMemory`] instead of
+//! being read, so a one-key query can be answered on the async worker
+//! when its sketches are cached, and elsewhere when not.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 
+use crate::error::{Error, Result};
 use crate::sketch::Sketch;
 use crate::store::keys::SketchKey;
+
+thread_local! {
+    static MEMORY_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `read` on this thread with sketch reads from the cache only: one
+/// that would read sled fails with [`Error::NotInMemory`] (as do the
+/// callers' locks that a writer holds, see [`memory_only`]).
+pub fn from_memory_only<T>(read: impl FnOnce() -> Result<T>) -> Result<T> {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MEMORY_ONLY.with(|m| m.set(self.0));
+        }
+    }
+    let _reset = Reset(MEMORY_ONLY.with(|m| m.replace(true)));
+    read()
+}
+
+/// Whether this thread reads from memory only (see [`from_memory_only`]).
+pub fn memory_only() -> bool {
+    MEMORY_ONLY.with(Cell::get)
+}
+
+/// `Err(NotInMemory)` when reading from memory only: for a read about to
+/// go to sled.
+pub(super) fn may_read_sled() -> Result<()> {
+    if memory_only() {
+        return Err(Error::NotInMemory);
+    }
+    Ok(())
+}
 
 pub struct SketchCache {
     inner: Mutex<Inner>,

@@ -46,6 +46,7 @@ pub mod snapshot;
 pub mod space;
 pub mod wal;
 
+pub use cache::{from_memory_only, memory_only};
 pub use checkpoint::Checkpoint;
 pub use rollup::{
     lower_rollup_level, DIM_FLAT, DIM_ROLLED, FLAT_MAX_HASHES, MAX_LEVEL, ROLLUP_LEVELS,
@@ -394,6 +395,7 @@ impl Store {
         if cached.is_some() {
             return Ok(cached);
         }
+        cache::may_read_sled()?;
         let Some(sketch) = load()? else {
             return Ok(None);
         };
@@ -716,7 +718,8 @@ mod tests {
     /// for it alone, with blocks built, and with some of them stale.
     /// A flat series' window is read from sled once, then from the cache
     /// (its days without data too), and a checkpoint that writes any of
-    /// its days, one without data before among them, is seen at once.
+    /// its days, one without data before among them, is seen at once. A
+    /// read from memory only is refused until every day is cached.
     #[test]
     fn a_flat_series_window_comes_from_the_cache_and_sees_new_days() {
         use crate::sketch::HashSeed;
@@ -752,17 +755,29 @@ mod tests {
                 .unwrap();
             acc
         };
+        // From memory only: refused while a day would come from sled.
+        let cached_only = |store: &Store| {
+            let mut acc = Sketch::new(12, HashSeed::DEFAULT).unwrap();
+            from_memory_only(|| store.merge_window(&mut acc, 1, Family::IpsOrg, dim, window))
+                .map(|()| acc)
+        };
         assert!(store.stale.read().flat.contains(&(1, Family::IpsOrg, dim)));
+        assert_eq!(store.cache_usage().0, 0);
+        assert!(matches!(cached_only(&store), Err(Error::NotInMemory)));
+        assert!(!memory_only(), "the flag is this call's only");
         assert_eq!(store.cache_usage().0, 0);
         assert_eq!(read(&store), truth);
         // Every day of the window is cached, the four without data too.
         assert_eq!(store.cache_usage().0, 6);
         assert_eq!(read(&store), truth);
+        assert_eq!(cached_only(&store).unwrap(), truth);
         assert_eq!(store.cache_usage().0, 6);
         // New hashes in a day that had some and in one that had none.
         write(&mut truth, &[first, first + 1], 2, 2);
         assert_eq!(store.cache_usage().0, 4, "the written days left the cache");
+        assert!(matches!(cached_only(&store), Err(Error::NotInMemory)));
         assert_eq!(read(&store), truth);
+        assert_eq!(cached_only(&store).unwrap(), truth);
         assert_eq!(read(&store).estimate().value, 12.0);
     }
 
