@@ -201,7 +201,7 @@ fn bench_rollups(c: &mut Criterion) {
             || {
                 let dir = tempfile::tempdir().unwrap();
                 let store = Store::open(dir.path()).unwrap();
-                store.write_checkpoint_sketches(&mem).unwrap();
+                store.write_checkpoint_merges(&mem).unwrap();
                 (dir, store)
             },
             |(dir, store)| {
@@ -219,7 +219,7 @@ fn bench_query(c: &mut Criterion) {
     let store = Store::open(dir.path()).unwrap();
     // Series 42 is dense (rolled up); series 7, 100 IPs a day, is flat.
     for (lsn, mem) in [(1, dense_days(64)), (2, days_of(7, 64, 100))] {
-        store.write_checkpoint_sketches(&mem).unwrap();
+        store.write_checkpoint_merges(&mem).unwrap();
         store
             .apply_checkpoint(store.prepare_checkpoint(&mem, lsn).unwrap())
             .unwrap();

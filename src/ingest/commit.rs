@@ -925,7 +925,7 @@ fn run_checkpoint(
     sealed: Vec<PathBuf>,
 ) -> Result<()> {
     let started = Instant::now();
-    store.write_checkpoint_sketches(frozen)?;
+    store.write_checkpoint_merges(frozen)?;
     let batch = store.prepare_checkpoint(frozen, lsn)?;
     {
         // Counter readers hold the gate for read, so they see the frozen

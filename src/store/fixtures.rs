@@ -83,7 +83,7 @@ pub(super) fn merge_all(
 }
 
 pub(super) fn checkpoint(store: &Store, mem: &Memtable, lsn: u64) {
-    store.write_checkpoint_sketches(mem).unwrap();
+    store.write_checkpoint_merges(mem).unwrap();
     store
         .apply_checkpoint(store.prepare_checkpoint(mem, lsn).unwrap())
         .unwrap();

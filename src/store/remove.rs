@@ -297,7 +297,7 @@ mod tests {
             put(&mut mem, 1, 5, 20_000 + day);
             put(&mut mem, 2, 5, 20_000 + day);
         }
-        store.write_checkpoint_sketches(&mem).unwrap();
+        store.write_checkpoint_merges(&mem).unwrap();
         let cp = store.prepare_checkpoint(&mem, 1).unwrap();
         store.apply_checkpoint(cp).unwrap();
         assert_eq!(
