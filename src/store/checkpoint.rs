@@ -133,10 +133,12 @@ impl Store {
     fn write_day_chunks(&self, mem: &Memtable, keys: &[&SketchKey]) -> Result<()> {
         /// Day sketches merged per sled batch (a batch holds their encoded
         /// values, up to 12 KiB each, and sled's copies of the nodes it
-        /// rewrites). With 256 here and 128 blocks per rollup batch instead
-        /// of 1,024 and 512, scale 1 peaked at 421-446 MiB RSS instead of
-        /// 439-467, with no more CPU (docs/performance-history.md).
-        const CHUNK: usize = 256;
+        /// rewrites). Scale 1, with 256 rollup blocks a batch beside it
+        /// (docs/performance-history.md, 2026-12-07): 512 took 72-73 CPU-s
+        /// and left 1,408-1,414 MiB on disk, peak RSS 344-347 MiB; 256
+        /// took 77-79 s, 1,460-1,536 MiB, 328-354 MiB; 1,024 took 70-72 s
+        /// but peaked at 384-397 MiB; 64 left 1,727-1,778 MiB on disk.
+        const CHUNK: usize = 512;
         let series_of = |key: &SketchKey| (key.ns, key.family, key.dim);
         for chunk in keys.chunks(CHUNK) {
             let mut batch = sled::Batch::default();

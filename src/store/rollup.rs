@@ -220,8 +220,8 @@ impl Store {
     fn rebuild_part(&self, todo: Vec<SketchKey>) -> Result<()> {
         /// Blocks rebuilt per sled batch, at least (whole series). The batch
         /// and the blocks built hold up to ~28 KiB per block (see
-        /// `write_day_chunks`).
-        const CHUNK: usize = 128;
+        /// `write_day_chunks`, measured with it).
+        const CHUNK: usize = 256;
         // `todo` is sorted: series by series, and within a series by level
         // (`Block` orders by level first), so children come before parents.
         let same_series =
