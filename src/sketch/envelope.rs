@@ -149,6 +149,13 @@ impl Sketch {
         Sketch::from_envelope(Envelope::parse(bytes)?)
     }
 
+    /// Decodes an exact sketch given as its header and payload (see
+    /// [`split_exact`]): the same as decoding [`join_exact`]`(header,
+    /// payload)`, with the same checks, without building the envelope.
+    pub fn decode_exact(header: ExactHeader, payload: &[u8]) -> Result<Sketch, SketchError> {
+        Sketch::from_envelope(Envelope::exact(header, payload)?)
+    }
+
     /// The sketch of a parsed envelope (dense registers are checked here).
     fn from_envelope(envelope: Envelope) -> Result<Sketch, SketchError> {
         let Envelope {
@@ -936,7 +943,8 @@ mod tests {
     }
 
     /// An exact envelope split into header and payload joins back to the
-    /// same bytes, and merging the parts is merging the envelope; parts
+    /// same bytes, and decoding or merging the parts is decoding or merging
+    /// the envelope; parts
     /// that no envelope could hold are refused with decoding's errors.
     #[test]
     fn exact_envelopes_split_and_join_back() {
@@ -947,6 +955,7 @@ mod tests {
             assert_eq!(header.precision, 14);
             assert_eq!(ExactHeader::from_bytes(&header.to_bytes()), header);
             assert_eq!(join_exact(header, payload).unwrap(), bytes);
+            assert_eq!(Sketch::decode_exact(header, payload).unwrap(), s);
             let base = sketch_of(14, &random_hashes(9, 1_000));
             let mut by_parts = base.clone();
             by_parts.merge_exact(header, payload).unwrap();
@@ -991,6 +1000,7 @@ mod tests {
             let crc = crc32fast::hash(&forged);
             forged.extend_from_slice(&crc.to_le_bytes());
             assert_eq!(Sketch::decode(&forged).unwrap_err(), err);
+            assert_eq!(Sketch::decode_exact(header, payload).unwrap_err(), err);
             let mut target = s.clone();
             assert_eq!(target.merge_exact(header, payload).unwrap_err(), err);
             assert_eq!(target, s, "a refused merge changes nothing");

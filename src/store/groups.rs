@@ -78,7 +78,7 @@ impl<'a> Entry<'a> {
     pub(super) fn decode(&self) -> Result<Sketch, SketchError> {
         match *self {
             Entry::Envelope(bytes) => Sketch::decode(bytes),
-            Entry::Exact(header, hashes) => Sketch::decode(&join_exact(header, hashes)?),
+            Entry::Exact(header, hashes) => Sketch::decode_exact(header, hashes),
         }
     }
 

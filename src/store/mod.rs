@@ -712,10 +712,6 @@ mod tests {
     use super::*;
     use fixtures::{reopen, try_reopen};
 
-    /// Over more series than the cache keeps blocks for, `merge_windows`
-    /// reads rolled series' blocks by range scans and flat series' days by
-    /// runs of day groups: every series equals what `merge_window` reads
-    /// for it alone, with blocks built, and with some of them stale.
     /// A flat series' window is read from sled once, then from the cache
     /// (its days without data too), and a checkpoint that writes any of
     /// its days, one without data before among them, is seen at once. A
@@ -781,6 +777,10 @@ mod tests {
         assert_eq!(read(&store).estimate().value, 12.0);
     }
 
+    /// Over more series than the cache keeps blocks for, `merge_windows`
+    /// reads rolled series' blocks by range scans and flat series' days by
+    /// runs of day groups: every series equals what `merge_window` reads
+    /// for it alone, with blocks built, and with some of them stale.
     #[test]
     fn merge_windows_over_many_series_equals_one_series_at_a_time() {
         use crate::sketch::HashSeed;
