@@ -304,6 +304,15 @@ impl Sketch {
         }
     }
 
+    /// Makes room in an exact set for `additional` more hashes, up to the
+    /// limit past which it turns dense (no rehash while they are inserted).
+    pub fn reserve(&mut self, additional: usize) {
+        let limit = exact_limit(self.precision);
+        if let Repr::Exact(set) = &mut self.repr {
+            set.reserve(additional.min(limit.saturating_sub(set.len())));
+        }
+    }
+
     /// Releases spare capacity of an exact set (e.g. after a checkpoint).
     pub fn shrink_to_fit(&mut self) {
         if let Repr::Exact(set) = &mut self.repr {

@@ -74,6 +74,14 @@ impl<'a> Entry<'a> {
         }
     }
 
+    /// Hashes of an exact day (0 for a whole envelope).
+    pub(super) fn exact_len(&self) -> usize {
+        match *self {
+            Entry::Envelope(_) => 0,
+            Entry::Exact(_, hashes) => hashes.len() / 8,
+        }
+    }
+
     /// The day's sketch.
     pub(super) fn decode(&self) -> Result<Sketch, SketchError> {
         match *self {

@@ -518,9 +518,11 @@ impl Store {
                 end += 1;
             }
             let run = &flat[at..end];
-            let index: rustc_hash::FxHashMap<u64, usize> =
-                run.iter().map(|&(_, dim, i)| (dim, i)).collect();
+            // The run's group values over the window, read first; then
+            // each series' days merged at once, into a set sized for them
+            // (one accumulator in the CPU's caches at a time, no rehash).
             let (first, last) = (run[0].0, run[run.len() - 1].0);
+            let mut values = Vec::new();
             for day in window.days() {
                 let group = |group| {
                     keys::GroupKey {
@@ -532,20 +534,32 @@ impl Store {
                     .encode()
                 };
                 for item in self.data.range(group(first)..=group(last)) {
-                    let (_, value) = item?;
-                    for entry in groups::entries(&value) {
-                        let (dim, stored) = entry?;
-                        if let Some(&i) = index.get(&dim) {
-                            stored.merge_into(&mut accs[i]).map_err(|e| {
-                                let key = SketchKey::day(ns, family, dim, day);
-                                stored_sketch_error(&key, e)
-                            })?;
-                        }
+                    values.push((day, item?.1));
+                }
+            }
+            let index: rustc_hash::FxHashMap<u64, usize> = run
+                .iter()
+                .enumerate()
+                .map(|(at, &(_, dim, _))| (dim, at))
+                .collect();
+            let mut days: Vec<Vec<(Day, groups::Entry<'_>)>> = vec![Vec::new(); run.len()];
+            for (day, value) in &values {
+                for entry in groups::entries(value) {
+                    let (dim, stored) = entry?;
+                    if let Some(&at) = index.get(&dim) {
+                        days[at].push((*day, stored));
                     }
                 }
             }
-            for &(_, _, i) in run {
-                done(i, &mut accs[i]);
+            for (&(_, dim, i), days) in run.iter().zip(&days) {
+                let acc = &mut accs[i];
+                acc.reserve(days.iter().map(|(_, stored)| stored.exact_len()).sum());
+                for (day, stored) in days {
+                    stored.merge_into(acc).map_err(|e| {
+                        stored_sketch_error(&SketchKey::day(ns, family, dim, *day), e)
+                    })?;
+                }
+                done(i, acc);
             }
             at = end;
         }
