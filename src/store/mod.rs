@@ -86,6 +86,10 @@ const CACHE_MAX_SERIES: usize = 1024;
 /// their accumulators are all that is held at once.
 const SCAN_RUN_SERIES: usize = 1024;
 
+/// Rolled series [`Store::merge_windows`] reads together: the blocks it
+/// scans for them (a few a series, up to ~8 KB each) are held at once.
+const ROLLED_RUN_SERIES: usize = 256;
+
 /// The error of merging a stored sketch: a sketch of another hash, seed or
 /// precision is the caller's mismatch, anything else a corrupt record.
 fn stored_sketch_error(key: &SketchKey, e: SketchError) -> Error {
@@ -582,20 +586,24 @@ impl Store {
         done: &mut dyn FnMut(usize, &mut Sketch),
     ) -> Result<()> {
         rolled.sort_unstable_by_key(|&(dim, i, _)| (dim, i));
-        for run in rolled.chunks(SCAN_RUN_SERIES) {
+        for run in rolled.chunks(ROLLED_RUN_SERIES) {
             let (lo, hi) = (run[0].0, run[run.len() - 1].0);
+            // Blocks by (level, first day), as (dim, position in the run).
             let mut wanted: rustc_hash::FxHashMap<(u8, Day), Vec<(u64, usize)>> =
                 Default::default();
-            let mut one_by_one = Vec::new();
-            for (dim, i, blocks) in run {
+            // Per position in the run: blocks read one by one, and the
+            // stored blocks the scans found.
+            let mut one_by_one: Vec<Vec<SketchKey>> = vec![Vec::new(); run.len()];
+            let mut scanned: Vec<Vec<(SketchKey, sled::IVec)>> = vec![Vec::new(); run.len()];
+            for (at, (dim, _, blocks)) in run.iter().enumerate() {
                 for key in blocks {
                     if key.block.level == 0 {
-                        one_by_one.push((*key, *i));
+                        one_by_one[at].push(*key);
                     } else {
                         wanted
                             .entry((key.block.level, key.block.start))
                             .or_default()
-                            .push((*dim, *i));
+                            .push((*dim, at));
                     }
                 }
             }
@@ -607,7 +615,9 @@ impl Store {
                     block: crate::time::Block { level, start },
                 };
                 if want.len() < SCAN_MIN_SERIES {
-                    one_by_one.extend(want.iter().map(|&(dim, i)| (key(dim), i)));
+                    for (dim, at) in want {
+                        one_by_one[at].push(key(dim));
+                    }
                     continue;
                 }
                 let at: rustc_hash::FxHashMap<u64, usize> = want.into_iter().collect();
@@ -615,20 +625,27 @@ impl Store {
                     let (k, bytes) = item?;
                     let stored =
                         SketchKey::decode(&k).ok_or_else(|| Error::Corrupt("sketch key".into()))?;
-                    if let Some(&i) = at.get(&stored.dim) {
-                        accs[i]
-                            .merge_encoded(&bytes)
-                            .map_err(|e| stored_sketch_error(&stored, e))?;
+                    if let Some(&at) = at.get(&stored.dim) {
+                        scanned[at].push((stored, bytes));
                     }
                 }
             }
-            for (key, i) in one_by_one {
-                if let Some(stored) = self.read_block(&key, false)? {
-                    accs[i].merge(&stored)?;
+            // Each series at once (its accumulator stays in the CPU's
+            // caches), largest blocks first: mostly dense, they turn the
+            // accumulator dense before the smaller exact blocks go in.
+            for (((_, i, _), mut blocks), keys) in run.iter().zip(scanned).zip(one_by_one) {
+                let acc = &mut accs[*i];
+                blocks.sort_unstable_by_key(|(key, _)| std::cmp::Reverse(key.block.level));
+                for (stored, bytes) in blocks {
+                    acc.merge_encoded(&bytes)
+                        .map_err(|e| stored_sketch_error(&stored, e))?;
                 }
-            }
-            for (_, i, _) in run {
-                done(*i, &mut accs[*i]);
+                for key in keys {
+                    if let Some(stored) = self.read_block(&key, false)? {
+                        acc.merge(&stored)?;
+                    }
+                }
+                done(*i, acc);
             }
         }
         Ok(())
