@@ -1,6 +1,8 @@
 //! Benchmarks of the ingest and query hot paths, in process.
 //!
 //! * `ingest/decode_protobuf`: prost decoding of a 100k-row columnar batch;
+//!   `encode_protobuf` its encoding by prost, `encode_protobuf_fast` by a
+//!   client's codec (`wire::encode_ingest_request`);
 //! * `ingest/prepare`: validation and attribution of that batch, without
 //!   tables, with the checked-in sample tables, and with the full tables
 //!   (../shared/data/ipmeta or `$SKETCHD_IPMETA_DIR`; skipped if absent),
@@ -125,6 +127,16 @@ fn bench_ingest(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("decode_protobuf", |b| {
         b.iter(|| pb::IngestRequest::decode(black_box(bytes.as_slice())).unwrap())
+    });
+    g.bench_function("encode_protobuf", |b| {
+        b.iter(|| black_box(&req).encode_to_vec())
+    });
+    g.bench_function("encode_protobuf_fast", |b| {
+        b.iter(|| {
+            let mut out = Vec::new();
+            sketchd::wire::encode_ingest_request(black_box(&req), &mut out);
+            out
+        })
     });
     let sets = table_sets();
     for (name, tables) in &sets {
