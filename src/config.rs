@@ -861,7 +861,7 @@ impl Default for ServerConfig {
             auto_create_namespaces: true,
             max_rows_per_batch: 1_000_000,
             max_message_bytes: 64 * 1024 * 1024,
-            checkpoint_interval: Duration::from_secs(2),
+            checkpoint_interval: Duration::from_secs(1),
             checkpoint_max_dirty_sketches: 100_000,
             ingest_queue_depth: DEFAULT_QUEUE_DEPTH,
             rollup_interval: Duration::from_secs(20),

@@ -89,7 +89,7 @@ pub(super) struct Settle {
 /// A server using less than this share of one core is idle.
 pub(super) const IDLE_CPU: f64 = 0.05;
 /// Consecutive idle seconds that count as done: longer than the server's
-/// default checkpoint interval (2 s), so a checkpoint still to come is seen.
+/// default checkpoint interval (1 s), so a checkpoint still to come is seen.
 pub(super) const IDLE_SECONDS: u32 = 4;
 
 /// Waits until the server is idle: checkpoints of the ingested data are done.
