@@ -350,8 +350,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        for rows in [1usize, 7, 1_000] {
-            let n = rows;
+        for n in [1usize, 7, 1_000] {
             requests.push(IngestRequest {
                 namespace: "peers".into(),
                 collector_id: "collector-é".into(),

@@ -221,15 +221,8 @@ impl Sketch {
             envelope.seed_fingerprint,
             envelope.precision,
         )?;
-        if let Repr::Exact(set) = &mut self.repr {
-            // Room for the incoming hashes up front (at most up to the
-            // limit, past which the set turns dense): no rehash midway.
-            let incoming = envelope.payload.len() / 8;
-            let room = exact_limit(self.precision)
-                .saturating_sub(set.len())
-                .min(incoming);
-            set.reserve(room);
-        }
+        // Room for the incoming hashes up front: no rehash midway.
+        self.reserve(envelope.payload.len() / 8);
         for hash in envelope.exact_hashes() {
             self.insert_hash(hash);
         }
