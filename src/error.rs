@@ -134,9 +134,12 @@ pub enum SketchError {
     Truncated,
     #[error("not a sketch envelope (bad magic bytes)")]
     BadMagic,
-    #[error("unsupported sketch format version {0} (this build reads versions 1 and 2)")]
+    #[error("unsupported sketch format version {0} (this build reads versions 1 to 3)")]
     UnsupportedVersion(u8),
-    #[error("unknown sketch hash id {0} (known: 1 = xxh3-64)")]
+    #[error(
+        "unknown sketch hash id {0} for its format version (known: 1 = xxh3-64 in versions 1 \
+         and 2, 2 = the top 40 bits of xxh3-64 in version 3)"
+    )]
     UnknownHashId(u8),
     #[error("sketch precision {0} is outside 4..=18")]
     BadPrecision(u8),

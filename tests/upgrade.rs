@@ -1,9 +1,14 @@
-//! A data directory written by the sketchd before sketch envelope format 2
-//! and day groups (`tests/data/format1/`, made as its README says) opens
-//! with this build, has its sketches rewritten in format 2 and the days of
-//! its flat series moved into day groups once, and answers every query
-//! exactly as that sketchd did (`tests/data/format1/answers.txt`, recorded
-//! from it over gRPC).
+//! Data directories written by older builds open with this one, are
+//! rewritten once, and answer every query exactly as those builds did
+//! (`answers.txt` beside each, recorded from them over gRPC; each made as
+//! its README says):
+//!
+//! * `tests/data/format1/`: before sketch envelope format 2 and day
+//!   groups; its sketches are rewritten in the current format and the days
+//!   of its flat series moved into day groups;
+//! * `tests/data/format2/`: envelope format 2 (exact hashes of 8 bytes,
+//!   hash id 1) and day groups; its sketches and groups are rewritten with
+//!   exact hashes of 5 bytes (format 3, hash id 2).
 
 mod common;
 
@@ -12,12 +17,16 @@ use std::path::{Path, PathBuf};
 
 use common::NOW;
 use sketchd::client::Client;
-use sketchd::sketch::{Sketch, FORMAT_VERSION, FORMAT_VERSION_1, LAYOUT_DENSE_ZSTD};
+use sketchd::sketch::{
+    Sketch, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, HASH_ID_XXH3_40, LAYOUT_DENSE_ZSTD,
+};
 
 const NS: &str = "study";
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/format1")
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -33,18 +42,18 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn recorded_answers() -> Vec<String> {
-    std::fs::read_to_string(fixture().join("answers.txt"))
+fn recorded_answers(name: &str) -> Vec<String> {
+    std::fs::read_to_string(fixture(name).join("answers.txt"))
         .unwrap()
         .lines()
         .map(str::to_owned)
         .collect()
 }
 
-/// The answers equal the recorded ones, line by line (the first
-/// difference is named).
-fn assert_answers(got: &[String], case: &str) {
-    let want = recorded_answers();
+/// The answers equal the ones recorded beside fixture `name`, line by line
+/// (the first difference is named).
+fn assert_answers(name: &str, got: &[String], case: &str) {
+    let want = recorded_answers(name);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g, w, "{case}: answer {i} differs");
     }
@@ -69,7 +78,7 @@ fn groups(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
 async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    copy_dir(&fixture().join("data"), &dir);
+    copy_dir(&fixture("format1").join("data"), &dir);
     let before = common::dump(&dir);
     let old = sketches(&before);
     assert!(old.len() > 1000, "the fixture holds {} sketches", old.len());
@@ -77,12 +86,12 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
 
     let server = common::start(&dir).await;
     let first = common::answers(NS, &server.client, NOW).await;
-    assert_answers(&first, "after the upgrade");
+    assert_answers("format1", &first, "after the upgrade");
     server.stop().await;
 
-    // Every other record is as it was; every
-    // sketch holds the same state, now in format 2, and the dense ones are
-    // compressed and smaller; the days of flat series are in day groups.
+    // Every other record is as it was; every sketch holds the same state,
+    // now in the current format, and the dense ones are compressed and
+    // smaller; the days of flat series are in day groups.
     let after = common::dump(&dir);
     let others = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> BTreeMap<Vec<u8>, Vec<u8>> {
         dump.iter()
@@ -132,6 +141,7 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
     // Once: a second start rewrites nothing and answers the same.
     let server = common::start(&dir).await;
     assert_answers(
+        "format1",
         &common::answers(NS, &server.client, NOW).await,
         "second start",
     );
@@ -143,15 +153,113 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
     );
 }
 
-/// Records `answers.txt` from a server started by the old build on a copy
-/// of the fixture (see tests/data/format1/README.md).
+#[tokio::test]
+async fn a_format_2_directory_is_upgraded_once_and_answers_as_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    copy_dir(&fixture("format2").join("data"), &dir);
+    let before = common::dump(&dir);
+    let old = sketches(&before);
+    assert!(old.len() > 1000, "the fixture holds {} sketches", old.len());
+    assert!(old.values().all(|v| v[4] == FORMAT_VERSION_2));
+    let old_groups = groups(&before);
+    assert!(old_groups >= 100, "{old_groups} day groups");
+
+    let server = common::start(&dir).await;
+    assert_answers(
+        "format2",
+        &common::answers(NS, &server.client, NOW).await,
+        "after the upgrade",
+    );
+    server.stop().await;
+
+    // Every other record is as it was, the day groups are the same keys;
+    // every sketch holds the same state (its exact hashes cut to 40 bits),
+    // now in format 3, canonical, its exact hashes in 5 bytes.
+    let after = common::dump(&dir);
+    let others = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> BTreeMap<Vec<u8>, Vec<u8>> {
+        dump.iter()
+            .filter(|(k, _)| !matches!(k[0], b's' | b'f'))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert_eq!(others(&before), others(&after));
+    let group_keys = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> Vec<Vec<u8>> {
+        dump.keys().filter(|k| k[0] == b'f').cloned().collect()
+    };
+    assert_eq!(group_keys(&before), group_keys(&after));
+    let new = sketches(&after);
+    assert_eq!(
+        old.keys().collect::<Vec<_>>(),
+        new.keys().collect::<Vec<_>>()
+    );
+    let (mut exact, mut hashes, mut bytes_old, mut bytes_new) = (0, 0, 0, 0);
+    for (k, old_bytes) in &old {
+        let new_bytes = &new[k];
+        assert_eq!(new_bytes[4..6], [FORMAT_VERSION, HASH_ID_XXH3_40], "{k:?}");
+        let (was, is) = (
+            Sketch::decode(old_bytes).unwrap(),
+            Sketch::decode(new_bytes).unwrap(),
+        );
+        assert_eq!(was, is, "{k:?}");
+        assert_eq!(new_bytes, &is.encode(), "{k:?} is not canonical");
+        if let Some(n) = is.exact_len() {
+            exact += 1;
+            hashes += n;
+            assert_eq!(old_bytes.len(), 24 + 8 * n, "{k:?}");
+            assert_eq!(new_bytes.len(), 24 + 5 * n, "{k:?}");
+        } else {
+            // The same payload: only the version, hash id and checksum moved.
+            let payload = |b: &[u8]| b[15..b.len() - 4].to_vec();
+            assert!(payload(new_bytes) == payload(old_bytes), "{k:?}: registers");
+        }
+        bytes_old += old_bytes.len();
+        bytes_new += new_bytes.len();
+    }
+    assert!(exact >= 1000 && hashes > 0, "{exact} exact sketches");
+    assert!(
+        bytes_new < bytes_old,
+        "sketch bytes {bytes_old} -> {bytes_new}"
+    );
+    let stored = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> usize {
+        dump.iter()
+            .filter(|(k, _)| matches!(k[0], b's' | b'f'))
+            .map(|(_, v)| v.len())
+            .sum()
+    };
+    assert!(
+        stored(&after) * 10 < stored(&before) * 8,
+        "stored sketch bytes {} -> {}",
+        stored(&before),
+        stored(&after)
+    );
+
+    // Once: a second start rewrites nothing and answers the same.
+    let server = common::start(&dir).await;
+    assert_answers(
+        "format2",
+        &common::answers(NS, &server.client, NOW).await,
+        "second start",
+    );
+    server.stop().await;
+    assert_eq!(
+        common::dump(&dir),
+        after,
+        "the second start rewrote records"
+    );
+}
+
+/// Records `answers.txt` beside fixture `SKETCHD_RECORD_FIXTURE` (format1,
+/// format2) from a server started by the old build on a copy of it (see
+/// the fixture's README.md).
 #[tokio::test]
 #[ignore]
 async fn record() {
     let url = std::env::var("SKETCHD_RECORD_URL").expect("SKETCHD_RECORD_URL");
+    let name = std::env::var("SKETCHD_RECORD_FIXTURE").expect("SKETCHD_RECORD_FIXTURE");
     let client = Client::connect(&url).await.unwrap();
     let answers = common::answers(NS, &client, NOW).await;
     let mut text = answers.join("\n");
     text.push('\n');
-    std::fs::write(fixture().join("answers.txt"), text).unwrap();
+    std::fs::write(fixture(&name).join("answers.txt"), text).unwrap();
 }

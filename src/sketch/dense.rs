@@ -79,7 +79,10 @@ mod tests {
             crate_hll_bytes(p, regs, zeros),
             bincode::serialize(&hll).unwrap()
         );
-        assert_eq!(ours.estimate().value, hll.count());
+        assert_eq!(
+            ours.estimate().value,
+            crate::sketch::estimate::elements_of_hashes(hll.count())
+        );
     }
 
     // ---- envelope ----------------------------------------------------------------

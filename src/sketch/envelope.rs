@@ -2,8 +2,10 @@
 //! [`crate::sketch`]): canonical encoding, and decoding that validates every
 //! byte (lengths, ranges, sortedness, checksum) before anything is built.
 //! Dense registers are written zstd-compressed (layout 3) when that is
-//! smaller than packing them (layout 2); both, and envelopes of format
-//! version 1, are read.
+//! smaller than packing them (layout 2), exact hashes in 5 bytes each
+//! (format 3). Envelopes of format versions 1 and 2 (hash id 1: exact
+//! hashes of 8 bytes) are read as sketches of hash id 2: their exact
+//! hashes keep their top 40 bits, their registers stay as they are.
 
 use std::cell::RefCell;
 use std::sync::OnceLock;
@@ -11,17 +13,21 @@ use std::sync::OnceLock;
 use super::dense::max_register;
 use super::exact::ExactSet;
 use super::{
-    exact_limit, Repr, Sketch, SketchError, HASH_ID_XXH3_64, MAX_PRECISION, MIN_PRECISION,
+    exact_limit, Repr, Sketch, SketchError, HASH_BITS, HASH_ID_XXH3_40, HASH_ID_XXH3_64, HASH_MASK,
+    MAX_PRECISION, MIN_PRECISION,
 };
 
 /// Envelope magic bytes.
 pub const ENVELOPE_MAGIC: [u8; 4] = *b"SKHL";
-/// Envelope format version written by [`Sketch::encode`]: 2 adds
-/// [`LAYOUT_DENSE_ZSTD`]. Version 1 envelopes (layouts 1 and 2) are read.
-pub const FORMAT_VERSION: u8 = 2;
+/// Envelope format version written by [`Sketch::encode`]: 3 keeps 40 bits
+/// of each hash (hash id 2), exact hashes in 5 bytes. Versions 1 and 2
+/// (hash id 1) are read.
+pub const FORMAT_VERSION: u8 = 3;
+/// The format version that added [`LAYOUT_DENSE_ZSTD`], still read.
+pub const FORMAT_VERSION_2: u8 = 2;
 /// The first format version, still read.
 pub const FORMAT_VERSION_1: u8 = 1;
-/// Layout id of an exact payload (sorted u64 hashes).
+/// Layout id of an exact payload (sorted hashes).
 pub const LAYOUT_EXACT: u8 = 1;
 /// Layout id of a dense payload (packed 6-bit registers).
 pub const LAYOUT_DENSE: u8 = 2;
@@ -119,7 +125,10 @@ impl Sketch {
             Repr::Exact(set) => {
                 let mut hashes: Vec<u64> = set.iter().copied().collect();
                 hashes.sort_unstable();
-                let payload: Vec<u8> = hashes.iter().flat_map(|h| h.to_le_bytes()).collect();
+                let mut payload = Vec::with_capacity(hashes.len() * HASH_WIDTH);
+                for h in hashes {
+                    payload.extend_from_slice(&(h >> (64 - HASH_BITS)).to_le_bytes()[..HASH_WIDTH]);
+                }
                 self.envelope(LAYOUT_EXACT, &payload)
             }
         }
@@ -163,10 +172,12 @@ impl Sketch {
             seed_fingerprint,
             precision,
             layout,
+            width,
             payload,
         } = envelope;
         let repr = if layout == LAYOUT_EXACT {
-            let mut set = ExactSet::with_capacity_and_hasher(payload.len() / 8, Default::default());
+            let mut set =
+                ExactSet::with_capacity_and_hasher(payload.len() / width, Default::default());
             set.extend(envelope.exact_hashes());
             Repr::Exact(set)
         } else {
@@ -222,7 +233,7 @@ impl Sketch {
             envelope.precision,
         )?;
         // Room for the incoming hashes up front: no rehash midway.
-        self.reserve(envelope.payload.len() / 8);
+        self.reserve(envelope.payload.len() / envelope.width);
         for hash in envelope.exact_hashes() {
             self.insert_hash(hash);
         }
@@ -263,8 +274,8 @@ impl ExactHeader {
 }
 
 /// An exact envelope of the current format version as its header and
-/// payload (its hashes, 8 bytes each, increasing); `None` for any other
-/// bytes. [`join_exact`] gives the same envelope back.
+/// payload (its hashes, [`exact_hash_width`] bytes each, increasing);
+/// `None` for any other bytes. [`join_exact`] gives the same envelope back.
 pub fn split_exact(bytes: &[u8]) -> Option<(ExactHeader, &[u8])> {
     let envelope = Envelope::parse(bytes).ok()?;
     (envelope.layout == LAYOUT_EXACT && bytes[4] == FORMAT_VERSION).then_some((
@@ -278,17 +289,36 @@ pub fn split_exact(bytes: &[u8]) -> Option<(ExactHeader, &[u8])> {
 }
 
 /// The envelope of an exact sketch given as its header and payload,
-/// checked as decoding checks it.
+/// checked as decoding checks it (of format 2 for hash id 1's payloads).
 pub fn join_exact(header: ExactHeader, payload: &[u8]) -> Result<Vec<u8>, SketchError> {
     Envelope::exact(header, payload)?;
     Ok(write_envelope(header, LAYOUT_EXACT, payload))
 }
 
-/// The envelope bytes of the current format: header, payload, checksum.
+/// Bytes of each hash of an exact payload written by this build.
+const HASH_WIDTH: usize = HASH_BITS as usize / 8;
+
+/// Bytes a hash takes in an exact payload of hash id `hash_id`: 5 for hash
+/// id 2 (its top 40 bits, little-endian), 8 for hash id 1 (the whole
+/// xxh3-64, little-endian); `None` for an unknown id.
+pub fn exact_hash_width(hash_id: u8) -> Option<usize> {
+    match hash_id {
+        HASH_ID_XXH3_40 => Some(HASH_WIDTH),
+        HASH_ID_XXH3_64 => Some(8),
+        _ => None,
+    }
+}
+
+/// The envelope bytes: header, payload, checksum; format 3, or 2 for hash
+/// id 1 (exact payloads of a group written before format 3).
 fn write_envelope(header: ExactHeader, layout: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(ENVELOPE_HEADER_LEN + payload.len() + ENVELOPE_TRAILER_LEN);
     out.extend_from_slice(&ENVELOPE_MAGIC);
-    out.push(FORMAT_VERSION);
+    out.push(if header.hash_id == HASH_ID_XXH3_64 {
+        FORMAT_VERSION_2
+    } else {
+        FORMAT_VERSION
+    });
     out.push(header.hash_id);
     out.extend_from_slice(&header.seed_fingerprint.to_le_bytes());
     out.push(header.precision);
@@ -300,16 +330,17 @@ fn write_envelope(header: ExactHeader, layout: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// An exact payload's length: whole hashes, at most the exact limit.
-fn check_exact_len(precision: u8, payload_len: usize) -> Result<(), SketchError> {
-    if !payload_len.is_multiple_of(8) {
+/// An exact payload's length: whole hashes of `width` bytes, at most the
+/// exact limit.
+fn check_exact_len(precision: u8, payload_len: usize, width: usize) -> Result<(), SketchError> {
+    if !payload_len.is_multiple_of(width) {
         return Err(SketchError::LengthMismatch {
             layout: LAYOUT_EXACT,
-            expected: payload_len / 8 * 8,
+            expected: payload_len / width * width,
             actual: payload_len,
         });
     }
-    if payload_len > exact_limit(precision) * 8 {
+    if payload_len > exact_limit(precision) * width {
         return Err(SketchError::TooManyExact);
     }
     Ok(())
@@ -317,13 +348,16 @@ fn check_exact_len(precision: u8, payload_len: usize) -> Result<(), SketchError>
 
 /// A validated envelope: header fields and payload. An exact payload's
 /// hashes are known to be strictly increasing; a dense payload has the
-/// right length (its registers are checked when unpacked).
+/// right length (its registers are checked when unpacked). `hash_id` is
+/// the id of the sketch it decodes to ([`HASH_ID_XXH3_40`]); `width` the
+/// bytes of each exact hash as stored.
 #[derive(Clone, Copy)]
 pub(super) struct Envelope<'a> {
     hash_id: u8,
     seed_fingerprint: u64,
     precision: u8,
     layout: u8,
+    width: usize,
     payload: &'a [u8],
 }
 
@@ -336,18 +370,17 @@ impl<'a> Envelope<'a> {
             seed_fingerprint,
             precision,
         } = header;
-        if hash_id != HASH_ID_XXH3_64 {
-            return Err(SketchError::UnknownHashId(hash_id));
-        }
+        let width = exact_hash_width(hash_id).ok_or(SketchError::UnknownHashId(hash_id))?;
         if !(MIN_PRECISION..=MAX_PRECISION).contains(&precision) {
             return Err(SketchError::BadPrecision(precision));
         }
-        check_exact_len(precision, payload.len())?;
+        check_exact_len(precision, payload.len(), width)?;
         let envelope = Envelope {
-            hash_id,
+            hash_id: HASH_ID_XXH3_40,
             seed_fingerprint,
             precision,
             layout: LAYOUT_EXACT,
+            width,
             payload,
         };
         envelope.check_increasing()?;
@@ -356,7 +389,7 @@ impl<'a> Envelope<'a> {
 
     fn check_increasing(&self) -> Result<(), SketchError> {
         let mut prev: Option<u64> = None;
-        for h in self.exact_hashes() {
+        for h in self.stored_hashes() {
             if prev.is_some_and(|p| h <= p) {
                 return Err(SketchError::UnsortedExact);
             }
@@ -365,10 +398,25 @@ impl<'a> Envelope<'a> {
         Ok(())
     }
 
+    /// The exact payload's values as stored (increasing).
+    fn stored_hashes(&self) -> impl Iterator<Item = u64> + 'a {
+        let wide = self.width == 8;
+        self.payload.chunks_exact(self.width).map(move |c| {
+            if wide {
+                u64::from_le_bytes(c.try_into().expect("8 bytes"))
+            } else {
+                u64::from(u32::from_le_bytes(c[..4].try_into().expect("4 bytes")))
+                    | u64::from(c[4]) << 32
+            }
+        })
+    }
+
+    /// The exact payload's element hashes: 40-bit values shifted into
+    /// place, 64-bit ones (hash id 1) cut to [`HASH_MASK`] (two of them may
+    /// then be equal).
     fn exact_hashes(&self) -> impl Iterator<Item = u64> + 'a {
-        self.payload
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        let shift = if self.width == 8 { 0 } else { 64 - HASH_BITS };
+        self.stored_hashes().map(move |h| (h << shift) & HASH_MASK)
     }
 
     fn parse(bytes: &'a [u8]) -> Result<Envelope<'a>, SketchError> {
@@ -383,13 +431,16 @@ impl<'a> Envelope<'a> {
             return Err(SketchError::BadMagic);
         }
         let version = bytes[4];
-        if version != FORMAT_VERSION && version != FORMAT_VERSION_1 {
-            return Err(SketchError::UnsupportedVersion(version));
-        }
+        let written_hash_id = match version {
+            FORMAT_VERSION => HASH_ID_XXH3_40,
+            FORMAT_VERSION_1 | FORMAT_VERSION_2 => HASH_ID_XXH3_64,
+            _ => return Err(SketchError::UnsupportedVersion(version)),
+        };
         let hash_id = bytes[5];
-        if hash_id != HASH_ID_XXH3_64 {
+        if hash_id != written_hash_id {
             return Err(SketchError::UnknownHashId(hash_id));
         }
+        let width = exact_hash_width(hash_id).expect("a known hash id");
         let seed_fingerprint = u64::from_le_bytes(bytes[6..14].try_into().expect("8 bytes"));
         let precision = bytes[14];
         if !(MIN_PRECISION..=MAX_PRECISION).contains(&precision) {
@@ -413,7 +464,7 @@ impl<'a> Envelope<'a> {
         }
         let payload_len = payload_len as usize;
         match layout {
-            LAYOUT_EXACT => check_exact_len(precision, payload_len)?,
+            LAYOUT_EXACT => check_exact_len(precision, payload_len, width)?,
             LAYOUT_DENSE_ZSTD => {
                 // Smaller than packed, or it would have been written packed.
                 let packed = dense_payload_len(precision);
@@ -444,10 +495,11 @@ impl<'a> Envelope<'a> {
         }
         let payload = &bytes[ENVELOPE_HEADER_LEN..body_end];
         let envelope = Envelope {
-            hash_id,
+            hash_id: HASH_ID_XXH3_40,
             seed_fingerprint,
             precision,
             layout,
+            width,
             payload,
         };
         if layout == LAYOUT_EXACT {
@@ -505,11 +557,11 @@ mod tests {
             assert_eq!(back.seed_fingerprint(), s.seed_fingerprint());
             let packed = 24 + (1 << s.precision()) * 3 / 4;
             match s.exact_len() {
-                Some(n) => assert_eq!(bytes.len(), 24 + n * 8),
+                Some(n) => assert_eq!(bytes.len(), 24 + n * 5),
                 None if bytes[15] == LAYOUT_DENSE_ZSTD => assert!(bytes.len() < packed),
                 None => assert_eq!(bytes.len(), packed),
             }
-            assert_eq!(&bytes[..5], b"SKHL\x02");
+            assert_eq!(&bytes[..6], b"SKHL\x03\x02");
             // The packed form reads back to the same sketch.
             let packed_bytes = s.encode_packed();
             assert_eq!(Sketch::decode(&packed_bytes).unwrap(), s);
@@ -521,16 +573,18 @@ mod tests {
 
     #[test]
     fn envelope_layout_is_as_documented() {
-        let s = sketch_of(14, &[3, 1, 2]);
+        // Exact: the top 40 bits of each hash, 5 bytes little-endian, in
+        // increasing order (the low 24 bits are not kept).
+        let s = sketch_of(14, &[3 << 24, 0xab << 56 | 0xff, 1 << 24 | 7]);
         let b = s.encode();
-        assert_eq!(&b[..6], &[b'S', b'K', b'H', b'L', 2, 1]);
+        assert_eq!(&b[..6], &[b'S', b'K', b'H', b'L', 3, 2]);
         assert_eq!(&b[6..14], &HashSeed::DEFAULT.fingerprint().to_le_bytes());
-        assert_eq!(&b[14..20], &[14, 1, 24, 0, 0, 0]);
+        assert_eq!(&b[14..20], &[14, 1, 15, 0, 0, 0]);
         assert_eq!(
-            &b[20..44],
-            &[1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]
+            &b[20..35],
+            &[1, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0xab]
         );
-        assert_eq!(&b[44..], &crc32fast::hash(&b[..44]).to_le_bytes());
+        assert_eq!(&b[35..], &crc32fast::hash(&b[..35]).to_le_bytes());
         // Dense: registers 0..4 = 1, 2, 3, 51 pack into 24 bits LSB first.
         let mut d = sketch_of(14, &random_hashes(1, 2000));
         if let Repr::Dense(regs) = &mut d.repr {
@@ -555,29 +609,37 @@ mod tests {
         let exact_bytes: &[u8] = include_bytes!("../../tests/data/golden-sketch-exact.skd");
         let dense_bytes: &[u8] = include_bytes!("../../tests/data/golden-sketch-dense.skd");
 
-        // The files are format 1: this build reads them, and writes the
-        // same layouts under version 2 (dense compressed unless packed).
-        let as_v2 = |bytes: &[u8]| {
+        // The files are format 1 (hash id 1, exact hashes of 8 bytes):
+        // this build reads them as the sketches of the same elements under
+        // hash id 2, the exact hashes cut to 40 bits and the registers as
+        // they were.
+        assert_eq!(exact_bytes[4..6], [FORMAT_VERSION_1, HASH_ID_XXH3_64]);
+        let exact = Sketch::decode(exact_bytes).unwrap();
+        assert!(exact.is_exact());
+        assert_eq!(exact.hash_id(), HASH_ID_XXH3_40);
+        assert_eq!(exact.estimate(), Estimate::exact(100));
+        assert_eq!(exact, golden_exact());
+        let mut kept: Vec<u8> = Vec::new();
+        for h in exact_bytes[20..20 + 800].chunks_exact(8) {
+            let h = u64::from_le_bytes(h.try_into().unwrap());
+            kept.extend_from_slice(&(h >> 24).to_le_bytes()[..5]);
+        }
+        assert_eq!(exact.encode()[20..20 + 500], kept[..]);
+
+        let as_v3 = |bytes: &[u8]| {
             let mut v = bytes.to_vec();
-            assert_eq!(v[4], FORMAT_VERSION_1);
-            v[4] = FORMAT_VERSION;
+            v[4..6].copy_from_slice(&[FORMAT_VERSION, HASH_ID_XXH3_40]);
             fix_crc(&mut v);
             v
         };
-        let exact = Sketch::decode(exact_bytes).unwrap();
-        assert!(exact.is_exact());
-        assert_eq!(exact.estimate(), Estimate::exact(100));
-        assert_eq!(exact.encode(), as_v2(exact_bytes));
-        assert_eq!(golden_exact().encode(), as_v2(exact_bytes));
-
         let dense = Sketch::decode(dense_bytes).unwrap();
         assert!(!dense.is_exact());
         let e = dense.estimate();
         // Recorded when the file was written (50,000 distinct addresses).
         assert_eq!(e.value, 50253.2783778582);
         assert!(e.contains(50_000.0));
-        assert_eq!(dense.encode_packed(), as_v2(dense_bytes));
-        assert_eq!(golden_dense().encode_packed(), as_v2(dense_bytes));
+        assert_eq!(dense.encode_packed(), as_v3(dense_bytes));
+        assert_eq!(golden_dense().encode_packed(), as_v3(dense_bytes));
         let compressed = Sketch::decode(&dense.encode()).unwrap();
         assert_eq!(compressed, dense);
         assert_eq!(compressed.estimate(), e);
@@ -632,9 +694,12 @@ mod tests {
         for fix in [false, true] {
             assert_eq!(edit(&b, 0, b'X', fix), SketchError::BadMagic);
             assert_eq!(edit(&b, 3, b'P', fix), SketchError::BadMagic);
-            assert_eq!(edit(&b, 4, 3, fix), SketchError::UnsupportedVersion(3));
+            assert_eq!(edit(&b, 4, 4, fix), SketchError::UnsupportedVersion(4));
             assert_eq!(edit(&b, 4, 0, fix), SketchError::UnsupportedVersion(0));
-            assert_eq!(edit(&b, 5, 2, fix), SketchError::UnknownHashId(2));
+            assert_eq!(edit(&b, 5, 3, fix), SketchError::UnknownHashId(3));
+            // Each format version has its one hash id.
+            assert_eq!(edit(&b, 5, 1, fix), SketchError::UnknownHashId(1));
+            assert_eq!(edit(&b, 4, 2, fix), SketchError::UnknownHashId(2));
             assert_eq!(edit(&b, 14, 19, fix), SketchError::BadPrecision(19));
             assert_eq!(edit(&b, 14, 3, fix), SketchError::BadPrecision(3));
             assert_eq!(edit(&b, 14, 255, fix), SketchError::BadPrecision(255));
@@ -642,7 +707,7 @@ mod tests {
             assert_eq!(edit(&b, 15, 0, fix), SketchError::UnknownLayout(0));
             // Format 1 has no compressed layout.
             let mut v1 = b.clone();
-            v1[4] = FORMAT_VERSION_1;
+            v1[4..6].copy_from_slice(&[FORMAT_VERSION_1, HASH_ID_XXH3_64]);
             assert_eq!(edit(&v1, 15, 3, fix), SketchError::UnknownLayout(3));
             // A packed payload is no shorter than packed: not a frame.
             assert_eq!(
@@ -662,8 +727,15 @@ mod tests {
                     actual: 12288
                 }
             );
-            // A dense payload read as exact is too long for the limit.
-            assert_eq!(edit(&b, 15, LAYOUT_EXACT, fix), SketchError::TooManyExact);
+            // A dense payload read as exact is no whole number of hashes.
+            assert_eq!(
+                edit(&b, 15, LAYOUT_EXACT, fix),
+                SketchError::LengthMismatch {
+                    layout: LAYOUT_EXACT,
+                    expected: 12285,
+                    actual: 12288
+                }
+            );
         }
         // Exact payload read as dense: wrong length.
         assert_eq!(
@@ -671,7 +743,7 @@ mod tests {
             SketchError::LengthMismatch {
                 layout: 2,
                 expected: 12288,
-                actual: 80
+                actual: 50
             }
         );
         // A seed fingerprint edit is caught by the checksum only.
@@ -681,24 +753,24 @@ mod tests {
         ));
         // Payload length field that disagrees with the buffer.
         let mut c = e.clone();
-        c[16] = 88;
+        c[16] = 55;
         assert_eq!(Sketch::decode(&c).unwrap_err(), SketchError::Truncated);
-        c[16] = 72;
+        c[16] = 45;
         assert_eq!(Sketch::decode(&c).unwrap_err(), SketchError::TrailingBytes);
         let mut c = e.clone();
         c[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Sketch::decode(&c).unwrap_err(), SketchError::Truncated);
         // An exact payload that is not a whole number of hashes.
-        let mut c = e[..20 + 79].to_vec();
-        c[16..20].copy_from_slice(&79u32.to_le_bytes());
+        let mut c = e[..20 + 49].to_vec();
+        c[16..20].copy_from_slice(&49u32.to_le_bytes());
         c.extend_from_slice(&[0; 4]);
         fix_crc(&mut c);
         assert_eq!(
             Sketch::decode(&c).unwrap_err(),
             SketchError::LengthMismatch {
                 layout: 1,
-                expected: 72,
-                actual: 79
+                expected: 45,
+                actual: 49
             }
         );
         // Foreign bytes.
@@ -785,39 +857,53 @@ mod tests {
     fn malformed_exact_lists_are_refused() {
         let s = sketch_of(14, &random_hashes(51, 10));
         let b = s.encode();
-        let hash_at = |b: &[u8], i: usize| b[20 + 8 * i..28 + 8 * i].to_vec();
+        let hash_at = |b: &[u8], i: usize| b[20 + 5 * i..25 + 5 * i].to_vec();
         // Swap two hashes.
         let mut c = b.clone();
         let (h0, h1) = (hash_at(&b, 0), hash_at(&b, 1));
-        c[20..28].copy_from_slice(&h1);
-        c[28..36].copy_from_slice(&h0);
+        c[20..25].copy_from_slice(&h1);
+        c[25..30].copy_from_slice(&h0);
         fix_crc(&mut c);
         assert_eq!(Sketch::decode(&c).unwrap_err(), SketchError::UnsortedExact);
         // A duplicate.
         let mut c = b.clone();
-        c[28..36].copy_from_slice(&h0);
+        c[25..30].copy_from_slice(&h0);
         fix_crc(&mut c);
         assert_eq!(Sketch::decode(&c).unwrap_err(), SketchError::UnsortedExact);
-        // One hash more than the limit (sorted, valid checksum).
+        // One hash more than the limit (sorted, valid checksum), in 5 bytes
+        // (format 3) and in 8 (format 2, hash id 1).
         let mut hashes = random_hashes(52, exact_limit(14) + 1);
         hashes.sort_unstable();
-        let mut c = b[..20].to_vec();
-        c[16..20].copy_from_slice(&((hashes.len() * 8) as u32).to_le_bytes());
-        for h in &hashes {
-            c.extend_from_slice(&h.to_le_bytes());
+        let envelope = |hashes: &[u64], wide: bool| {
+            let mut c = b[..20].to_vec();
+            if wide {
+                c[4..6].copy_from_slice(&[FORMAT_VERSION_2, HASH_ID_XXH3_64]);
+            }
+            let width = if wide { 8 } else { 5 };
+            c[16..20].copy_from_slice(&((hashes.len() * width) as u32).to_le_bytes());
+            for h in hashes {
+                let stored = if wide { *h } else { h >> 24 };
+                c.extend_from_slice(&stored.to_le_bytes()[..width]);
+            }
+            c.extend_from_slice(&[0; 4]);
+            fix_crc(&mut c);
+            c
+        };
+        for wide in [false, true] {
+            let c = envelope(&hashes, wide);
+            assert_eq!(Sketch::decode(&c).unwrap_err(), SketchError::TooManyExact);
+            // Exactly the limit is fine.
+            let c = envelope(&hashes[..hashes.len() - 1], wide);
+            assert_eq!(Sketch::decode(&c).unwrap().exact_len(), Some(1024));
         }
-        c.extend_from_slice(&[0; 4]);
-        fix_crc(&mut c);
-        assert_eq!(Sketch::decode(&c).unwrap_err(), SketchError::TooManyExact);
-        // Exactly the limit is fine.
-        let mut c = b[..20].to_vec();
-        c[16..20].copy_from_slice(&(((hashes.len() - 1) * 8) as u32).to_le_bytes());
-        for h in &hashes[..hashes.len() - 1] {
-            c.extend_from_slice(&h.to_le_bytes());
-        }
-        c.extend_from_slice(&[0; 4]);
-        fix_crc(&mut c);
-        assert_eq!(Sketch::decode(&c).unwrap().exact_len(), Some(1024));
+        // Hashes of 8 bytes that share their top 40 bits are one hash.
+        let c = envelope(&[5 << 24, 5 << 24 | 1, 5 << 24 | 2, 6 << 24], true);
+        let s = Sketch::decode(&c).unwrap();
+        assert_eq!(s.exact_len(), Some(2));
+        assert_eq!(s, sketch_of(14, &[5 << 24, 6 << 24]));
+        let mut merged = sketch_of(14, &[6 << 24]);
+        merged.merge_encoded(&c).unwrap();
+        assert_eq!(merged, s);
     }
 
     #[test]
@@ -850,14 +936,20 @@ mod tests {
                 let plen = match layout {
                     LAYOUT_DENSE => dense_payload_len(p),
                     LAYOUT_DENSE_ZSTD => rng.gen_range(0..dense_payload_len(p)),
-                    _ => 8 * rng.gen_range(0..=exact_limit(p) + 1),
+                    _ => rng.gen_range(0..=exact_limit(p) + 1),
+                };
+                let version = rng.gen_range(1..=3u8);
+                let plen = match layout {
+                    LAYOUT_EXACT if version == FORMAT_VERSION => 5 * plen,
+                    LAYOUT_EXACT => 8 * plen,
+                    _ => plen,
                 };
                 buf.resize(24 + plen, 0);
                 for byte in &mut buf[20..20 + plen] {
                     *byte = rng.gen();
                 }
-                let version = rng.gen_range(1..=2u8);
-                buf[..6].copy_from_slice(&[b'S', b'K', b'H', b'L', version, 1]);
+                let hash_id = if version == FORMAT_VERSION { 2 } else { 1 };
+                buf[..6].copy_from_slice(&[b'S', b'K', b'H', b'L', version, hash_id]);
                 buf[14] = p;
                 buf[15] = layout;
                 buf[16..20].copy_from_slice(&(plen as u32).to_le_bytes());
@@ -866,15 +958,19 @@ mod tests {
             if let Ok(s) = Sketch::decode(&buf) {
                 accepted += 1;
                 // Whatever decodes is fully usable, and encodes to a
-                // canonical form of itself (the input, up to its version
-                // byte and the choice of dense layout).
+                // canonical form of itself (a dense one the input, up to its
+                // version, hash id and the choice of dense layout).
                 let e = s.estimate();
                 assert!(e.value.is_finite() && e.lower <= e.upper);
                 assert_eq!(Sketch::decode(&s.encode()).unwrap(), s);
-                let mut as_v2 = buf.clone();
-                as_v2[4] = FORMAT_VERSION;
-                fix_crc(&mut as_v2);
-                assert!(s.encode() == as_v2 || s.encode_packed() == as_v2);
+                if !s.is_exact() {
+                    let mut as_v3 = buf.clone();
+                    as_v3[4..6].copy_from_slice(&[FORMAT_VERSION, HASH_ID_XXH3_40]);
+                    fix_crc(&mut as_v3);
+                    assert!(s.encode() == as_v3 || s.encode_packed() == as_v3);
+                } else if buf[4] == FORMAT_VERSION {
+                    assert_eq!(s.encode(), buf);
+                }
             }
         }
         // Some of the crafted envelopes are valid (e.g. short sorted lists).
@@ -964,10 +1060,10 @@ mod tests {
         let bytes = s.encode();
         let (header, payload) = split_exact(&bytes).unwrap();
         let mut swapped = payload.to_vec();
-        swapped[..16].rotate_left(8);
+        swapped[..10].rotate_left(5);
         let short = &payload[..payload.len() - 3];
         let too_many: Vec<u8> = (1..=exact_limit(10) as u64 + 1)
-            .flat_map(|h| h.to_le_bytes())
+            .flat_map(|h| h.to_le_bytes()[..5].to_vec())
             .collect();
         let other_hash = ExactHeader {
             hash_id: 9,
@@ -998,5 +1094,22 @@ mod tests {
             assert_eq!(target.merge_exact(header, payload).unwrap_err(), err);
             assert_eq!(target, s, "a refused merge changes nothing");
         }
+
+        // A group written before format 3 holds hashes of 8 bytes under
+        // hash id 1: its parts join to a format 2 envelope, and read as
+        // the sketch of their top 40 bits.
+        let old = ExactHeader {
+            hash_id: HASH_ID_XXH3_64,
+            ..header
+        };
+        let full: Vec<u64> = (1..=20u64).map(|i| i << 40 | i).collect();
+        let wide: Vec<u8> = full.iter().flat_map(|h| h.to_le_bytes()).collect();
+        let joined = join_exact(old, &wide).unwrap();
+        assert_eq!(joined[4..6], [FORMAT_VERSION_2, HASH_ID_XXH3_64]);
+        assert!(split_exact(&joined).is_none(), "not the current format");
+        let want = sketch_of(10, &full);
+        assert_eq!(Sketch::decode(&joined).unwrap(), want);
+        assert_eq!(Sketch::decode_exact(old, &wide).unwrap(), want);
+        assert_eq!(want.encode()[4..6], [FORMAT_VERSION, HASH_ID_XXH3_40]);
     }
 }

@@ -1,7 +1,7 @@
-//! The exact state's set: element hashes in a `HashSet` whose hasher passes
-//! the (already uniform) hash through, so a repeated insert costs a few
-//! nanoseconds. The same builder is the crate's `BuildHasher` when its
-//! estimator is handed dense registers.
+//! The exact state's set: element hashes in a `HashSet` whose hasher only
+//! folds the (already uniform) hash, so a repeated insert costs a few
+//! nanoseconds; and the pass-through builder that is the crate's
+//! `BuildHasher` when its estimator is handed dense registers.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -44,4 +44,28 @@ impl BuildHasher for PassThroughBuildHasher {
     }
 }
 
-pub(super) type ExactSet = HashSet<u64, BuildHasherDefault<PassThroughHasher>>;
+/// The exact set's hasher: the element hash with its top half folded into
+/// its bottom one. Element hashes keep their top 40 bits (`HASH_MASK`) and
+/// the table takes its bucket from the low bits (its tag from the top 7,
+/// which stay as they are).
+#[derive(Clone, Copy, Default, Debug)]
+pub struct ExactHasher(u64);
+
+impl Hasher for ExactHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n ^ (n >> 32);
+    }
+}
+
+pub(super) type ExactSet = HashSet<u64, BuildHasherDefault<ExactHasher>>;

@@ -4,9 +4,10 @@
 //!
 //! # What this module owns
 //!
-//! * **Element hashing.** Elements are hashed *outside* the sketch with
-//!   `xxh3_64_with_seed(canonical_bytes, seed)`. The canonical byte forms are
-//!   part of the on-disk and wire format:
+//! * **Element hashing.** Elements are hashed *outside* the sketch: the top
+//!   [`HASH_BITS`] (40) bits of `xxh3_64_with_seed(canonical_bytes, seed)`,
+//!   the low 24 bits zero ([`HASH_MASK`]; hash id 2). The canonical byte
+//!   forms are part of the on-disk and wire format:
 //!   * an IP address is always 16 bytes: IPv6 octets, IPv4 as the
 //!     IPv4-mapped IPv6 address `::ffff:a.b.c.d`, so an IPv4-mapped IPv6
 //!     address and its IPv4 address are the same element;
@@ -25,9 +26,10 @@
 //!
 //! * **Exact**: the set of distinct element hashes, while it holds at most
 //!   [`exact_limit`]`(p) = 2^(p-4)` of them (1024 at `p = 14`). The estimate
-//!   is the set's size and is exact. The set uses a pass-through hasher (the
-//!   elements already are uniformly distributed hashes), so inserting a
-//!   repeated element costs a few nanoseconds.
+//!   is the set's size and is exact (up to two elements sharing 40 bits of
+//!   hash: probability below 5e-7 for 1,024 of them). The set's hasher only
+//!   folds the hash (the elements already are uniformly distributed
+//!   hashes), so inserting a repeated element costs a few nanoseconds.
 //! * **Dense**: `m` one-byte registers using *exactly* the dense-mode update
 //!   rule of `hyperloglogplus` 0.4.1:
 //!   `index = hash >> (64 - p)`, `w = (hash << p) | (1 << (p - 1))`,
@@ -37,6 +39,9 @@
 //!   `5m`, raw HLL above) by building the bincode-1.3 bytes of the crate's
 //!   serde struct ourselves: the crate only ever sees bytes we built from
 //!   validated registers. The result is cached until the registers change.
+//!   It counts distinct 40-bit hashes `d`; from `d = 2^30` on the estimate
+//!   is the number of elements that leave `d` of them, `-2^40 ln(1 -
+//!   d/2^40)` (`+d²/2^41`: 0.025 % at 2^30, 0.2 % at 4e9).
 //!
 //! # Error bounds
 //!
@@ -67,13 +72,13 @@
 //! * Decoding validates every byte before anything is constructed; corrupt,
 //!   truncated or foreign bytes yield a [`SketchError`], never a panic.
 //!
-//! # Envelope (format version 2, all integers little-endian)
+//! # Envelope (format version 3, all integers little-endian)
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `b"SKHL"` |
-//! | 4 | 1 | format version = 2 (1 is read: layouts 1 and 2 only) |
-//! | 5 | 1 | hash id (1 = xxh3-64 with seed, [`HASH_ID_XXH3_64`]) |
+//! | 4 | 1 | format version = 3 (2 and 1 are read; 1 has layouts 1 and 2 only) |
+//! | 5 | 1 | hash id: 2 in version 3 ([`HASH_ID_XXH3_40`]), 1 in versions 1 and 2 ([`HASH_ID_XXH3_64`]) |
 //! | 6 | 8 | seed fingerprint (u64) |
 //! | 14 | 1 | precision `p`, 4..=18 |
 //! | 15 | 1 | layout id: 1 = exact, 2 = dense packed, 3 = dense compressed |
@@ -81,8 +86,11 @@
 //! | 20 | L | payload |
 //! | 20+L | 4 | CRC-32 (crc32fast / IEEE) of bytes `0 .. 20+L` |
 //!
-//! * Layout 1 (exact): `L / 8` u64 hashes, strictly increasing, at most
-//!   `exact_limit(p)` of them (`L` a multiple of 8).
+//! * Layout 1 (exact): `L / 5` hashes, strictly increasing, at most
+//!   `exact_limit(p)` of them (`L` a multiple of 5): each its top 40 bits
+//!   as a 5-byte integer. Under hash id 1 (versions 1 and 2) a hash is a
+//!   whole u64 in 8 bytes; such a sketch is read as the sketch of those
+//!   hashes' top 40 bits (two may then be one), its registers as they are.
 //! * Layout 2 (dense): `L = m * 6 / 8` bytes; registers packed 6 bits each,
 //!   LSB first, 4 registers per 3 bytes (`r0 | r1 << 6 | r2 << 12 | r3 << 18`
 //!   as a 24-bit little-endian integer).
@@ -91,9 +99,9 @@
 //!   written in layout 3 whenever that frame is smaller than layout 2 (on
 //!   the peers' world: 3.5 KB against 12 KB at `p = 14`); the registers'
 //!   values cluster around `log2(n/m)`, so they hold ~2-3 bits each.
-//!   Exact sets stay 8 bytes a hash: sorted uniform 64-bit hashes hold
-//!   `64 - log2(n) + 1.4` bits each, so delta coding saves under 15 % at
-//!   the limit and nothing for the small sets most series hold.
+//!   Exact sets are not delta coded: sorted uniform 40-bit hashes hold
+//!   `40 - log2(n) + 1.4` bits each, so it would save a quarter at the
+//!   limit and little for the small sets most series hold.
 //!
 //! Encoding is canonical: equal states encode to equal bytes (with one
 //! zstd library version: the frame of equal registers is equal).
@@ -124,20 +132,28 @@ use estimate::DenseStats;
 use exact::ExactSet;
 
 pub use envelope::{
-    join_exact, split_exact, ExactHeader, ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC,
-    ENVELOPE_TRAILER_LEN, FORMAT_VERSION, FORMAT_VERSION_1, LAYOUT_DENSE, LAYOUT_DENSE_ZSTD,
-    LAYOUT_EXACT,
+    exact_hash_width, join_exact, split_exact, ExactHeader, ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC,
+    ENVELOPE_TRAILER_LEN, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, LAYOUT_DENSE,
+    LAYOUT_DENSE_ZSTD, LAYOUT_EXACT,
 };
 pub use estimate::{inverse_normal_cdf, z_for_confidence, Estimate};
 pub use exact::{PassThroughBuildHasher, PassThroughHasher};
-pub use hash::{canonical_ip, hash_ip, hash_ipv4, hash_ipv6, hash_org, ORG_PREFIX};
+pub use hash::{
+    canonical_ip, hash_ip, hash_ipv4, hash_ipv6, hash_org, HASH_BITS, HASH_MASK, ORG_PREFIX,
+};
 // The precisions and the seed are plain data below `config`; the error
 // sits beside the error type that wraps it.
 pub use crate::error::SketchError;
 pub use crate::sketch_params::{HashSeed, DEFAULT_PRECISION, MAX_PRECISION, MIN_PRECISION};
 
-/// Hash id of `xxh3_64_with_seed` over the canonical element bytes.
+/// Hash id of the whole `xxh3_64_with_seed` over the canonical element
+/// bytes: envelopes of format 1 and 2. Read: their exact hashes keep their
+/// top [`HASH_BITS`] bits and their registers stay as they are, which makes
+/// them sketches of [`HASH_ID_XXH3_40`] (see `envelope`).
 pub const HASH_ID_XXH3_64: u8 = 1;
+/// Hash id of the top [`HASH_BITS`] bits of `xxh3_64_with_seed` (format 3):
+/// every sketch this build makes.
+pub const HASH_ID_XXH3_40: u8 = 2;
 /// Default confidence of [`Sketch::estimate`].
 pub const DEFAULT_CONFIDENCE: f64 = 0.95;
 
@@ -217,7 +233,7 @@ impl Sketch {
         }
         Ok(Sketch {
             precision,
-            hash_id: HASH_ID_XXH3_64,
+            hash_id: HASH_ID_XXH3_40,
             seed_fingerprint: seed.fingerprint(),
             repr: Repr::Exact(ExactSet::default()),
             cache: OnceLock::new(),
@@ -246,7 +262,7 @@ impl Sketch {
         self.seed_fingerprint
     }
 
-    /// Hash function id ([`HASH_ID_XXH3_64`]).
+    /// Hash function id ([`HASH_ID_XXH3_40`]).
     pub fn hash_id(&self) -> u8 {
         self.hash_id
     }
@@ -320,11 +336,12 @@ impl Sketch {
         }
     }
 
-    /// Inserts an element hash. Returns true if the state changed (a new
-    /// distinct hash in exact mode, a raised register or the switch to dense
-    /// mode).
+    /// Inserts an element hash (of which the bits of [`HASH_MASK`] count).
+    /// Returns true if the state changed (a new distinct hash in exact mode,
+    /// a raised register or the switch to dense mode).
     #[inline]
     pub fn insert_hash(&mut self, hash: u64) -> bool {
+        let hash = hash & HASH_MASK;
         let p = self.precision;
         match &mut self.repr {
             Repr::Dense(regs) => {
@@ -444,7 +461,7 @@ mod tests {
         for p in MIN_PRECISION..=MAX_PRECISION {
             let s = Sketch::new(p, HashSeed::DEFAULT).unwrap();
             assert_eq!(s.precision(), p);
-            assert_eq!(s.hash_id(), HASH_ID_XXH3_64);
+            assert_eq!(s.hash_id(), HASH_ID_XXH3_40);
             assert!(s.is_empty() && s.is_exact());
             assert_eq!(s.estimate(), Estimate::exact(0));
             assert_eq!(dense_payload_len(p), (1 << p) * 3 / 4);
@@ -522,7 +539,7 @@ mod tests {
             SketchError::IncompatiblePrecision
         );
         let mut other_hash = Sketch::new(14, HashSeed::DEFAULT).unwrap();
-        other_hash.hash_id = 2;
+        other_hash.hash_id = 9;
         assert_eq!(
             s.merge(&other_hash).unwrap_err(),
             SketchError::IncompatibleHash

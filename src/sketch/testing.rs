@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use hyperloglogplus::{HyperLogLog, HyperLogLogPlus};
 
 use super::exact::PassThroughBuildHasher;
-use super::{hash_ipv4, HashSeed, Sketch};
+use super::{hash_ipv4, HashSeed, Sketch, HASH_MASK};
 
 pub(super) fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -16,11 +16,12 @@ pub(super) fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `n` distinct pseudo-random hashes (splitmix64 is a bijection of its
-/// counter, so a run of outputs never repeats).
+/// `n` pseudo-random element hashes (the kept bits of splitmix64's
+/// outputs, which never repeat: two of `n` kept ones are equal with
+/// probability `n²/2^41`, e.g. 5e-7 for 1,024).
 pub(super) fn random_hashes(seed: u64, n: usize) -> Vec<u64> {
     let mut s = seed;
-    (0..n).map(|_| splitmix64(&mut s)).collect()
+    (0..n).map(|_| splitmix64(&mut s) & HASH_MASK).collect()
 }
 
 pub(super) fn sketch_of(p: u8, hashes: &[u64]) -> Sketch {

@@ -3,15 +3,18 @@
 //!
 //! [`keys::META_SKETCH_FORMAT`] records the envelope format version
 //! ([`FORMAT_VERSION`]) every stored sketch value is written in. A store
-//! without it (written before format 2: dense registers packed, 12 KiB at
-//! precision 14) has each sketch value re-encoded at open, in sled batches;
-//! the record is written after the last one. Reads never depend on it:
-//! every version is decoded, so a rewrite cut short by a crash leaves a
-//! store that answers the same, and the next open finishes it (a value
-//! already in the new format encodes to itself and is not written again).
-//! Invariant: with the record present, every stored sketch value is its
-//! sketch's canonical encoding in [`FORMAT_VERSION`].
+//! with an older one (2: exact hashes of 8 bytes) or without it (written
+//! before format 2: dense registers packed, 12 KiB at precision 14) has
+//! each sketch value and each day group re-encoded at open, in sled
+//! batches; the record is written after the last one. Reads never depend
+//! on it: every version is decoded, so a rewrite cut short by a crash
+//! leaves a store that answers the same, and the next open finishes it (a
+//! value already in the new format encodes to itself and is not written
+//! again). Invariant: with the record present, every stored sketch value
+//! and every day of a group is its sketch's canonical encoding in
+//! [`FORMAT_VERSION`].
 
+use super::groups::GroupEdit;
 use super::keys;
 use crate::error::{Error, Result};
 use crate::sketch::{Sketch, FORMAT_VERSION};
@@ -24,7 +27,9 @@ const CHUNK: usize = 4_096;
 struct FormatUpgrade {
     /// Sketch values read.
     sketches: u64,
-    /// Of them, values rewritten.
+    /// Day group values read.
+    groups: u64,
+    /// Of both, values rewritten.
     rewritten: u64,
     /// Bytes of the rewritten values before and after.
     bytes_before: u64,
@@ -37,6 +42,7 @@ pub(super) fn upgrade_sketch_format(db: &sled::Db, data: &sled::Tree) -> Result<
     let current = [FORMAT_VERSION];
     match data.get(keys::META_SKETCH_FORMAT)? {
         Some(v) if v[..] == current => return Ok(()),
+        Some(v) if v.len() == 1 && v[0] < FORMAT_VERSION => {}
         Some(v) => {
             return Err(Error::Incompatible(format!(
                 "the data directory's sketches are in envelope format {:?}; this build writes \
@@ -73,12 +79,38 @@ pub(super) fn upgrade_sketch_format(db: &sled::Db, data: &sled::Tree) -> Result<
             pending = 0;
         }
     }
+    for item in data.scan_prefix([keys::KIND_DAY_GROUP]) {
+        let (key, old) = item?;
+        done.groups += 1;
+        let group = GroupEdit::parse(&old).map_err(|e| {
+            Error::Corrupt(format!(
+                "day group {:?} while upgrading its format: {e}",
+                keys::GroupKey::decode(&key)
+            ))
+        })?;
+        let Some(new) = group.encode() else {
+            continue;
+        };
+        if new[..] == old[..] {
+            continue;
+        }
+        done.rewritten += 1;
+        done.bytes_before += old.len() as u64;
+        done.bytes_after += new.len() as u64;
+        batch.insert(key, new);
+        pending += 1;
+        if pending == CHUNK {
+            data.apply_batch(std::mem::take(&mut batch))?;
+            pending = 0;
+        }
+    }
     data.apply_batch(batch)?;
     data.insert(keys::META_SKETCH_FORMAT, &current[..])?;
     db.flush()?;
-    if done.sketches > 0 {
+    if done.sketches + done.groups > 0 {
         tracing::info!(
             sketches = done.sketches,
+            groups = done.groups,
             rewritten = done.rewritten,
             bytes_before = done.bytes_before,
             bytes_after = done.bytes_after,

@@ -11,8 +11,9 @@
 //! header its exact days share ([`ExactHeader`]: hash id, seed
 //! fingerprint, precision; 10 bytes), then, sorted by dim, entries of dim
 //! (u64 BE) and either tag 0, a hash count (u16 LE) and the day's hashes
-//! (u64 LE each, increasing): an exact sketch of that header; or tag 1,
-//! a length (u32 LE) and a whole sketch envelope (any other day). A
+//! (increasing, as an exact envelope's payload holds them: 5 bytes each
+//! under hash id 2, 8 under hash id 1): an exact sketch of that header; or
+//! tag 1, a length (u32 LE) and a whole sketch envelope (any other day). A
 //! CRC-32 (u32 LE) of everything before it ends the value. An exact day
 //! costs 11 bytes besides its hashes where its envelope cost 36. Version 1
 //! values (entries of dim, length and envelope, no header, no checksum)
@@ -45,7 +46,9 @@ use super::keys::{self, GroupKey, SketchKey};
 use super::series::Series;
 use super::Store;
 use crate::error::{Error, Result};
-use crate::sketch::{join_exact, split_exact, ExactHeader, Sketch, SketchError};
+use crate::sketch::{
+    exact_hash_width, join_exact, split_exact, ExactHeader, Sketch, SketchError, FORMAT_VERSION,
+};
 
 /// Version byte of the group values written: see the module doc.
 pub(super) const GROUP_VERSION: u8 = 2;
@@ -78,7 +81,9 @@ impl<'a> Entry<'a> {
     pub(super) fn exact_len(&self) -> usize {
         match *self {
             Entry::Envelope(_) => 0,
-            Entry::Exact(_, hashes) => hashes.len() / 8,
+            Entry::Exact(header, hashes) => {
+                hashes.len() / exact_hash_width(header.hash_id).unwrap_or(8)
+            }
         }
     }
 
@@ -168,9 +173,13 @@ fn entry(
     }
     match *body.get(at)? {
         TAG_EXACT => {
-            let n = u16::from_le_bytes(body.get(at + 1..at + 3)?.try_into().ok()?) as usize;
-            let hashes = body.get(at + 3..at + 3 + 8 * n)?;
-            Some((dim, Entry::Exact(header?, hashes), at + 3 + 8 * n))
+            let header = header?;
+            let len = exact_hash_width(header.hash_id)?
+                * usize::from(u16::from_le_bytes(
+                    body.get(at + 1..at + 3)?.try_into().ok()?,
+                ));
+            let hashes = body.get(at + 3..at + 3 + len)?;
+            Some((dim, Entry::Exact(header, hashes), at + 3 + len))
         }
         TAG_ENVELOPE => envelope(at + 1),
         _ => None,
@@ -199,11 +208,19 @@ pub(super) struct GroupEdit {
 }
 
 impl GroupEdit {
-    fn parse(value: &[u8]) -> Result<GroupEdit> {
+    /// The days of a group value, each in the current envelope format (a
+    /// day of an older one is decoded and encoded again; one that does not
+    /// decode is kept as it is, for its readers to refuse).
+    pub(super) fn parse(value: &[u8]) -> Result<GroupEdit> {
         let mut days = BTreeMap::new();
         for entry in entries(value) {
             let (dim, day) = entry?;
-            days.insert(dim, day.envelope()?.into_owned());
+            let envelope = day.envelope()?;
+            let envelope = match envelope.get(4) {
+                Some(&FORMAT_VERSION) => envelope.into_owned(),
+                _ => day.decode().map_or(envelope.into_owned(), |s| s.encode()),
+            };
+            days.insert(dim, envelope);
         }
         Ok(GroupEdit { days, dirty: false })
     }
@@ -216,7 +233,12 @@ impl GroupEdit {
         let split: Vec<Option<(ExactHeader, &[u8])>> = self
             .days
             .values()
-            .map(|bytes| split_exact(bytes).filter(|(_, h)| h.len() / 8 <= usize::from(u16::MAX)))
+            .map(|bytes| {
+                split_exact(bytes).filter(|(header, hashes)| {
+                    exact_hash_width(header.hash_id)
+                        .is_some_and(|width| hashes.len() / width <= usize::from(u16::MAX))
+                })
+            })
             .collect();
         // The header of the first exact day; days of another are kept whole.
         let header = split.iter().flatten().map(|&(h, _)| h).next();
@@ -230,7 +252,8 @@ impl GroupEdit {
             match split {
                 Some((h, hashes)) if Some(h) == header => {
                     value.push(TAG_EXACT);
-                    value.extend_from_slice(&((hashes.len() / 8) as u16).to_le_bytes());
+                    let width = exact_hash_width(h.hash_id).expect("checked above");
+                    value.extend_from_slice(&((hashes.len() / width) as u16).to_le_bytes());
                     value.extend_from_slice(hashes);
                 }
                 _ => {
@@ -670,7 +693,7 @@ mod tests {
         // 11 has 300 hashes: over the exact limit of precision 12 it is
         // dense, kept whole like the other seed's day and the bytes.
         assert_eq!(kinds, [true, true, true, false, false, false]);
-        assert!(matches!(find(&value, 7).unwrap(), Some(Entry::Exact(_, h)) if h.len() == 24));
+        assert!(matches!(find(&value, 7).unwrap(), Some(Entry::Exact(_, h)) if h.len() == 15));
         assert!(find(&value, 6).unwrap().is_none());
         // A parsed group encodes to the same value.
         assert_eq!(GroupEdit::parse(&value).unwrap().encode().unwrap(), value);

@@ -326,9 +326,10 @@ pub fn records(dir: &Path) -> BTreeMap<Vec<u8>, Vec<u8>> {
 
 /// Every record of `dump` but its day groups, and the days of those
 /// groups (`f` keys: version 2, the exact header, then per day dim u64 BE
-/// and either tag 0, a hash count u16 LE and the hashes, or tag 1, length
-/// u32 LE and the envelope; a CRC-32 last) as the `s` keys they would
-/// have, with their envelopes. Panics if a day is in both.
+/// and either tag 0, a hash count u16 LE and the hashes (5 bytes each
+/// under hash id 2, 8 under hash id 1), or tag 1, length u32 LE and the
+/// envelope; a CRC-32 last) as the `s` keys they would have, with their
+/// envelopes. Panics if a day is in both.
 pub fn expand_groups(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<Vec<u8>, Vec<u8>> {
     use sketchd::sketch::{join_exact, ExactHeader};
     let mut out: BTreeMap<Vec<u8>, Vec<u8>> = dump
@@ -342,14 +343,15 @@ pub fn expand_groups(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<Vec<u8>, Vec
         let (v, crc) = v.split_at(v.len() - 4);
         assert_eq!(crc32fast::hash(v).to_le_bytes(), crc, "group checksum");
         let header = ExactHeader::from_bytes(v[1..11].try_into().unwrap());
+        let width = if header.hash_id == 1 { 8 } else { 5 };
         let mut at = 11;
         while at < v.len() {
             let dim = &v[at..at + 8];
             let day = match v[at + 8] {
                 0 => {
                     let n = u16::from_le_bytes(v[at + 9..at + 11].try_into().unwrap()) as usize;
-                    let hashes = &v[at + 11..at + 11 + 8 * n];
-                    at += 11 + 8 * n;
+                    let hashes = &v[at + 11..at + 11 + width * n];
+                    at += 11 + width * n;
                     join_exact(header, hashes).unwrap()
                 }
                 1 => {
