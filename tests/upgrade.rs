@@ -74,6 +74,35 @@ fn groups(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
     dump.keys().filter(|k| k[0] == b'f').count()
 }
 
+/// The records of a dump other than sketches and day groups.
+fn others(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    dump.iter()
+        .filter(|(k, _)| !matches!(k[0], b's' | b'f'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Once: a second start of the upgraded `dir` (whose records are `after`)
+/// rewrites nothing and answers as fixture `name` recorded.
+async fn assert_second_start_rewrites_nothing(
+    name: &str,
+    dir: &Path,
+    after: &BTreeMap<Vec<u8>, Vec<u8>>,
+) {
+    let server = common::start(dir).await;
+    assert_answers(
+        name,
+        &common::answers(NS, &server.client, NOW).await,
+        "second start",
+    );
+    server.stop().await;
+    assert_eq!(
+        &common::dump(dir),
+        after,
+        "the second start rewrote records"
+    );
+}
+
 #[tokio::test]
 async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
     let tmp = tempfile::tempdir().unwrap();
@@ -93,12 +122,6 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
     // now in the current format, and the dense ones are compressed and
     // smaller; the days of flat series are in day groups.
     let after = common::dump(&dir);
-    let others = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> BTreeMap<Vec<u8>, Vec<u8>> {
-        dump.iter()
-            .filter(|(k, _)| !matches!(k[0], b's' | b'f'))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
     assert_eq!(others(&before), others(&after));
     assert_eq!(groups(&before), 0);
     let new = sketches(&after);
@@ -138,19 +161,7 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
         "sketch bytes {bytes_old} -> {bytes_new}"
     );
 
-    // Once: a second start rewrites nothing and answers the same.
-    let server = common::start(&dir).await;
-    assert_answers(
-        "format1",
-        &common::answers(NS, &server.client, NOW).await,
-        "second start",
-    );
-    server.stop().await;
-    assert_eq!(
-        common::dump(&dir),
-        after,
-        "the second start rewrote records"
-    );
+    assert_second_start_rewrites_nothing("format1", &dir, &after).await;
 }
 
 #[tokio::test]
@@ -177,12 +188,6 @@ async fn a_format_2_directory_is_upgraded_once_and_answers_as_before() {
     // every sketch holds the same state (its exact hashes cut to 40 bits),
     // now in format 3, canonical, its exact hashes in 5 bytes.
     let after = common::dump(&dir);
-    let others = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> BTreeMap<Vec<u8>, Vec<u8>> {
-        dump.iter()
-            .filter(|(k, _)| !matches!(k[0], b's' | b'f'))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
     assert_eq!(others(&before), others(&after));
     let group_keys = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> Vec<Vec<u8>> {
         dump.keys().filter(|k| k[0] == b'f').cloned().collect()
@@ -234,19 +239,7 @@ async fn a_format_2_directory_is_upgraded_once_and_answers_as_before() {
         stored(&after)
     );
 
-    // Once: a second start rewrites nothing and answers the same.
-    let server = common::start(&dir).await;
-    assert_answers(
-        "format2",
-        &common::answers(NS, &server.client, NOW).await,
-        "second start",
-    );
-    server.stop().await;
-    assert_eq!(
-        common::dump(&dir),
-        after,
-        "the second start rewrote records"
-    );
+    assert_second_start_rewrites_nothing("format2", &dir, &after).await;
 }
 
 /// Records `answers.txt` beside fixture `SKETCHD_RECORD_FIXTURE` (format1,

@@ -9,11 +9,14 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use serde::{Deserialize, Serialize};
 
 /// A hasher whose output is the last `u64` written: for keys that already
-/// are uniformly distributed 64-bit hashes.
+/// are uniformly distributed hashes. With `FOLD`, the top half of the key
+/// is folded into its bottom one: element hashes keep their top 40 bits
+/// (`HASH_MASK`) and a table takes its bucket from the low bits (its tag
+/// from the top 7, which stay as they are).
 #[derive(Clone, Copy, Default, Debug)]
-pub struct PassThroughHasher(u64);
+pub struct PassThroughHasher<const FOLD: bool = false>(u64);
 
-impl Hasher for PassThroughHasher {
+impl<const FOLD: bool> Hasher for PassThroughHasher<FOLD> {
     #[inline]
     fn finish(&self) -> u64 {
         self.0
@@ -27,7 +30,7 @@ impl Hasher for PassThroughHasher {
     }
     #[inline]
     fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        self.0 = if FOLD { n ^ (n >> 32) } else { n };
     }
 }
 
@@ -44,28 +47,4 @@ impl BuildHasher for PassThroughBuildHasher {
     }
 }
 
-/// The exact set's hasher: the element hash with its top half folded into
-/// its bottom one. Element hashes keep their top 40 bits (`HASH_MASK`) and
-/// the table takes its bucket from the low bits (its tag from the top 7,
-/// which stay as they are).
-#[derive(Clone, Copy, Default, Debug)]
-pub struct ExactHasher(u64);
-
-impl Hasher for ExactHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n ^ (n >> 32);
-    }
-}
-
-pub(super) type ExactSet = HashSet<u64, BuildHasherDefault<ExactHasher>>;
+pub(super) type ExactSet = HashSet<u64, BuildHasherDefault<PassThroughHasher<true>>>;

@@ -56,18 +56,10 @@ pub(super) fn upgrade_sketch_format(db: &sled::Db, data: &sled::Tree) -> Result<
     let mut done = FormatUpgrade::default();
     let mut batch = sled::Batch::default();
     let mut pending = 0;
-    for item in data.scan_prefix([keys::KIND_SKETCH]) {
-        let (key, old) = item?;
-        done.sketches += 1;
-        let sketch = Sketch::decode(&old).map_err(|e| {
-            Error::Corrupt(format!(
-                "sketch {:?} while upgrading its format: {e}",
-                keys::SketchKey::decode(&key)
-            ))
-        })?;
-        let new = sketch.encode();
-        if new[..] == old[..] {
-            continue;
+    // Queues `new` for `key` unless it is `old` again.
+    let mut put = |key: sled::IVec, old: &[u8], new: &[u8], done: &mut FormatUpgrade| {
+        if new == old {
+            return Ok::<_, Error>(());
         }
         done.rewritten += 1;
         done.bytes_before += old.len() as u64;
@@ -78,6 +70,18 @@ pub(super) fn upgrade_sketch_format(db: &sled::Db, data: &sled::Tree) -> Result<
             data.apply_batch(std::mem::take(&mut batch))?;
             pending = 0;
         }
+        Ok(())
+    };
+    for item in data.scan_prefix([keys::KIND_SKETCH]) {
+        let (key, old) = item?;
+        done.sketches += 1;
+        let sketch = Sketch::decode(&old).map_err(|e| {
+            Error::Corrupt(format!(
+                "sketch {:?} while upgrading its format: {e}",
+                keys::SketchKey::decode(&key)
+            ))
+        })?;
+        put(key, &old, &sketch.encode(), &mut done)?;
     }
     for item in data.scan_prefix([keys::KIND_DAY_GROUP]) {
         let (key, old) = item?;
@@ -88,20 +92,9 @@ pub(super) fn upgrade_sketch_format(db: &sled::Db, data: &sled::Tree) -> Result<
                 keys::GroupKey::decode(&key)
             ))
         })?;
-        let Some(new) = group.encode() else {
-            continue;
-        };
-        if new[..] == old[..] {
-            continue;
-        }
-        done.rewritten += 1;
-        done.bytes_before += old.len() as u64;
-        done.bytes_after += new.len() as u64;
-        batch.insert(key, new);
-        pending += 1;
-        if pending == CHUNK {
-            data.apply_batch(std::mem::take(&mut batch))?;
-            pending = 0;
+        // A group is never stored empty: it encodes to a value.
+        if let Some(new) = group.encode() {
+            put(key, &old, &new, &mut done)?;
         }
     }
     data.apply_batch(batch)?;
