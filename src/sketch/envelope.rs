@@ -168,7 +168,6 @@ impl Sketch {
     /// The sketch of a parsed envelope (dense registers are checked here).
     fn from_envelope(envelope: Envelope) -> Result<Sketch, SketchError> {
         let Envelope {
-            hash_id,
             seed_fingerprint,
             precision,
             layout,
@@ -200,7 +199,7 @@ impl Sketch {
         };
         Ok(Sketch {
             precision,
-            hash_id,
+            hash_id: HASH_ID_XXH3_40,
             seed_fingerprint,
             repr,
             cache: OnceLock::new(),
@@ -228,7 +227,7 @@ impl Sketch {
             return self.merge(&Sketch::from_envelope(envelope)?);
         }
         self.check_header(
-            envelope.hash_id,
+            HASH_ID_XXH3_40,
             envelope.seed_fingerprint,
             envelope.precision,
         )?;
@@ -263,6 +262,17 @@ impl ExactHeader {
         out
     }
 
+    /// Bytes a hash takes in an exact payload of this header: 5 for hash
+    /// id 2 (its top 40 bits, little-endian), 8 for hash id 1 (the whole
+    /// xxh3-64, little-endian); `None` for an unknown id.
+    pub fn hash_width(&self) -> Option<usize> {
+        match self.hash_id {
+            HASH_ID_XXH3_40 => Some(HASH_WIDTH),
+            HASH_ID_XXH3_64 => Some(8),
+            _ => None,
+        }
+    }
+
     /// The inverse of [`ExactHeader::to_bytes`] (checked when used).
     pub fn from_bytes(bytes: &[u8; Self::LEN]) -> ExactHeader {
         ExactHeader {
@@ -274,13 +284,13 @@ impl ExactHeader {
 }
 
 /// An exact envelope of the current format version as its header and
-/// payload (its hashes, [`exact_hash_width`] bytes each, increasing);
+/// payload (its hashes, [`ExactHeader::hash_width`] bytes each, increasing);
 /// `None` for any other bytes. [`join_exact`] gives the same envelope back.
 pub fn split_exact(bytes: &[u8]) -> Option<(ExactHeader, &[u8])> {
     let envelope = Envelope::parse(bytes).ok()?;
     (envelope.layout == LAYOUT_EXACT && bytes[4] == FORMAT_VERSION).then_some((
         ExactHeader {
-            hash_id: envelope.hash_id,
+            hash_id: HASH_ID_XXH3_40,
             seed_fingerprint: envelope.seed_fingerprint,
             precision: envelope.precision,
         },
@@ -297,17 +307,6 @@ pub fn join_exact(header: ExactHeader, payload: &[u8]) -> Result<Vec<u8>, Sketch
 
 /// Bytes of each hash of an exact payload written by this build.
 const HASH_WIDTH: usize = HASH_BITS as usize / 8;
-
-/// Bytes a hash takes in an exact payload of hash id `hash_id`: 5 for hash
-/// id 2 (its top 40 bits, little-endian), 8 for hash id 1 (the whole
-/// xxh3-64, little-endian); `None` for an unknown id.
-pub fn exact_hash_width(hash_id: u8) -> Option<usize> {
-    match hash_id {
-        HASH_ID_XXH3_40 => Some(HASH_WIDTH),
-        HASH_ID_XXH3_64 => Some(8),
-        _ => None,
-    }
-}
 
 /// The envelope bytes: header, payload, checksum; format 3, or 2 for hash
 /// id 1 (exact payloads of a group written before format 3).
@@ -348,12 +347,11 @@ fn check_exact_len(precision: u8, payload_len: usize, width: usize) -> Result<()
 
 /// A validated envelope: header fields and payload. An exact payload's
 /// hashes are known to be strictly increasing; a dense payload has the
-/// right length (its registers are checked when unpacked). `hash_id` is
-/// the id of the sketch it decodes to ([`HASH_ID_XXH3_40`]); `width` the
+/// right length (its registers are checked when unpacked). It decodes to
+/// a sketch of [`HASH_ID_XXH3_40`], whatever its hash id; `width` is the
 /// bytes of each exact hash as stored.
 #[derive(Clone, Copy)]
 pub(super) struct Envelope<'a> {
-    hash_id: u8,
     seed_fingerprint: u64,
     precision: u8,
     layout: u8,
@@ -370,13 +368,14 @@ impl<'a> Envelope<'a> {
             seed_fingerprint,
             precision,
         } = header;
-        let width = exact_hash_width(hash_id).ok_or(SketchError::UnknownHashId(hash_id))?;
+        let width = header
+            .hash_width()
+            .ok_or(SketchError::UnknownHashId(hash_id))?;
         if !(MIN_PRECISION..=MAX_PRECISION).contains(&precision) {
             return Err(SketchError::BadPrecision(precision));
         }
         check_exact_len(precision, payload.len(), width)?;
         let envelope = Envelope {
-            hash_id: HASH_ID_XXH3_40,
             seed_fingerprint,
             precision,
             layout: LAYOUT_EXACT,
@@ -431,16 +430,15 @@ impl<'a> Envelope<'a> {
             return Err(SketchError::BadMagic);
         }
         let version = bytes[4];
-        let written_hash_id = match version {
-            FORMAT_VERSION => HASH_ID_XXH3_40,
-            FORMAT_VERSION_1 | FORMAT_VERSION_2 => HASH_ID_XXH3_64,
+        let (written_hash_id, width) = match version {
+            FORMAT_VERSION => (HASH_ID_XXH3_40, HASH_WIDTH),
+            FORMAT_VERSION_1 | FORMAT_VERSION_2 => (HASH_ID_XXH3_64, 8),
             _ => return Err(SketchError::UnsupportedVersion(version)),
         };
         let hash_id = bytes[5];
         if hash_id != written_hash_id {
             return Err(SketchError::UnknownHashId(hash_id));
         }
-        let width = exact_hash_width(hash_id).expect("a known hash id");
         let seed_fingerprint = u64::from_le_bytes(bytes[6..14].try_into().expect("8 bytes"));
         let precision = bytes[14];
         if !(MIN_PRECISION..=MAX_PRECISION).contains(&precision) {
@@ -495,7 +493,6 @@ impl<'a> Envelope<'a> {
         }
         let payload = &bytes[ENVELOPE_HEADER_LEN..body_end];
         let envelope = Envelope {
-            hash_id: HASH_ID_XXH3_40,
             seed_fingerprint,
             precision,
             layout,

@@ -303,14 +303,14 @@ impl Sketch {
 /// `2^HASH_BITS` a hash can take (the inverse of their expected count),
 /// from [`SHARED_HASHES_FROM`] distinct values on; below, `distinct`.
 pub(super) fn elements_of_hashes(distinct: f64) -> f64 {
-    let values = (HASH_BITS as f64).exp2();
+    const VALUES: f64 = (1u64 << HASH_BITS) as f64;
     if distinct < SHARED_HASHES_FROM {
         return distinct;
     }
-    if distinct >= values {
+    if distinct >= VALUES {
         return f64::INFINITY;
     }
-    -values * (-distinct / values).ln_1p()
+    -VALUES * (-distinct / VALUES).ln_1p()
 }
 
 /// Distinct hashes from which [`elements_of_hashes`] corrects for elements

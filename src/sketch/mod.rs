@@ -132,7 +132,7 @@ use estimate::DenseStats;
 use exact::ExactSet;
 
 pub use envelope::{
-    exact_hash_width, join_exact, split_exact, ExactHeader, ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC,
+    join_exact, split_exact, ExactHeader, ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC,
     ENVELOPE_TRAILER_LEN, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, LAYOUT_DENSE,
     LAYOUT_DENSE_ZSTD, LAYOUT_EXACT,
 };

@@ -46,9 +46,7 @@ use super::keys::{self, GroupKey, SketchKey};
 use super::series::Series;
 use super::Store;
 use crate::error::{Error, Result};
-use crate::sketch::{
-    exact_hash_width, join_exact, split_exact, ExactHeader, Sketch, SketchError, FORMAT_VERSION,
-};
+use crate::sketch::{join_exact, split_exact, ExactHeader, Sketch, SketchError, FORMAT_VERSION};
 
 /// Version byte of the group values written: see the module doc.
 pub(super) const GROUP_VERSION: u8 = 2;
@@ -81,9 +79,7 @@ impl<'a> Entry<'a> {
     pub(super) fn exact_len(&self) -> usize {
         match *self {
             Entry::Envelope(_) => 0,
-            Entry::Exact(header, hashes) => {
-                hashes.len() / exact_hash_width(header.hash_id).unwrap_or(8)
-            }
+            Entry::Exact(header, hashes) => header.hash_width().map_or(0, |w| hashes.len() / w),
         }
     }
 
@@ -174,7 +170,7 @@ fn entry(
     match *body.get(at)? {
         TAG_EXACT => {
             let header = header?;
-            let len = exact_hash_width(header.hash_id)?
+            let len = header.hash_width()?
                 * usize::from(u16::from_le_bytes(
                     body.get(at + 1..at + 3)?.try_into().ok()?,
                 ));
@@ -235,7 +231,8 @@ impl GroupEdit {
             .values()
             .map(|bytes| {
                 split_exact(bytes).filter(|(header, hashes)| {
-                    exact_hash_width(header.hash_id)
+                    header
+                        .hash_width()
                         .is_some_and(|width| hashes.len() / width <= usize::from(u16::MAX))
                 })
             })
@@ -252,7 +249,7 @@ impl GroupEdit {
             match split {
                 Some((h, hashes)) if Some(h) == header => {
                     value.push(TAG_EXACT);
-                    let width = exact_hash_width(h.hash_id).expect("checked above");
+                    let width = h.hash_width().expect("checked above");
                     value.extend_from_slice(&((hashes.len() / width) as u16).to_le_bytes());
                     value.extend_from_slice(hashes);
                 }
