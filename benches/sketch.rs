@@ -213,7 +213,15 @@ fn envelope_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope");
     let exact = sketch_of(&hashes(1000));
     let dense = dense_sketch(100_000, 0);
-    for (name, s) in [("exact_1000", &exact), ("dense_p14", &dense)] {
+    // Below half load (most dense sketches of a store).
+    let light = dense_sketch(3_000, 1);
+    let half = dense_sketch(9_000, 2);
+    for (name, s) in [
+        ("exact_1000", &exact),
+        ("dense_p14", &dense),
+        ("dense_p14_3k", &light),
+        ("dense_p14_9k", &half),
+    ] {
         let bytes = s.encode();
         g.throughput(Throughput::Bytes(bytes.len() as u64));
         g.bench_function(format!("encode_{name}"), |b| {

@@ -8,7 +8,10 @@
 //!   of its flat series moved into day groups;
 //! * `tests/data/format2/`: envelope format 2 (exact hashes of 8 bytes,
 //!   hash id 1) and day groups; its sketches and groups are rewritten with
-//!   exact hashes of 5 bytes (format 3, hash id 2).
+//!   exact hashes of 5 bytes (hash id 2);
+//! * `tests/data/format3/`: envelope format 3 (dense registers as zstd
+//!   frames); its sketches are rewritten in format 4, the dense ones below
+//!   half load Rice-coded.
 
 mod common;
 
@@ -18,7 +21,8 @@ use std::path::{Path, PathBuf};
 use common::NOW;
 use sketchd::client::Client;
 use sketchd::sketch::{
-    Sketch, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, HASH_ID_XXH3_40, LAYOUT_DENSE_ZSTD,
+    Sketch, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, FORMAT_VERSION_3, HASH_ID_XXH3_40,
+    LAYOUT_DENSE, LAYOUT_DENSE_RICE, LAYOUT_DENSE_ZSTD,
 };
 
 const NS: &str = "study";
@@ -82,6 +86,44 @@ fn others(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<Vec<u8>, Vec<u8>> {
         .collect()
 }
 
+/// Fixture `name` copied into `tmp`, opened (and so upgraded) by this
+/// build, which answers as the fixture recorded: the directory and its
+/// records before and after.
+async fn upgrade(
+    name: &str,
+    tmp: &Path,
+) -> (
+    PathBuf,
+    BTreeMap<Vec<u8>, Vec<u8>>,
+    BTreeMap<Vec<u8>, Vec<u8>>,
+) {
+    let dir = tmp.join("data");
+    copy_dir(&fixture(name).join("data"), &dir);
+    let before = common::dump(&dir);
+    let server = common::start(&dir).await;
+    assert_answers(
+        name,
+        &common::answers(NS, &server.client, NOW).await,
+        "after the upgrade",
+    );
+    server.stop().await;
+    let after = common::dump(&dir);
+    (dir, before, after)
+}
+
+/// Bytes of the sketch values and day groups of a dump.
+fn stored(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> usize {
+    dump.iter()
+        .filter(|(k, _)| matches!(k[0], b's' | b'f'))
+        .map(|(_, v)| v.len())
+        .sum()
+}
+
+/// The day group keys of a dump.
+fn group_keys(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Vec<u8>> {
+    dump.keys().filter(|k| k[0] == b'f').cloned().collect()
+}
+
 /// Once: a second start of the upgraded `dir` (whose records are `after`)
 /// rewrites nothing and answers as fixture `name` recorded.
 async fn assert_second_start_rewrites_nothing(
@@ -106,22 +148,14 @@ async fn assert_second_start_rewrites_nothing(
 #[tokio::test]
 async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    copy_dir(&fixture("format1").join("data"), &dir);
-    let before = common::dump(&dir);
+    let (dir, before, after) = upgrade("format1", tmp.path()).await;
     let old = sketches(&before);
     assert!(old.len() > 1000, "the fixture holds {} sketches", old.len());
     assert!(old.values().all(|v| v[4] == FORMAT_VERSION_1));
 
-    let server = common::start(&dir).await;
-    let first = common::answers(NS, &server.client, NOW).await;
-    assert_answers("format1", &first, "after the upgrade");
-    server.stop().await;
-
     // Every other record is as it was; every sketch holds the same state,
     // now in the current format, and the dense ones are compressed and
     // smaller; the days of flat series are in day groups.
-    let after = common::dump(&dir);
     assert_eq!(others(&before), others(&after));
     assert_eq!(groups(&before), 0);
     let new = sketches(&after);
@@ -150,7 +184,7 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
         assert_eq!(new_bytes, &is.encode(), "{k:?} is not canonical");
         if !is.is_exact() {
             dense += 1;
-            assert_eq!(new_bytes[15], LAYOUT_DENSE_ZSTD, "{k:?}");
+            assert_ne!(new_bytes[15], LAYOUT_DENSE, "{k:?} is not compressed");
         }
         bytes_old += old_bytes.len();
         bytes_new += new_bytes.len();
@@ -167,31 +201,18 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
 #[tokio::test]
 async fn a_format_2_directory_is_upgraded_once_and_answers_as_before() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    copy_dir(&fixture("format2").join("data"), &dir);
-    let before = common::dump(&dir);
+    let (dir, before, after) = upgrade("format2", tmp.path()).await;
     let old = sketches(&before);
     assert!(old.len() > 1000, "the fixture holds {} sketches", old.len());
     assert!(old.values().all(|v| v[4] == FORMAT_VERSION_2));
     let old_groups = groups(&before);
     assert!(old_groups >= 100, "{old_groups} day groups");
 
-    let server = common::start(&dir).await;
-    assert_answers(
-        "format2",
-        &common::answers(NS, &server.client, NOW).await,
-        "after the upgrade",
-    );
-    server.stop().await;
-
     // Every other record is as it was, the day groups are the same keys;
     // every sketch holds the same state (its exact hashes cut to 40 bits),
-    // now in format 3, canonical, its exact hashes in 5 bytes.
-    let after = common::dump(&dir);
+    // now in the current format, canonical, its exact hashes in 5 bytes
+    // and its dense registers no larger.
     assert_eq!(others(&before), others(&after));
-    let group_keys = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> Vec<Vec<u8>> {
-        dump.keys().filter(|k| k[0] == b'f').cloned().collect()
-    };
     assert_eq!(group_keys(&before), group_keys(&after));
     let new = sketches(&after);
     assert_eq!(
@@ -214,9 +235,8 @@ async fn a_format_2_directory_is_upgraded_once_and_answers_as_before() {
             assert_eq!(old_bytes.len(), 24 + 8 * n, "{k:?}");
             assert_eq!(new_bytes.len(), 24 + 5 * n, "{k:?}");
         } else {
-            // The same payload: only the version, hash id and checksum moved.
-            let payload = |b: &[u8]| b[15..b.len() - 4].to_vec();
-            assert!(payload(new_bytes) == payload(old_bytes), "{k:?}: registers");
+            // The same registers (above), Rice-coded where that is smaller.
+            assert!(new_bytes.len() <= old_bytes.len(), "{k:?}");
         }
         bytes_old += old_bytes.len();
         bytes_new += new_bytes.len();
@@ -226,12 +246,6 @@ async fn a_format_2_directory_is_upgraded_once_and_answers_as_before() {
         bytes_new < bytes_old,
         "sketch bytes {bytes_old} -> {bytes_new}"
     );
-    let stored = |dump: &BTreeMap<Vec<u8>, Vec<u8>>| -> usize {
-        dump.iter()
-            .filter(|(k, _)| matches!(k[0], b's' | b'f'))
-            .map(|(_, v)| v.len())
-            .sum()
-    };
     assert!(
         stored(&after) * 10 < stored(&before) * 8,
         "stored sketch bytes {} -> {}",
@@ -242,8 +256,72 @@ async fn a_format_2_directory_is_upgraded_once_and_answers_as_before() {
     assert_second_start_rewrites_nothing("format2", &dir, &after).await;
 }
 
+#[tokio::test]
+async fn a_format_3_directory_is_upgraded_once_and_answers_as_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, before, after) = upgrade("format3", tmp.path()).await;
+    let old = sketches(&before);
+    assert!(old.len() > 1000, "the fixture holds {} sketches", old.len());
+    // (The days in groups hold no version: they read as the current one.)
+    let keyed = before.iter().filter(|(k, _)| k[0] == b's');
+    assert!(keyed.clone().count() > 100);
+    assert!(keyed.into_iter().all(|(_, v)| v[4] == FORMAT_VERSION_3));
+
+    // Every other record is as it was, the day groups are the same keys;
+    // every sketch holds the same state, now in format 4 and canonical: an
+    // exact one the same payload, a dense one below half load Rice-coded
+    // and smaller, one above it the same zstd frame.
+    assert_eq!(others(&before), others(&after));
+    assert_eq!(group_keys(&before), group_keys(&after));
+    let new = sketches(&after);
+    assert_eq!(
+        old.keys().collect::<Vec<_>>(),
+        new.keys().collect::<Vec<_>>()
+    );
+    let payload = |b: &[u8]| b[15..b.len() - 4].to_vec();
+    let (mut rice, mut zstd, mut dense_old, mut dense_new) = (0, 0, 0, 0);
+    for (k, old_bytes) in &old {
+        let new_bytes = &new[k];
+        assert_eq!(new_bytes[4..6], [FORMAT_VERSION, HASH_ID_XXH3_40], "{k:?}");
+        let (was, is) = (
+            Sketch::decode(old_bytes).unwrap(),
+            Sketch::decode(new_bytes).unwrap(),
+        );
+        assert_eq!(was, is, "{k:?}");
+        assert_eq!(new_bytes, &is.encode(), "{k:?} is not canonical");
+        let Some(regs) = is.dense_registers() else {
+            assert!(payload(new_bytes) == payload(old_bytes), "{k:?}: hashes");
+            continue;
+        };
+        let below_half = regs.iter().filter(|&&r| r != 0).count() * 2 <= regs.len();
+        match new_bytes[15] {
+            LAYOUT_DENSE_RICE => {
+                rice += 1;
+                assert!(below_half, "{k:?}");
+                assert!(new_bytes.len() < old_bytes.len(), "{k:?}");
+            }
+            LAYOUT_DENSE_ZSTD => {
+                zstd += 1;
+                assert!(!below_half, "{k:?}");
+                assert!(payload(new_bytes) == payload(old_bytes), "{k:?}");
+            }
+            layout => panic!("{k:?}: layout {layout}"),
+        }
+        dense_old += old_bytes.len();
+        dense_new += new_bytes.len();
+    }
+    assert!(rice >= 20, "{rice} Rice-coded sketches, {zstd} zstd frames");
+    assert!(
+        dense_new * 10 < dense_old * 8,
+        "dense sketch bytes {dense_old} -> {dense_new}"
+    );
+    assert!(stored(&after) < stored(&before));
+
+    assert_second_start_rewrites_nothing("format3", &dir, &after).await;
+}
+
 /// Records `answers.txt` beside fixture `SKETCHD_RECORD_FIXTURE` (format1,
-/// format2) from a server started by the old build on a copy of it (see
+/// format2, format3) from a server started by the old build on a copy of it (see
 /// the fixture's README.md).
 #[tokio::test]
 #[ignore]

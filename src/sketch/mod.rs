@@ -72,16 +72,16 @@
 //! * Decoding validates every byte before anything is constructed; corrupt,
 //!   truncated or foreign bytes yield a [`SketchError`], never a panic.
 //!
-//! # Envelope (format version 3, all integers little-endian)
+//! # Envelope (format version 4, all integers little-endian)
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `b"SKHL"` |
-//! | 4 | 1 | format version = 3 (2 and 1 are read; 1 has layouts 1 and 2 only) |
-//! | 5 | 1 | hash id: 2 in version 3 ([`HASH_ID_XXH3_40`]), 1 in versions 1 and 2 ([`HASH_ID_XXH3_64`]) |
+//! | 4 | 1 | format version = 4 (3, 2 and 1 are read; 1 has layouts 1 and 2 only, 2 and 3 layouts 1 to 3) |
+//! | 5 | 1 | hash id: 2 in versions 3 and 4 ([`HASH_ID_XXH3_40`]), 1 in versions 1 and 2 ([`HASH_ID_XXH3_64`]) |
 //! | 6 | 8 | seed fingerprint (u64) |
 //! | 14 | 1 | precision `p`, 4..=18 |
-//! | 15 | 1 | layout id: 1 = exact, 2 = dense packed, 3 = dense compressed |
+//! | 15 | 1 | layout id: 1 = exact, 2 = dense packed, 3 = dense zstd, 4 = dense Rice-coded |
 //! | 16 | 4 | payload length `L` (u32) |
 //! | 20 | L | payload |
 //! | 20+L | 4 | CRC-32 (crc32fast / IEEE) of bytes `0 .. 20+L` |
@@ -94,33 +94,47 @@
 //! * Layout 2 (dense): `L = m * 6 / 8` bytes; registers packed 6 bits each,
 //!   LSB first, 4 registers per 3 bytes (`r0 | r1 << 6 | r2 << 12 | r3 << 18`
 //!   as a 24-bit little-endian integer).
-//! * Layout 3 (dense, compressed): a zstd frame (level 1) of the `m`
-//!   one-byte registers, `L` below layout 2's length. A dense sketch is
-//!   written in layout 3 whenever that frame is smaller than layout 2 (on
-//!   the peers' world: 3.5 KB against 12 KB at `p = 14`); the registers'
-//!   values cluster around `log2(n/m)`, so they hold ~2-3 bits each.
+//! * Layout 3 (dense, zstd): a zstd frame (level 1) of the `m` one-byte
+//!   registers, `L` below layout 2's length.
+//! * Layout 4 (dense, Rice-coded; `rice`, version 4): the count of
+//!   non-zero registers (u32), a Rice parameter `k` and the smallest
+//!   non-zero register `base` (a byte each), the gap stream's length
+//!   (u32), then two bit streams over the non-zero registers in index
+//!   order: each one's gap from the previous one Rice-coded with `k`, and
+//!   each one's `value - base` in unary; `L` below layout 2's length.
+//!
+//!   A dense sketch at most half loaded (at most `m / 2` registers
+//!   non-zero, as most stored ones are) is written in layout 4, any other
+//!   in layout 3, either only when smaller than layout 2. Below half load
+//!   most registers are zero and the others hold ranks near 1, which the
+//!   Rice code takes to within ~5 % of their order-0 entropy, a third
+//!   below a zstd frame's size; above it the registers cluster around
+//!   `log2(n/m)` and a zstd frame holds ~2-3 bits each.
 //!   Exact sets are not delta coded: sorted uniform 40-bit hashes hold
 //!   `40 - log2(n) + 1.4` bits each, so it would save a quarter at the
 //!   limit and little for the small sets most series hold.
 //!
 //! Encoding is canonical: equal states encode to equal bytes (with one
-//! zstd library version: the frame of equal registers is equal).
+//! zstd library version: the frame of equal registers is equal). Decoding
+//! accepts any valid frame or Rice parameter.
 //!
 //! # Files
 //!
 //! This file holds the constants, [`Sketch`] and its insert and merge;
 //! `hash` the element hashing; `exact` the exact state's set; `dense` the
 //! register rule; `estimate` estimates and their bounds; `envelope`
-//! encoding and decoding. Tests sit beside each. The precisions and the
-//! seed are plain data in `crate::sketch_params`, below `config`, and
-//! [`SketchError`] is in `crate::error`, beside the error type that wraps
-//! it; both are re-exported here.
+//! encoding and decoding, `rice` its Rice-coded register layout. Tests
+//! sit beside each. The precisions and the seed are plain data in
+//! `crate::sketch_params`, below `config`, and [`SketchError`] is in
+//! `crate::error`, beside the error type that wraps it; both are
+//! re-exported here.
 
 mod dense;
 mod envelope;
 mod estimate;
 mod exact;
 mod hash;
+mod rice;
 #[cfg(test)]
 mod testing;
 
@@ -133,8 +147,8 @@ use exact::ExactSet;
 
 pub use envelope::{
     join_exact, split_exact, ExactHeader, ENVELOPE_HEADER_LEN, ENVELOPE_MAGIC,
-    ENVELOPE_TRAILER_LEN, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, LAYOUT_DENSE,
-    LAYOUT_DENSE_ZSTD, LAYOUT_EXACT,
+    ENVELOPE_TRAILER_LEN, FORMAT_VERSION, FORMAT_VERSION_1, FORMAT_VERSION_2, FORMAT_VERSION_3,
+    LAYOUT_DENSE, LAYOUT_DENSE_RICE, LAYOUT_DENSE_ZSTD, LAYOUT_EXACT,
 };
 pub use estimate::{inverse_normal_cdf, z_for_confidence, Estimate};
 pub use exact::{PassThroughBuildHasher, PassThroughHasher};
@@ -151,7 +165,8 @@ pub use crate::sketch_params::{HashSeed, DEFAULT_PRECISION, MAX_PRECISION, MIN_P
 /// top [`HASH_BITS`] bits and their registers stay as they are, which makes
 /// them sketches of [`HASH_ID_XXH3_40`] (see `envelope`).
 pub const HASH_ID_XXH3_64: u8 = 1;
-/// Hash id of the top [`HASH_BITS`] bits of `xxh3_64_with_seed` (format 3):
+/// Hash id of the top [`HASH_BITS`] bits of `xxh3_64_with_seed` (formats 3
+/// and 4):
 /// every sketch this build makes.
 pub const HASH_ID_XXH3_40: u8 = 2;
 /// Default confidence of [`Sketch::estimate`].

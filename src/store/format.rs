@@ -3,8 +3,9 @@
 //!
 //! [`keys::META_SKETCH_FORMAT`] records the envelope format version
 //! ([`FORMAT_VERSION`]) every stored sketch value is written in. A store
-//! with an older one (2: exact hashes of 8 bytes) or without it (written
-//! before format 2: dense registers packed, 12 KiB at precision 14) has
+//! with an older one (3: dense registers as zstd frames; 2: exact hashes
+//! of 8 bytes as well) or without it (written before format 2: dense
+//! registers packed, 12 KiB at precision 14) has
 //! each sketch value and each day group re-encoded at open, in sled
 //! batches; the record is written after the last one. Reads never depend
 //! on it: every version is decoded, so a rewrite cut short by a crash
