@@ -260,66 +260,141 @@ pub(super) fn decode(payload: &[u8], regs: &mut [u8], max: u8) -> Result<(), Ske
         return Err(bad("gap stream longer than the payload"));
     }
     let (gap_stream, value_stream) = payload[HEADER_LEN..].split_at(gap_bytes);
-    let gaps = BitReader::new(gap_stream);
-    let values = BitReader::new(value_stream);
-    let value_limit = u32::from(max - base);
-    let low = (1u64 << k) - 1;
-    // Each stream's position, and the word read at it with how many of
-    // its bits are the stream's: codes are taken from the word until one
-    // does not fit in them, then it is read again.
-    let (mut g_at, mut v_at) = (0usize, 0usize);
-    let (mut g_word, mut g_bits) = (0u64, 0u32);
-    let (mut v_word, mut v_bits) = (0u64, 0u32);
+    let value_limit = usize::from(max - base);
+    if k == 0 {
+        // Every code is a unary run: the indices from the gaps, then the
+        // values, a one bit at a time.
+        let mut indices: Vec<u32> = Vec::with_capacity(count);
+        let mut next = 0usize;
+        unary_runs(gap_stream, count, m, |gap| {
+            let index = next + gap;
+            if index >= m {
+                return Err(bad("register index out of range"));
+            }
+            indices.push(index as u32);
+            next = index + 1;
+            Ok(())
+        })?;
+        let mut indices = indices.into_iter();
+        return unary_runs(value_stream, count, value_limit, |v| {
+            let index = indices.next().expect("one index a value") as usize;
+            regs[index] = base + v as u8;
+            Ok(())
+        });
+    }
+    // A gap and a value a register: two independent chains of positions,
+    // which the processor overlaps.
+    let (mut gaps, mut values) = (Cursor::new(gap_stream), Cursor::new(value_stream));
     let mut next = 0usize;
     for _ in 0..count {
-        let mut q = g_word.trailing_zeros();
-        if q + 1 + k > g_bits {
-            if g_at > gaps.total {
-                return Err(bad("truncated bits"));
-            }
-            (g_word, g_bits) = (gaps.word(g_at), WORD_BITS);
-            q = g_word.trailing_zeros();
-        }
-        let gap = if q + 1 + k <= g_bits {
-            let gap = (q as usize) << k | ((g_word >> (q + 1)) & low) as usize;
-            g_word >>= q + 1 + k;
-            g_bits -= q + 1 + k;
-            g_at += (q + 1 + k) as usize;
-            gap
-        } else {
-            // A run longer than a word.
-            let q = gaps.unary(g_at, m)?;
-            g_at += q + 1;
-            let gap = q << k | (gaps.word(g_at) & low) as usize;
-            g_at += k as usize;
-            (g_word, g_bits) = (0, 0);
-            gap
-        };
-        let mut v = v_word.trailing_zeros();
-        if v >= v_bits {
-            if v_at > values.total {
-                return Err(bad("truncated bits"));
-            }
-            (v_word, v_bits) = (values.word(v_at), WORD_BITS);
-            v = v_word.trailing_zeros();
-        }
-        if v < v_bits {
-            v_word >>= v + 1;
-            v_bits -= v + 1;
-        } else {
-            v = values.unary(v_at, value_limit as usize)? as u32;
-            (v_word, v_bits) = (0, 0);
-        }
-        v_at += v as usize + 1;
-        let index = next + gap;
-        if index >= m || v > value_limit {
-            return Err(bad("register index or value out of range"));
+        let index = next + gaps.code(k, m)?;
+        let v = values.code(0, value_limit)?;
+        if index >= m {
+            return Err(bad("register index out of range"));
         }
         regs[index] = base + v as u8;
         next = index + 1;
     }
-    gaps.finish(g_at)?;
-    values.finish(v_at)
+    gaps.finish()?;
+    values.finish()
+}
+
+/// Calls `each` with the length of each of the `count` runs of zero bits
+/// (each at most `limit`) that a one bit ends in `stream`, and checks that
+/// only zero bits padding the last byte follow the last one. Works a word
+/// at a time, a one bit at a time.
+fn unary_runs(
+    stream: &[u8],
+    count: usize,
+    limit: usize,
+    mut each: impl FnMut(usize) -> Result<(), SketchError>,
+) -> Result<(), SketchError> {
+    let mut seen = 0usize;
+    // The bit after the last one bit.
+    let mut after = 0usize;
+    for (i, chunk) in stream.chunks(8).enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        let mut w = u64::from_le_bytes(bytes);
+        while w != 0 {
+            let at = i * 64 + w.trailing_zeros() as usize;
+            if at - after > limit {
+                return Err(bad("run too long"));
+            }
+            each(at - after)?;
+            after = at + 1;
+            seen += 1;
+            w &= w - 1;
+            if seen == count {
+                return match w == 0 && stream.len() == after.div_ceil(8) {
+                    true => Ok(()),
+                    false => Err(bad("bits left over")),
+                };
+            }
+        }
+    }
+    Err(bad("truncated bits"))
+}
+
+/// Reads codes from a bit stream: a code is taken from a word read at its
+/// position, a word serving the codes that fit in it.
+struct Cursor {
+    stream: BitReader,
+    /// Position of the next code.
+    at: usize,
+    /// The bits from `at` on, and how many of them are known.
+    word: u64,
+    bits: u32,
+}
+
+impl Cursor {
+    fn new(stream: &[u8]) -> Cursor {
+        Cursor {
+            stream: BitReader::new(stream),
+            at: 0,
+            word: 0,
+            bits: 0,
+        }
+    }
+
+    /// The next code with Rice parameter `k` (0: unary), at most `limit`.
+    #[inline(always)]
+    fn code(&mut self, k: u32, limit: usize) -> Result<usize, SketchError> {
+        let mut q = self.word.trailing_zeros();
+        if q + 1 + k > self.bits {
+            if self.at > self.stream.total {
+                return Err(bad("truncated bits"));
+            }
+            (self.word, self.bits) = (self.stream.word(self.at), WORD_BITS);
+            q = self.word.trailing_zeros();
+        }
+        let low = (1u64 << k) - 1;
+        let code = if q + 1 + k <= self.bits {
+            let code = (q as usize) << k | ((self.word >> (q + 1)) & low) as usize;
+            self.word >>= q + 1 + k;
+            self.bits -= q + 1 + k;
+            self.at += (q + 1 + k) as usize;
+            code
+        } else {
+            // A run longer than a word (refused when too long before it is
+            // shifted).
+            let q = self.stream.unary(self.at, limit >> k)?;
+            self.at += q + 1;
+            let code = q << k | (self.stream.word(self.at) & low) as usize;
+            self.at += k as usize;
+            (self.word, self.bits) = (0, 0);
+            code
+        };
+        match code <= limit {
+            true => Ok(code),
+            false => Err(bad("code out of range")),
+        }
+    }
+
+    /// Only the zero bits padding the last byte are left.
+    fn finish(&self) -> Result<(), SketchError> {
+        self.stream.finish(self.at)
+    }
 }
 
 #[cfg(test)]
@@ -387,8 +462,8 @@ mod tests {
             assert_eq!(payload.len(), best_len(&regs, p), "p={p} n={n}");
         }
         // Extreme values and gaps: the first and last registers, the
-        // maximum rank, a gap longer than a word, lengths not a multiple of
-        // eight.
+        // maximum rank, a gap run longer than a word (k = 6, q = 252), a
+        // value run longer than a word (60 at p = 4).
         let mut regs = vec![0u8; 1 << 14];
         regs[0] = 1;
         regs[(1 << 14) - 1] = max_register(14);
@@ -397,8 +472,15 @@ mod tests {
         regs[9_000] = max_register(14);
         regs[9_001] = 2;
         round_trip(&regs, 14);
-        let mut regs = vec![0u8; 12];
-        regs[11] = 3;
+        let mut regs = vec![0u8; 1 << 14];
+        regs[..200].fill(1);
+        regs[(1 << 14) - 1] = 1;
+        let payload = round_trip(&regs, 14);
+        assert_eq!(payload[4], 6, "k");
+        assert_eq!(payload.len(), best_len(&regs, 14));
+        let mut regs = vec![0u8; 16];
+        regs[0] = 1;
+        regs[1] = max_register(4);
         round_trip(&regs, 4);
         // Above half load, and with nothing set, there is no payload.
         assert!(encode(&registers(10, 5_000, 1), 10).is_none());
