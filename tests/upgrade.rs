@@ -124,6 +124,36 @@ fn group_keys(dump: &BTreeMap<Vec<u8>, Vec<u8>>) -> Vec<Vec<u8>> {
     dump.keys().filter(|k| k[0] == b'f').cloned().collect()
 }
 
+/// A sketch record upgraded: its key, old bytes, new bytes and state.
+type Upgraded<'a> = (&'a Vec<u8>, &'a Vec<u8>, &'a Vec<u8>, Sketch);
+
+/// The sketches of `old` and `new` (the sketch records of two dumps)
+/// have the same keys, and each key's new bytes are the current format's
+/// canonical encoding of the state the old bytes held: (key, old bytes,
+/// new bytes, that state) for every key.
+fn same_states<'a>(
+    old: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+    new: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+) -> Vec<Upgraded<'a>> {
+    assert_eq!(
+        old.keys().collect::<Vec<_>>(),
+        new.keys().collect::<Vec<_>>()
+    );
+    old.iter()
+        .map(|(k, old_bytes)| {
+            let new_bytes = &new[k];
+            assert_eq!(new_bytes[4..6], [FORMAT_VERSION, HASH_ID_XXH3_40], "{k:?}");
+            let (was, is) = (
+                Sketch::decode(old_bytes).unwrap(),
+                Sketch::decode(new_bytes).unwrap(),
+            );
+            assert_eq!(was, is, "{k:?}");
+            assert_eq!(new_bytes, &is.encode(), "{k:?} is not canonical");
+            (k, old_bytes, new_bytes, is)
+        })
+        .collect()
+}
+
 /// Once: a second start of the upgraded `dir` (whose records are `after`)
 /// rewrites nothing and answers as fixture `name` recorded.
 async fn assert_second_start_rewrites_nothing(
@@ -159,10 +189,6 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
     assert_eq!(others(&before), others(&after));
     assert_eq!(groups(&before), 0);
     let new = sketches(&after);
-    assert_eq!(
-        old.keys().collect::<Vec<_>>(),
-        new.keys().collect::<Vec<_>>()
-    );
     let grouped = groups(&after);
     let keyed_days = after
         .keys()
@@ -173,15 +199,7 @@ async fn a_format_1_directory_is_upgraded_once_and_answers_as_before() {
         "{grouped} groups, {keyed_days} days under their own keys"
     );
     let (mut dense, mut bytes_old, mut bytes_new) = (0, 0, 0);
-    for (k, old_bytes) in &old {
-        let new_bytes = &new[k];
-        assert_eq!(new_bytes[4], FORMAT_VERSION, "{k:?}");
-        let (was, is) = (
-            Sketch::decode(old_bytes).unwrap(),
-            Sketch::decode(new_bytes).unwrap(),
-        );
-        assert_eq!(was, is, "{k:?}");
-        assert_eq!(new_bytes, &is.encode(), "{k:?} is not canonical");
+    for (k, old_bytes, new_bytes, is) in same_states(&old, &new) {
         if !is.is_exact() {
             dense += 1;
             assert_ne!(new_bytes[15], LAYOUT_DENSE, "{k:?} is not compressed");
@@ -215,20 +233,8 @@ async fn a_format_2_directory_is_upgraded_once_and_answers_as_before() {
     assert_eq!(others(&before), others(&after));
     assert_eq!(group_keys(&before), group_keys(&after));
     let new = sketches(&after);
-    assert_eq!(
-        old.keys().collect::<Vec<_>>(),
-        new.keys().collect::<Vec<_>>()
-    );
     let (mut exact, mut hashes, mut bytes_old, mut bytes_new) = (0, 0, 0, 0);
-    for (k, old_bytes) in &old {
-        let new_bytes = &new[k];
-        assert_eq!(new_bytes[4..6], [FORMAT_VERSION, HASH_ID_XXH3_40], "{k:?}");
-        let (was, is) = (
-            Sketch::decode(old_bytes).unwrap(),
-            Sketch::decode(new_bytes).unwrap(),
-        );
-        assert_eq!(was, is, "{k:?}");
-        assert_eq!(new_bytes, &is.encode(), "{k:?} is not canonical");
+    for (k, old_bytes, new_bytes, is) in same_states(&old, &new) {
         if let Some(n) = is.exact_len() {
             exact += 1;
             hashes += n;
@@ -274,21 +280,9 @@ async fn a_format_3_directory_is_upgraded_once_and_answers_as_before() {
     assert_eq!(others(&before), others(&after));
     assert_eq!(group_keys(&before), group_keys(&after));
     let new = sketches(&after);
-    assert_eq!(
-        old.keys().collect::<Vec<_>>(),
-        new.keys().collect::<Vec<_>>()
-    );
     let payload = |b: &[u8]| b[15..b.len() - 4].to_vec();
     let (mut rice, mut zstd, mut dense_old, mut dense_new) = (0, 0, 0, 0);
-    for (k, old_bytes) in &old {
-        let new_bytes = &new[k];
-        assert_eq!(new_bytes[4..6], [FORMAT_VERSION, HASH_ID_XXH3_40], "{k:?}");
-        let (was, is) = (
-            Sketch::decode(old_bytes).unwrap(),
-            Sketch::decode(new_bytes).unwrap(),
-        );
-        assert_eq!(was, is, "{k:?}");
-        assert_eq!(new_bytes, &is.encode(), "{k:?} is not canonical");
+    for (k, old_bytes, new_bytes, is) in same_states(&old, &new) {
         let Some(regs) = is.dense_registers() else {
             assert!(payload(new_bytes) == payload(old_bytes), "{k:?}: hashes");
             continue;
