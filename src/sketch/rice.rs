@@ -16,10 +16,11 @@
 //! | rest | value stream: per non-zero register in index order, `value - base` zero bits and a one bit; zero bits pad the last byte |
 //!
 //! Both directions work a 64-bit word at a time: the encoder finds the
-//! non-zero registers eight at a time and writes a word per code, the
-//! decoder reads a code from one word. Gaps and values are two streams so
-//! that decoding follows two independent chains of positions, which the
-//! processor overlaps.
+//! non-zero registers eight at a time and writes a word per code; the
+//! decoder reads a code from one word, and with `k = 0` (heavily loaded
+//! sketches), where every code is a unary run, finds the codes a one bit
+//! at a time. Gaps and values are two streams so that decoding follows two
+//! independent chains of positions, which the processor overlaps.
 
 use super::SketchError;
 
