@@ -363,12 +363,23 @@ impl Store {
         self.read_block(key, true)
     }
 
-    /// [`Store::block_sketch`] for the checkpoint and the rollup pass: what
-    /// they read is about to be overwritten or is only an input to a block,
-    /// so it is not put in the cache (where it would push out what queries
-    /// read, and hold memory while ingest needs it).
+    /// [`Store::block_sketch`] for the rollup pass: what it reads is only
+    /// an input to a block, so it is not put in the cache (where it would
+    /// push out what queries read, and hold memory while ingest needs it).
+    /// A day is looked for under its own key first: the pass builds blocks
+    /// of rolled series only, whose days are there but for those written
+    /// while the series was flat, and it never runs beside a checkpoint,
+    /// the only writer that moves a day from its group to its key (so the
+    /// order [`Store::day_bytes`] keeps for concurrent readers is not
+    /// needed).
     fn block_sketch_uncached(&self, key: &SketchKey) -> Result<Option<Arc<Sketch>>> {
-        self.read_block(key, false)
+        self.cached(key, false, || {
+            let stored = match self.data.get(key.encode())? {
+                None if key.block.level == 0 => self.day_in_group(key)?,
+                stored => stored,
+            };
+            decode_stored(key, stored)
+        })
     }
 
     fn read_block(&self, key: &SketchKey, keep: bool) -> Result<Option<Arc<Sketch>>> {
@@ -378,12 +389,7 @@ impl Store {
             } else {
                 self.data.get(key.encode())?
             };
-            stored
-                .map(|bytes| {
-                    Sketch::decode(&bytes)
-                        .map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}")))
-                })
-                .transpose()
+            decode_stored(key, stored)
         })
     }
 
@@ -726,6 +732,15 @@ fn decode_u64(v: &[u8]) -> Result<u64> {
         v.try_into()
             .map_err(|_| Error::Corrupt("counter value".into()))?,
     ))
+}
+
+/// The sketch of `key` from its stored bytes, if any.
+fn decode_stored(key: &SketchKey, stored: Option<sled::IVec>) -> Result<Option<Sketch>> {
+    stored
+        .map(|bytes| {
+            Sketch::decode(&bytes).map_err(|e| Error::Corrupt(format!("sketch {key:?}: {e}")))
+        })
+        .transpose()
 }
 
 fn decode_extent(k: &[u8], v: &[u8]) -> Result<(NamespaceId, (Day, Day))> {
