@@ -98,14 +98,10 @@ fn nonzero_bytes(w: u64) -> u64 {
 }
 
 /// The registers in layout 4, or `None` when more than half of them are
-/// non-zero (a zstd frame is as small there) or none is.
+/// non-zero (a zstd frame is as small there) or none is. There are `2^p`
+/// of them, `p >= 4`: a whole number of 8-byte words.
 pub(super) fn encode(regs: &[u8], precision: u8) -> Option<Vec<u8>> {
-    let (words, rest) = regs.split_at(regs.len() / 8 * 8);
-    let words = || {
-        words
-            .chunks_exact(8)
-            .map(|c| nonzero_bytes(u64::from_le_bytes(c.try_into().expect("8 bytes"))))
-    };
+    debug_assert!(regs.len().is_multiple_of(8));
     // Counted in byte lanes (vectorises), 255 registers at a time.
     let count = regs
         .chunks(255)
@@ -119,23 +115,16 @@ pub(super) fn encode(regs: &[u8], precision: u8) -> Option<Vec<u8>> {
     let mut found = 0;
     let mut next = 0usize;
     let mut base = u8::MAX;
-    let mut note = |index: usize, r: u8| {
-        gaps[found] = (index - next) as u32;
-        values[found] = r;
-        base = base.min(r);
-        found += 1;
-        next = index + 1;
-    };
-    for (c, mut mask) in words().enumerate() {
+    for (c, word) in regs.chunks_exact(8).enumerate() {
+        let mut mask = nonzero_bytes(u64::from_le_bytes(word.try_into().expect("8 bytes")));
         while mask != 0 {
             let index = c * 8 + (mask.trailing_zeros() / 8) as usize;
-            note(index, regs[index]);
+            gaps[found] = (index - next) as u32;
+            values[found] = regs[index];
+            base = base.min(regs[index]);
+            found += 1;
+            next = index + 1;
             mask &= mask - 1;
-        }
-    }
-    for (i, &r) in rest.iter().enumerate() {
-        if r != 0 {
-            note(regs.len() - rest.len() + i, r);
         }
     }
     // The parameter with the fewest gap bits, searched next to the log of
@@ -145,13 +134,13 @@ pub(super) fn encode(regs: &[u8], precision: u8) -> Option<Vec<u8>> {
     let gap_bits = |k: u32| -> usize {
         gaps.iter().map(|&g| (g >> k) as usize).sum::<usize>() + count * (k as usize + 1)
     };
-    let k = (guess.saturating_sub(1)..=(guess + 1).min(u32::from(precision)))
-        .min_by_key(|&k| gap_bits(k))?;
+    let (bits, k) = (guess.saturating_sub(1)..=(guess + 1).min(u32::from(precision)))
+        .map(|k| (gap_bits(k), k))
+        .min()?;
     let mut out = Vec::with_capacity(HEADER_LEN + 2 * count + 16);
     out.extend_from_slice(&(count as u32).to_le_bytes());
     out.push(k as u8);
     out.push(base);
-    let bits = gap_bits(k);
     out.extend_from_slice(&(bits.div_ceil(8) as u32).to_le_bytes());
     let mut stream = BitWriter::new(out, bits);
     let low = (1u32 << k) - 1;
