@@ -189,7 +189,11 @@ fn merge_benches(c: &mut Criterion) {
 
 fn estimate_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("estimate");
-    for (name, n) in [("dense_lc_5k", 5_000u32), ("dense_hll_1m", 1_000_000)] {
+    for (name, n) in [
+        ("dense_lc_5k", 5_000u32),
+        ("dense_bias_40k", 40_000),
+        ("dense_hll_1m", 1_000_000),
+    ] {
         let fresh = dense_sketch(n, 0x77); // never estimated: empty cache
         g.bench_function(format!("{name}_uncached"), |b| {
             b.iter_batched_ref(

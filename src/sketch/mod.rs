@@ -34,10 +34,12 @@
 //!   rule of `hyperloglogplus` 0.4.1:
 //!   `index = hash >> (64 - p)`, `w = (hash << p) | (1 << (p - 1))`,
 //!   `reg[index] = max(reg[index], 1 + w.leading_zeros())`.
-//!   Estimation hands the registers to the crate's HLL++ `count()` (linear
-//!   counting below its empirical threshold, empirical bias correction up to
-//!   `5m`, raw HLL above) by building the bincode-1.3 bytes of the crate's
-//!   serde struct ourselves: the crate only ever sees bytes we built from
+//!   Estimation is the crate's HLL++ `count()` (linear counting below its
+//!   empirical threshold, empirical bias correction up to `5m`, raw HLL
+//!   above), to the bit: computed by [`hllpp`] from a histogram of the
+//!   registers and the crate's own tables (10 µs at p=14, against 28 for
+//!   the crate's), or, where that could not be exact (never with 40-bit
+//!   hashes), by the crate itself over bincode bytes we build from
 //!   validated registers. The result is cached until the registers change.
 //!   It counts distinct 40-bit hashes `d`; from `d = 2^30` on the estimate
 //!   is the number of elements that leave `d` of them, `-2^40 ln(1 -
@@ -122,7 +124,9 @@
 //!
 //! This file holds the constants, [`Sketch`] and its insert and merge;
 //! `hash` the element hashing; `exact` the exact state's set; `dense` the
-//! register rule; `estimate` estimates and their bounds; `envelope`
+//! register rule; `estimate` estimates and their bounds, `hllpp` the
+//! crate's HLL++ count they start from (its tables in `hllpp_tables`);
+//! `envelope`
 //! encoding and decoding, `rice` its Rice-coded register layout. Tests
 //! sit beside each. The precisions and the seed are plain data in
 //! `crate::sketch_params`, below `config`, and [`SketchError`] is in
@@ -134,6 +138,8 @@ mod envelope;
 mod estimate;
 mod exact;
 mod hash;
+mod hllpp;
+mod hllpp_tables;
 mod rice;
 #[cfg(test)]
 mod testing;
