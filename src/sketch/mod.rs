@@ -36,7 +36,7 @@
 //!   `reg[index] = max(reg[index], 1 + w.leading_zeros())`.
 //!   Estimation is the crate's HLL++ `count()` (linear counting below its
 //!   empirical threshold, empirical bias correction up to `5m`, raw HLL
-//!   above), to the bit: computed by [`hllpp`] from a histogram of the
+//!   above), to the bit: computed by `hllpp` from a histogram of the
 //!   registers and the crate's own tables (10 µs at p=14, against 28 for
 //!   the crate's), or, where that could not be exact (never with 40-bit
 //!   hashes), by the crate itself over bincode bytes we build from
