@@ -346,6 +346,10 @@ print()
 floor = g(s, "rpc_floor_ms")
 if floor:
     print(f"sketchd gRPC round trip floor (health check, median): {floor:.3f} ms")
+btw = g(s, "rpc_between_counts")
+if btw:
+    print(f"sketchd health check between Count calls (median): {btw['health_ms']:.3f} ms, "
+          f"the Count {btw['count_ms']:.3f} ms (the targets use the floor above)")
 w = g(s, "server_work")
 if w:
     print(f"sketchd server work until idle (its metrics): {w['checkpoints']:.0f} checkpoints "

@@ -163,5 +163,42 @@ async fn loadgen_sends_a_world_that_the_server_then_counts_exactly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--truth"), "{stderr}");
     assert_eq!(count(Metric::Ips, Scope::Global).await, ips.len());
+
+    // A query set in the peers' truth format: answered, scored against the
+    // truth (exact here), and the round trip measured between its Counts.
+    let (from, to) = (whole.from.to_string(), whole.to.to_string());
+    let truth = serde_json::json!({"queries": [
+        {"id": "ipglob:whole", "kind": "ip_global_window", "start": from, "end": to,
+         "truth": ips.len()},
+        {"id": "ipcc:US", "kind": "ip_country_window", "cc": "US", "start": from, "end": to,
+         "truth": us_ips.len()},
+    ]});
+    let truth_path = dir.path().join("truth.json");
+    std::fs::write(&truth_path, truth.to_string()).unwrap();
+    let truth_arg = truth_path.display().to_string();
+    let out = sketchd(loadgen(&[
+        "--skip-ingest",
+        "--truth",
+        &truth_arg,
+        "--repeats",
+        "2",
+        "--json",
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "loadgen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&Value> = report["queries"].as_array().unwrap().iter().collect();
+    for kind in ["ip_global_whole", "ip_country_window"] {
+        let q = kinds.iter().find(|q| q["name"] == kind).expect(kind);
+        assert_eq!(q["n"], 2, "{q}");
+        assert_eq!(q["error_max"].as_f64(), Some(0.0), "{q}");
+    }
+    let between = &report["rpc_between_counts"];
+    assert!(between["health_ms"].as_f64().unwrap() > 0.0, "{between}");
+    assert!(between["count_ms"].as_f64().unwrap() > 0.0, "{between}");
     server.stop().await;
 }

@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use sketchd::client::Client;
 use sketchd::query::{GroupBy, Metric, Scope};
 use sketchd::time::DayWindow;
+use tonic::transport::Channel;
+use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 use super::score::{percentile, ErrorStats, ScoredPair};
 use super::LoadgenArgs;
@@ -76,6 +78,20 @@ pub(super) struct QueryResults {
     pub(super) whole_error: Option<ErrorStats>,
     pub(super) skipped: Vec<String>,
     pub(super) wall: Duration,
+    /// Health checks alternating with the set's first `Count`.
+    pub(super) between: Option<Between>,
+}
+
+/// Medians (ms) of a health check and a `Count` called in turn,
+/// [`FLOOR_CALLS`] of each: the round trip in the state a query leaves
+/// client and server in. Back to back, health checks can stay on one CPU
+/// (client and server threads waking each other where they run); after a
+/// query the wake-ups may cross CPUs, which on a virtual machine costs
+/// more than the query's own work.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Between {
+    pub(super) health_ms: f64,
+    pub(super) count_ms: f64,
 }
 
 pub(super) fn window(start: &Value, end: &Value) -> anyhow::Result<DayWindow> {
@@ -252,6 +268,13 @@ pub(super) async fn run_queries(
         answers.push((q.id.clone(), last.expect("repeats >= 1")));
     }
     let wall = started.elapsed();
+    let first_count = queries
+        .iter()
+        .find(|q| matches!(q.call, Call::Count { .. }));
+    let between = match first_count {
+        Some(q) => between_counts(client, &args.namespace, &q.call, args.first_server()).await?,
+        None => None,
+    };
     let mut pairs: BTreeMap<String, (Vec<ScoredPair>, bool)> = BTreeMap::new();
     let mut whole_pairs = Vec::new();
     for (q, (_, a)) in queries.iter().zip(&answers) {
@@ -288,6 +311,7 @@ pub(super) async fn run_queries(
         whole_error,
         skipped,
         wall,
+        between,
     })
 }
 
@@ -337,15 +361,53 @@ pub(super) fn query_phase(
 /// Health checks answered on one connection.
 pub(super) const FLOOR_CALLS: usize = 200;
 
-/// Median latency (ms) of a gRPC health check: the transport's share of
-/// every query latency. `None` when the server does not serve health checks.
-pub(super) async fn rpc_floor(url: &str) -> anyhow::Result<Option<f64>> {
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+/// [`Between`] for `call` (a `Count`); `None` when the server does not
+/// serve health checks.
+async fn between_counts(
+    client: &Client,
+    ns: &str,
+    call: &Call,
+    url: &str,
+) -> anyhow::Result<Option<Between>> {
+    let mut health = health_client(url).await?;
+    let (mut health_ms, mut count_ms) = (Vec::new(), Vec::new());
+    for _ in 0..FLOOR_CALLS {
+        let t = Instant::now();
+        answer(client, ns, call).await?;
+        count_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        if health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .is_err()
+        {
+            return Ok(None);
+        }
+        health_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(percentile(&health_ms, 50.0)
+        .zip(percentile(&count_ms, 50.0))
+        .map(|(health_ms, count_ms)| Between {
+            health_ms,
+            count_ms,
+        }))
+}
+
+/// A health client on a connection of its own to `url`.
+async fn health_client(url: &str) -> anyhow::Result<HealthClient<Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
-    let mut health = HealthClient::new(channel);
+    Ok(HealthClient::new(channel))
+}
+
+/// Median latency (ms) of a gRPC health check: the transport's share of
+/// every query latency. `None` when the server does not serve health checks.
+pub(super) async fn rpc_floor(url: &str) -> anyhow::Result<Option<f64>> {
+    let mut health = health_client(url).await?;
     let mut ms = Vec::with_capacity(FLOOR_CALLS);
     for _ in 0..FLOOR_CALLS {
         let t = Instant::now();

@@ -170,9 +170,18 @@ impl Report<'_> {
             "disk_parts_bytes": self.disk.as_ref().map(|d| json!(d.parts)),
             "query_phase_s": self.queries.map(|q| q.wall.as_secs_f64()),
             "rpc_floor_ms": self.rpc_floor_ms,
+            "rpc_between_counts": self.between_json(),
             "server_work": self.server_work.as_ref().map(ServerWork::json),
             "queries": queries,
         })
+    }
+
+    /// [`super::queries::Between`] as JSON.
+    fn between_json(&self) -> Value {
+        match self.queries.and_then(|q| q.between) {
+            Some(b) => json!({"health_ms": b.health_ms, "count_ms": b.count_ms}),
+            None => Value::Null,
+        }
     }
 
     pub(super) fn table(&self) -> String {
@@ -247,6 +256,13 @@ impl Report<'_> {
         }
         if let Some(floor) = self.rpc_floor_ms {
             let _ = writeln!(out, "gRPC round trip floor (health check): {floor:.3} ms");
+        }
+        if let Some(b) = self.queries.and_then(|q| q.between) {
+            let _ = writeln!(
+                out,
+                "health check between Count calls: {:.3} ms (the Count: {:.3} ms)",
+                b.health_ms, b.count_ms
+            );
         }
         if let Some(w) = &self.server_work {
             out.push_str(&w.table());
@@ -351,6 +367,7 @@ impl Report<'_> {
             },
             "query_phase_s": self.queries.map(|q| q.wall.as_secs_f64()),
             "rpc_floor_ms": self.rpc_floor_ms,
+            "rpc_between_counts": self.between_json(),
             "server_work": self.server_work.as_ref().map(ServerWork::json),
             "latency": latency,
             "errors": errors,
