@@ -68,7 +68,7 @@ pub(super) fn zeros(regs: &[u8]) -> usize {
 /// `hist`, past linear counting (the caller has checked its threshold);
 /// `None` if the crate's sum of `2^-r` would round (see the module docs).
 pub(super) fn count_above_linear(precision: u8, m: usize, hist: &Histogram) -> Option<f64> {
-    if u32::from(precision) + 1 + u32::from(hist.max) > f64::MANTISSA_DIGITS || hist.max > 64 {
+    if u32::from(precision) + 1 + u32::from(hist.max) > f64::MANTISSA_DIGITS {
         return None;
     }
     // Σ count_r · 2^(64 - r): exact, and below 2^(64 + p + 1).
