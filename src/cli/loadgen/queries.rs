@@ -375,17 +375,10 @@ async fn between_counts(
         let t = Instant::now();
         answer(client, ns, call).await?;
         count_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = Instant::now();
-        if health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .is_err()
-        {
+        let Some(ms) = check_ms(&mut health).await else {
             return Ok(None);
-        }
-        health_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        };
+        health_ms.push(ms);
     }
     Ok(percentile(&health_ms, 50.0)
         .zip(percentile(&count_ms, 50.0))
@@ -410,17 +403,22 @@ pub(super) async fn rpc_floor(url: &str) -> anyhow::Result<Option<f64>> {
     let mut health = health_client(url).await?;
     let mut ms = Vec::with_capacity(FLOOR_CALLS);
     for _ in 0..FLOOR_CALLS {
-        let t = Instant::now();
-        if health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .is_err()
-        {
+        let Some(one) = check_ms(&mut health).await else {
             return Ok(None);
-        }
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        };
+        ms.push(one);
     }
     Ok(percentile(&ms, 50.0))
+}
+
+/// The milliseconds of one health check; `None` if it failed.
+async fn check_ms(health: &mut HealthClient<Channel>) -> Option<f64> {
+    let t = Instant::now();
+    health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
+    Some(t.elapsed().as_secs_f64() * 1e3)
 }
