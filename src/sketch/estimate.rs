@@ -553,6 +553,29 @@ mod tests {
         assert!(linear >= 15 && other >= 15, "{linear} linear, {other} not");
     }
 
+    /// A hash whose bits past its index are all zero takes its register to
+    /// `65 - p` (the crate's sentinel bit), past what the native sum is
+    /// exact for: the crate's own `count()` answers, and the estimate is
+    /// still the crate's.
+    #[test]
+    fn a_register_past_the_hash_bits_is_counted_by_the_crate() {
+        for p in [10u8, 14] {
+            let m = 1usize << p;
+            let mut hashes = random_hashes(u64::from(p) * 31, 3 * m);
+            hashes.push(5u64 << (64 - p)); // register 5, every other bit zero
+            let s = sketch_of(p, &hashes);
+            let regs = s.dense_registers().unwrap();
+            assert_eq!(regs[5], 65 - p);
+            let zeros = hllpp::zeros(regs);
+            assert!(!uses_linear_counting(p, zeros as u32));
+            assert_eq!(hllpp::count_above_linear(p, m, &Histogram::of(regs)), None);
+            assert_eq!(
+                s.dense_stats(regs).count.to_bits(),
+                crate_count(p, regs, zeros).to_bits()
+            );
+        }
+    }
+
     /// The native count equals the crate's `count()` to the bit over a
     /// sweep of loads from linear counting's end to far past `5 m`, at every
     /// precision: in the bias-corrected range (every segment of the HLL++

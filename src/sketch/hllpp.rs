@@ -8,8 +8,11 @@
 //! sum is a multiple of `2^-max` below `2^(p+1)`, so while `p + 1 + max`
 //! bits fit in a double's 53 every addition is exact and the sum is the
 //! same in any order: here it is taken from a histogram of the registers,
-//! exactly, in integers. Registers of 40-bit hashes are at most `41 - p`,
-//! so that always holds; [`count`] says `None` where it would not.
+//! exactly, in integers. A register of a 40-bit hash is at most `41 - p`,
+//! or `65 - p` where the hash's bits past its index are all zero (the
+//! crate's sentinel bit; a chance of `2^(p-40)` a hash): then the sum
+//! might round, [`count_above_linear`] says `None`, and the crate's own
+//! `count()` answers.
 
 use super::hllpp_tables::{BIASES, RAW_ESTIMATES};
 

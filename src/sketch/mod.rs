@@ -38,8 +38,9 @@
 //!   empirical threshold, empirical bias correction up to `5m`, raw HLL
 //!   above), to the bit: computed by `hllpp` from a histogram of the
 //!   registers and the crate's own tables (10 µs at p=14, against 28 for
-//!   the crate's), or, where that could not be exact (never with 40-bit
-//!   hashes), by the crate itself over bincode bytes we build from
+//!   the crate's), or, where that could not be exact (a register past a
+//!   hash's 40 bits, a chance of `2^(p-40)` a hash), by the crate itself
+//!   over bincode bytes we build from
 //!   validated registers. The result is cached until the registers change.
 //!   It counts distinct 40-bit hashes `d`; from `d = 2^30` on the estimate
 //!   is the number of elements that leave `d` of them, `-2^40 ln(1 -
