@@ -88,8 +88,8 @@ pub const KEY_LAYOUT_GROUPS_V1: &[u8] = &[3];
 pub const KEY_LAYOUT_UNGROUPED: &[u8] = &[2];
 
 /// Bits of a day group number: the flat series of one (namespace, family,
-/// day) are spread over `2^GROUP_BITS` sled values. At scale 1 (~9.5 k
-/// flat org days a day) a group holds ~9 days, ~2.3 KB.
+/// day) are spread over `2^GROUP_BITS` sled values. At scale 1 a group
+/// value holds ~10 org days, ~1.3 KB on average.
 pub const GROUP_BITS: u32 = 10;
 
 /// Seed of the dimension hashes (org and sector ids to key dimensions).

@@ -76,9 +76,10 @@ pub fn lower_rollup_level(level: u8) -> Option<u8> {
 }
 
 /// The largest exact day sketch a flat series (one without rollup blocks)
-/// may have. A window over a flat series reads its days: for a month, at
-/// most 30 small sled values and ~4k hashes merged.
-pub const FLAT_MAX_HASHES: usize = 128;
+/// may have: at the default precision (14) every exact day, so a series
+/// is rolled once it has a dense day. A window over a flat series reads
+/// its days: for a month, its entries in at most 30 day groups.
+pub const FLAT_MAX_HASHES: usize = 1024;
 
 /// Dimension record value of a flat series (days only, no rollup blocks).
 pub const DIM_FLAT: &[u8] = &[0];
@@ -484,6 +485,40 @@ mod tests {
         store.rebuild_rollups().unwrap();
         assert_eq!((blocks_of(&store, 0), blocks_of(&store, 2)), (0, 0));
         assert_windows_equal_unions_of_days(&store);
+    }
+
+    #[test]
+    fn a_series_stays_flat_while_its_days_are_exact_sets_of_at_most_the_limit() {
+        // At the servers' precision (14: exact sets of up to 1,024 hashes)
+        // a series stays flat while its days are exact, however large; the
+        // first dense day turns it rolled.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut mem = Memtable::default();
+        let day = Day(20_000);
+        for (dim, hashes) in [(0u64, FLAT_MAX_HASHES), (1, FLAT_MAX_HASHES + 1)] {
+            let sketch = mem
+                .sketches
+                .entry(SketchKey::day(1, Family::IpsCountry, dim, day))
+                .or_insert_with(|| Sketch::new(14, HashSeed::DEFAULT).unwrap());
+            for h in 0..hashes as u64 {
+                sketch.insert_hash((7_000 + h).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            }
+        }
+        mem.widen_extent(1, day, Day(day.0 + 1));
+        checkpoint(&store, &mem, 1);
+        store.rebuild_rollups().unwrap();
+        assert_eq!(
+            (dim_record(&store, 0), dim_record(&store, 1)),
+            (DIM_FLAT.to_vec(), DIM_ROLLED.to_vec())
+        );
+        assert_eq!((blocks_of(&store, 0), blocks_of(&store, 1) > 0), (0, true));
+        let stored = |dim| {
+            let key = SketchKey::day(1, Family::IpsCountry, dim, day);
+            store.block_sketch(&key).unwrap().expect("day stored")
+        };
+        assert_eq!(stored(0).exact_len(), Some(FLAT_MAX_HASHES));
+        assert_eq!(stored(1).exact_len(), None);
     }
 
     #[test]
