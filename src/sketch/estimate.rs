@@ -285,7 +285,7 @@ impl Sketch {
             let m = regs.len() as f64;
             m * (m / zeros as f64).ln()
         } else {
-            hllpp::count_above_linear(self.precision, regs.len(), &Histogram::of(regs))
+            hllpp::count_above_linear(self.precision, &Histogram::of(regs))
                 .unwrap_or_else(|| crate_count(self.precision, regs, zeros))
         };
         let stats = DenseStats {
@@ -568,7 +568,7 @@ mod tests {
             assert_eq!(regs[5], 65 - p);
             let zeros = hllpp::zeros(regs);
             assert!(!uses_linear_counting(p, zeros as u32));
-            assert_eq!(hllpp::count_above_linear(p, m, &Histogram::of(regs)), None);
+            assert_eq!(hllpp::count_above_linear(p, &Histogram::of(regs)), None);
             assert_eq!(
                 s.dense_stats(regs).count.to_bits(),
                 crate_count(p, regs, zeros).to_bits()
@@ -607,7 +607,7 @@ mod tests {
                 if uses_linear_counting(p, zeros as u32) {
                     continue;
                 }
-                let ours = hllpp::count_above_linear(p, m, &Histogram::of(&regs))
+                let ours = hllpp::count_above_linear(p, &Histogram::of(&regs))
                     .expect("registers of random hashes sum exactly");
                 let theirs = crate_count(p, &regs, zeros);
                 assert_eq!(

@@ -67,10 +67,11 @@ pub(super) fn zeros(regs: &[u8]) -> usize {
     total
 }
 
-/// The crate's `count()` of `m = 2^precision` registers with histogram
+/// The crate's `count()` of the `2^precision` registers with histogram
 /// `hist`, past linear counting (the caller has checked its threshold);
 /// `None` if the crate's sum of `2^-r` would round (see the module docs).
-pub(super) fn count_above_linear(precision: u8, m: usize, hist: &Histogram) -> Option<f64> {
+pub(super) fn count_above_linear(precision: u8, hist: &Histogram) -> Option<f64> {
+    let m = 1usize << precision;
     if u32::from(precision) + 1 + u32::from(hist.max) > f64::MANTISSA_DIGITS {
         return None;
     }
@@ -157,11 +158,8 @@ mod tests {
     fn a_sum_that_would_round_is_not_answered() {
         let mut regs = vec![1u8; 1 << 14];
         regs[0] = 39; // 14 + 1 + 39 = 54 bits
-        assert_eq!(
-            count_above_linear(14, regs.len(), &Histogram::of(&regs)),
-            None
-        );
+        assert_eq!(count_above_linear(14, &Histogram::of(&regs)), None);
         regs[0] = 38;
-        assert!(count_above_linear(14, regs.len(), &Histogram::of(&regs)).is_some());
+        assert!(count_above_linear(14, &Histogram::of(&regs)).is_some());
     }
 }
