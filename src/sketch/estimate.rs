@@ -583,12 +583,7 @@ mod tests {
     #[test]
     fn native_counts_equal_the_crates_past_linear_counting() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = move || splitmix64(&mut state);
         let (mut corrected, mut raw) = (0, 0);
         for p in MIN_PRECISION..=MAX_PRECISION {
             let m = 1usize << p;
